@@ -1,0 +1,1 @@
+"""fastclip: CLIP embeddings with onnxruntime, no PyTorch."""

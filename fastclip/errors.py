@@ -1,0 +1,34 @@
+"""Exceptions users can catch. Messages name the input (index, path) and, where there is one, the fix."""
+
+from __future__ import annotations
+
+
+class FastClipError(Exception):
+    """Base class of every error fastclip raises on purpose."""
+
+
+class ModelError(FastClipError):
+    """The model folder or repo is missing, corrupt, inconsistent or from a newer format."""
+
+
+class ImageError(FastClipError):
+    """An image could not be read or decoded. `index` and `source` say which one."""
+
+    def __init__(self, index: int, source: str, reason: str):
+        self.index = index
+        self.source = source
+        self.reason = reason
+        super().__init__(f"image #{index} ({source}): {reason}")
+
+
+class TextError(FastClipError):
+    """A text could not be tokenized as asked (e.g. too long with truncate=False)."""
+
+    def __init__(self, index: int, reason: str):
+        self.index = index
+        self.reason = reason
+        super().__init__(f"text #{index}: {reason}")
+
+
+class ExportError(FastClipError):
+    """The export failed: unknown model, no network, not a CLIP checkpoint, or parity not reached."""

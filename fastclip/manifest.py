@@ -1,0 +1,200 @@
+"""The model-folder manifest (`fastclip.json`): the one contract shared by export and runtime.
+
+The export stage writes it; the runtime trusts it, checks it, and refuses it clearly when it is
+missing, malformed or from a newer format version. Plain dicts in and out (JSON on disk) with
+small dataclasses on top, so both sides stay free of each other's imports.
+
+Folder layout written by the export stage::
+
+    OUT_DIR/
+      fastclip.json                 this manifest
+      vision/model.onnx             fp32 tower (+ model_fp16.onnx, model_int8.onnx, external data)
+      vision/preprocessor_config.json   CLIPImageProcessor format (fastembed / transformers read it)
+      text/model.onnx               fp32 tower (+ variants)
+      text/tokenizer.json, tokenizer_config.json, special_tokens_map.json, config.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+MANIFEST_NAME = "fastclip.json"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Text cleaning applied before the tokenizer.json pipeline:
+#   "open_clip": ftfy.fix_text, html.unescape twice, strip, collapse whitespace (open_clip's
+#                SimpleTokenizer does this; tokenizer.json alone does not).
+#   "none":      nothing; transformers' fast CLIP tokenizer is the reference.
+CLEANINGS = ("open_clip", "none")
+
+
+@dataclass(frozen=True)
+class TowerFile:
+    """One ONNX variant of a tower. `path` is relative to the model folder."""
+
+    path: str
+    sha256: str | None = None
+    bytes: int | None = None
+    external_data: tuple[str, ...] = ()  # relative paths of ONNX external-data files, if any
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Parity of one variant against the torch fp32 reference, measured at export time."""
+
+    min_cosine: float
+    max_abs_diff: float
+    max_abs_diff_rel: float  # max abs diff / max reference feature norm
+    threshold_cosine: float
+    threshold_abs_rel: float | None
+    samples: int
+
+
+@dataclass(frozen=True)
+class Tower:
+    input_name: str
+    output_name: str
+    files: dict[str, TowerFile]  # precision -> file
+    verification: dict[str, Verification] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VisionSpec(Tower):
+    image_size: int = 224
+    resize_mode: str = "shortest"  # resize the shortest side to image_size, then center crop
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TextSpec(Tower):
+    tokenizer: str = "text/tokenizer.json"
+    cleaning: str = "none"
+    context_length: int = 77
+    dynamic_length: bool = True  # graph accepts any sequence length <= context_length
+    bos_token_id: int = 49406
+    eos_token_id: int = 49407
+    pad_token_id: int = 0
+    pooling: str = "eos"  # "eos": first end-of-text token; "argmax": highest token id (open_clip)
+    attention_mask_input: str | None = None  # name of the mask input when the graph takes one
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    source: dict[str, Any]
+    architecture: str
+    embed_dim: int
+    logit_scale: float  # already exponentiated: logits = logit_scale * cos + logit_bias
+    logit_bias: float | None
+    opset: int | None
+    vision: VisionSpec | None
+    text: TextSpec | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
+    files = {}
+    for precision, f in d["files"].items():
+        if precision not in PRECISIONS:
+            raise ModelError(f"{where}: unknown precision {precision!r} (expected one of {PRECISIONS})")
+        files[precision] = TowerFile(
+            path=f["path"],
+            sha256=f.get("sha256"),
+            bytes=f.get("bytes"),
+            external_data=tuple(f.get("external_data", ())),
+        )
+    if "fp32" not in files and not files:
+        raise ModelError(f"{where}: no model files listed")
+    verification = {p: Verification(**v) for p, v in d.get("verification", {}).items()}
+    return dict(input_name=d["input_name"], output_name=d["output_name"], files=files, verification=verification)
+
+
+def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
+    """Validate a manifest dict and return a Manifest; raise ModelError naming what is wrong."""
+    if data.get("format") != "fastclip":
+        raise ModelError(f"{origin}: not a fastclip manifest (missing \"format\": \"fastclip\")")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise ModelError(f"{origin}: format_version missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"{origin}: manifest format version {version} is newer than this fastclip understands "
+            f"({FORMAT_VERSION}); upgrade fastclip (pip install -U fastclip)"
+        )
+    try:
+        vision = text = None
+        if data.get("vision"):
+            v = data["vision"]
+            vision = VisionSpec(
+                **_tower_kwargs(v, f"{origin} vision"),
+                image_size=int(v["image_size"]),
+                resize_mode=v.get("resize_mode", "shortest"),
+                interpolation=v.get("interpolation", "bicubic"),
+                mean=tuple(v["mean"]),
+                std=tuple(v["std"]),
+            )
+        if data.get("text"):
+            t = data["text"]
+            cleaning = t.get("cleaning", "none")
+            if cleaning not in CLEANINGS:
+                raise ModelError(f"{origin}: unknown text cleaning {cleaning!r} (expected one of {CLEANINGS})")
+            text = TextSpec(
+                **_tower_kwargs(t, f"{origin} text"),
+                tokenizer=t["tokenizer"],
+                cleaning=cleaning,
+                context_length=int(t["context_length"]),
+                dynamic_length=bool(t.get("dynamic_length", False)),
+                bos_token_id=int(t["bos_token_id"]),
+                eos_token_id=int(t["eos_token_id"]),
+                pad_token_id=int(t["pad_token_id"]),
+                pooling=t.get("pooling", "eos"),
+                attention_mask_input=t.get("attention_mask_input"),
+            )
+        if vision is None and text is None:
+            raise ModelError(f"{origin}: neither a vision nor a text tower is described")
+        if vision and vision.resize_mode != "shortest":
+            raise ModelError(f"{origin}: resize_mode {vision.resize_mode!r} is not supported (only 'shortest')")
+        if vision and vision.interpolation != "bicubic":
+            raise ModelError(f"{origin}: interpolation {vision.interpolation!r} is not supported (only 'bicubic')")
+        return Manifest(
+            format_version=version,
+            source=dict(data.get("source", {})),
+            architecture=str(data.get("architecture", "unknown")),
+            embed_dim=int(data["embed_dim"]),
+            logit_scale=float(data.get("logit_scale", 100.0)),
+            logit_bias=None if data.get("logit_bias") is None else float(data["logit_bias"]),
+            opset=data.get("opset"),
+            vision=vision,
+            text=text,
+            raw=data,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{origin}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def load(folder: str | Path) -> Manifest:
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no manifest; is this a folder written by `fastclip export`?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+    return parse(data, origin=str(path))
+
+
+def dump(data: dict[str, Any], folder: str | Path) -> Path:
+    """Write a manifest dict after validating it (the export side calls this)."""
+    data = {"format": "fastclip", "format_version": FORMAT_VERSION, **data}
+    parse(data, origin="manifest being written")
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path

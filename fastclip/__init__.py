@@ -1,1 +1,21 @@
-"""fastclip: CLIP embeddings with onnxruntime, no PyTorch."""
+"""fastclip: CLIP image and text embeddings with onnxruntime, no PyTorch.
+
+    from fastclip import ImageEmbedding, TextEmbedding, CLIP
+    vectors = ImageEmbedding("models/clip-b32").embed(["photo.jpg"])   # lazy generator of (dim,) float32
+"""
+
+from .embedding import CLIP, ImageEmbedding, TextEmbedding, l2_normalize
+from .errors import ExportError, FastClipError, ImageError, ModelError, TextError
+
+__version__ = "0.1.0"
+__all__ = [
+    "CLIP",
+    "ImageEmbedding",
+    "TextEmbedding",
+    "l2_normalize",
+    "FastClipError",
+    "ImageError",
+    "ModelError",
+    "TextError",
+    "ExportError",
+]

@@ -191,9 +191,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError:
-        # Pillow has no direct conversion for a few internal modes (e.g. premultiplied "La", which
-        # open_clip's transform fails on). Going through RGBA un-premultiplies alpha, then drops it.
-        return image.convert("RGBA").convert("RGB")
+        # Pillow has no direct conversion for a few modes (e.g. premultiplied "La", on which open_clip's
+        # transform raises). Un-premultiply first ("La" -> "LA"), or try through RGBA, then drop alpha.
+        via = "LA" if image.mode == "La" else "RGBA"
+        return image.convert(via).convert("RGB")
 
 
 @lru_cache(maxsize=16)

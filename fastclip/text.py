@@ -56,7 +56,7 @@ class TextTokenizer:
         try:
             self._json = path.read_text(encoding="utf-8")
             tok = Tokenizer.from_str(self._json)
-        except (OSError, UnicodeDecodeError, Exception) as exc:  # tokenizers raises plain Exception
+        except Exception as exc:  # OSError, UnicodeDecodeError, or the plain Exception tokenizers raises
             raise ModelError(f"{path}: cannot load tokenizer ({exc})") from None
         self._clean = open_clip_clean if spec.cleaning == "open_clip" else None
         if self._clean is not None:

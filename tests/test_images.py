@@ -274,8 +274,10 @@ def test_truncated_jpeg(tmp_path, files):
     assert str(cut) in str(ei.value)
     with pytest.raises(ImageError, match=r"#4"):
         ImagePreprocessor(SPEC)(cut, 4)
-    with open(cut, "rb") as fh, pytest.raises(ImageError, match=r"cut\.jpg"):
-        load_image(fh, 4)  # a file object's name is shown
+    with open(cut, "rb") as fh:
+        with pytest.raises(ImageError, match=r"cut\.jpg"):
+            load_image(fh, 4)  # a file object's name is shown
+        assert not fh.closed  # and the caller's file stays theirs
     with pytest.raises(ImageError, match=r"<PIL.Image>|cut\.jpg"):
         load_image(Image.open(io.BytesIO(cut.read_bytes())), 4)  # lazily opened PIL image fails here too
 

@@ -272,18 +272,13 @@ class TextEmbedding:
         numbered = iter(texts)
         start = 0
         while chunk := list(itertools.islice(numbered, batch_size)):
-            ids = self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)
+            if self.spec.attention_mask_input:
+                ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
+                feeds = {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
+            else:
+                feeds = {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
             start += len(chunk)
-            yield from _run(self._tower, self.spec, self._feeds(ids), normalize)
-
-    def _feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {self.spec.input_name: ids}
-        if self.spec.attention_mask_input:
-            # Real tokens run up to and including the first end token; the rest is padding.
-            first_end = np.argmax(ids == self.spec.eos_token_id, axis=1)
-            mask = np.arange(ids.shape[1])[None, :] <= first_end[:, None]
-            feeds[self.spec.attention_mask_input] = mask.astype(np.int64)
-        return feeds
+            yield from _run(self._tower, self.spec, feeds, normalize)
 
 
 class CLIP:

@@ -42,6 +42,10 @@ class TowerFile:
     sha256: str | None = None
     bytes: int | None = None
     external_data: tuple[str, ...] = ()  # relative paths of ONNX external-data files, if any
+    # onnxruntime graph transformers to disable when loading this file on CPU (optional, export adds
+    # it for fp16: ORT 1.31's NchwcTransformer crashes on fp16 CLIP graphs); pass as
+    # InferenceSession(..., disabled_optimizers=...).
+    disabled_optimizers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
             sha256=f.get("sha256"),
             bytes=f.get("bytes"),
             external_data=tuple(f.get("external_data", ())),
+            disabled_optimizers=tuple(f.get("disabled_optimizers", ())),
         )
     if "fp32" not in files and not files:
         raise ModelError(f"{where}: no model files listed")

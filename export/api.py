@@ -1,0 +1,207 @@
+"""`export_model`: a reference CLIP model -> a verified fastclip model folder.
+
+load reference (hf_source / open_clip_source) -> trace each tower to ONNX -> fp16 / int8 variants
+-> verify every file against torch -> write tokenizer, preprocessor config, manifest -> rename the
+finished temp folder into place. Any failure removes the temp folder, so OUT_DIR either holds a
+complete, verified export or is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from fastclip import manifest
+from fastclip.errors import ExportError
+
+from . import onnx_io, variants, verify
+from .source import Source
+
+OPEN_CLIP_PREFIX = "open_clip:"
+VARIANT_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+
+
+def load_source(model: str, pretrained: str | None) -> Source:
+    if model.startswith(OPEN_CLIP_PREFIX):
+        from .open_clip_source import load_open_clip
+
+        return load_open_clip(model[len(OPEN_CLIP_PREFIX):], pretrained)
+    from .hf_source import load_hf
+
+    return load_hf(model, pretrained)
+
+
+def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = None,
+                 precisions: Sequence[str] = ("fp32",), overwrite: bool = False,
+                 external_data: bool | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """Export `model` into `out_dir` and return it.
+
+    `model`: a Hugging Face id or save_pretrained folder of a CLIPModel, or `open_clip:ARCH`
+    (ARCH may also be a model-config .json file). `pretrained`: the open_clip tag or checkpoint
+    file, the hub revision for HF, or `none` for random weights. `external_data`: None stores
+    weights outside the graph only when a tower is over 2 GB; True forces it.
+    """
+    out_dir = Path(out_dir)
+    precisions = list(dict.fromkeys(p.strip().lower() for p in precisions))
+    unknown = [p for p in precisions if p not in VARIANT_NAMES]
+    if unknown:
+        raise ExportError(f"unknown precision {unknown[0]!r} (choose from {', '.join(VARIANT_NAMES)})")
+    if "fp32" not in precisions:
+        precisions.insert(0, "fp32")  # the other variants are made from it and the runtime's default
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
+
+    started = time.perf_counter()
+    log(f"loading {model}" + (f" ({pretrained})" if pretrained else ""))
+    torch.manual_seed(0)  # random-weight exports are reproducible
+    source = load_source(model, pretrained)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        _write_folder(source, tmp, precisions, external_data, log)
+        if out_dir.exists():
+            # Move the old folder aside first so the swap is two renames, not a long delete.
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            old.rmdir()
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"exported {model} to {out_dir} in {time.perf_counter() - started:.1f} s")
+    return out_dir
+
+
+def _write_folder(source: Source, folder: Path, precisions: list[str], external_data: bool | None,
+                  log: Callable[[str], None]) -> None:
+    towers = {
+        "vision": dict(module=source.vision, input="pixel_values", output="image_embeds",
+                       example=torch.zeros(2, 3, source.image_size, source.image_size),
+                       axes={0: "batch", 2: None, 3: None}, reference=verify.vision_reference),
+        "text": dict(module=source.text, input="input_ids", output="text_embeds",
+                     example=source.tokenize(["a photo of a cat", "a dog"]),
+                     axes={0: "batch", 1: "sequence"}, reference=verify.text_reference),
+    }
+    specs = {}
+    for name, t in towers.items():
+        tower_dir = folder / name
+        tower_dir.mkdir()
+        log(f"{name}: tracing to ONNX")
+        scratch = tower_dir / ".traced.onnx"
+        onnx_io.export_tower(t["module"], t["example"], scratch, t["input"], t["output"],
+                             {k: v for k, v in t["axes"].items() if v})
+        traced = onnx_io.load(scratch)
+        scratch.unlink()
+        ref = t["reference"](source)
+
+        files, checks = {}, {}
+        fp32_path = tower_dir / VARIANT_NAMES["fp32"]
+        for precision in precisions:
+            path = tower_dir / VARIANT_NAMES[precision]
+            disabled: tuple[str, ...] = ()
+            # Variants start from the saved fp32 file: saving with external data strips the weights
+            # from the in-memory graph.
+            if precision == "fp32":
+                graph, traced = traced, None
+            elif precision == "fp16":
+                graph, disabled = variants.to_fp16(onnx_io.load(fp32_path)), variants.FP16_DISABLED_OPTIMIZERS
+            else:
+                graph = variants.to_int8(fp32_path)
+            data = onnx_io.save(graph, path, onnx_io.needs_external_data(graph, external_data))
+            del graph
+            figures = verify.measure(path, ref, disabled)
+            checks[precision] = verify.check(name, precision, figures)
+            files[precision] = onnx_io.file_record(folder, name, path.name, data, disabled)
+            log(f"{name} {precision}: min cosine {figures['min_cosine']:.7f}, max abs diff "
+                f"{figures['max_abs_diff']:.3g} ({figures['max_abs_diff_rel']:.2g} x norm), "
+                f"{files[precision]['bytes'] + files[precision].get('external_data_bytes', 0):,} bytes")
+        specs[name] = {"input_name": t["input"], "output_name": t["output"], "files": files,
+                       "verification": checks}
+
+    _write_vision_config(source, folder / "vision")
+    _write_text_files(source, folder / "text")
+    manifest.dump(_manifest(source, specs), folder)
+
+
+def _manifest(source: Source, specs: dict) -> dict:
+    return {
+        "source": source.description,
+        "architecture": source.architecture,
+        "embed_dim": source.embed_dim,
+        "logit_scale": source.logit_scale,
+        "logit_bias": source.logit_bias,
+        "opset": onnx_io.OPSET,
+        "vision": {
+            **specs["vision"],
+            "image_size": source.image_size,
+            "resize_mode": "shortest",
+            "interpolation": "bicubic",
+            "mean": list(source.mean),
+            "std": list(source.std),
+        },
+        "text": {
+            **specs["text"],
+            "tokenizer": "text/tokenizer.json",
+            "cleaning": source.cleaning,
+            "context_length": source.context_length,
+            "dynamic_length": True,
+            "bos_token_id": source.bos_token_id,
+            "eos_token_id": source.eos_token_id,
+            "pad_token_id": source.pad_token_id,
+            "pooling": source.pooling,
+        },
+    }
+
+
+def _write_vision_config(source: Source, vision_dir: Path) -> None:
+    """transformers' CLIPImageProcessor format, which fastembed reads too."""
+    config = {
+        "crop_size": {"height": source.image_size, "width": source.image_size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": list(source.mean),
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": list(source.std),
+        "resample": 3,  # PIL bicubic
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": source.image_size},
+    }
+    (vision_dir / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_text_files(source: Source, text_dir: Path) -> None:
+    source.write_tokenizer(text_dir)
+    for required in ("tokenizer.json", "tokenizer_config.json"):
+        if not (text_dir / required).is_file():
+            raise ExportError(f"the tokenizer writer left no text/{required}")
+    # fastembed's loader reads the pad id from config.json when tokenizer.json carries no padding,
+    # and its truncation limit from tokenizer_config.json's model_max_length.
+    config = {
+        "model_type": "clip_text_model",
+        "architectures": ["CLIPTextModelWithProjection"],
+        "pad_token_id": source.pad_token_id,
+        "bos_token_id": source.bos_token_id,
+        "eos_token_id": source.eos_token_id,
+        "max_position_embeddings": source.context_length,
+        "projection_dim": source.embed_dim,
+    }
+    (text_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tok_cfg_path = text_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8"))
+    if tok_cfg.get("model_max_length") != source.context_length:
+        tok_cfg["model_max_length"] = source.context_length
+        tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")

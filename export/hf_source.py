@@ -1,0 +1,185 @@
+"""Load a transformers CLIPModel (hub id or save_pretrained folder) as a `Source`.
+
+`pretrained` is the hub revision, or `none` for random weights built from the checkpoint's config
+(seeded, so two exports are identical) - the cheap way to export a full-size architecture without
+its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastclip.errors import ExportError
+
+from .source import Source
+from .torchvision_compat import import_open_clip, import_torchvision
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _features(out) -> torch.Tensor:
+    # transformers 5 returns a ModelOutput whose pooler_output is the projected embedding;
+    # older releases return the tensor itself.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class HFVisionTower(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+
+class HFTextTower(nn.Module):
+    """No attention mask: the causal mask already keeps the padding after the end token from
+    reaching the pooled position, so the graph needs input_ids only."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_text_features(input_ids=input_ids))
+
+
+def _offline_error(model: str, exc: BaseException) -> ExportError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ExportError(f"cannot get {model!r} from the Hugging Face hub (no network and not cached, "
+                       f"or no such repo): {first[:200]}")
+
+
+def _fetch(model: str, revision: str | None, name: str) -> Path | None:
+    """Local path of one file of the checkpoint, or None when the checkpoint has no such file."""
+    folder = Path(model)
+    if folder.is_dir():
+        path = folder / name
+        return path if path.is_file() else None
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
+        raise ExportError(f"{model}: no such folder (and not a Hugging Face model id)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(model, name, revision=revision))
+    except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: check it first
+        raise _offline_error(model, exc) from None
+    except EntryNotFoundError:
+        return None
+    except Exception as exc:  # offline, unknown repo, HTTP errors: all one line for the user
+        raise _offline_error(model, exc) from None
+
+
+def _image_settings(model: str, revision: str | None, config) -> tuple[int, tuple, tuple]:
+    size = int(config.vision_config.image_size)
+    path = _fetch(model, revision, "preprocessor_config.json")
+    if path is None:
+        return size, DEFAULT_MEAN, DEFAULT_STD  # CLIPImageProcessor's defaults
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    shortest = cfg.get("size", {})
+    shortest = shortest.get("shortest_edge") if isinstance(shortest, dict) else shortest
+    crop = cfg.get("crop_size", size)
+    crop = crop.get("height") if isinstance(crop, dict) else crop
+    square = not isinstance(cfg.get("crop_size"), dict) or cfg["crop_size"].get("height") == cfg["crop_size"].get("width")
+    if (cfg.get("resample", 3) != 3 or not cfg.get("do_center_crop", True) or not cfg.get("do_resize", True)
+            or shortest is None or shortest != crop or crop != size or not square):
+        raise ExportError(
+            f"{model}: preprocessing {path.name} is not shortest-side bicubic resize + center crop to "
+            f"{size} (resample={cfg.get('resample')}, size={cfg.get('size')}, crop_size={cfg.get('crop_size')}); "
+            "fastclip cannot reproduce it"
+        )
+    return size, tuple(cfg.get("image_mean", DEFAULT_MEAN)), tuple(cfg.get("image_std", DEFAULT_STD))
+
+
+def load_hf(model: str, pretrained: str | None) -> Source:
+    import_torchvision()  # transformers' CLIP imports torchvision, which needs the CPU-torch workaround
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    random_init = pretrained is not None and pretrained.lower() == "none"
+    revision = None if random_init else pretrained
+    config_path = _fetch(model, revision, "config.json")
+    if config_path is None:
+        raise ExportError(f"{model}: no config.json; not a transformers checkpoint")
+    try:
+        config = AutoConfig.from_pretrained(str(config_path.parent))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ExportError(f"{model}: unreadable config.json ({str(exc).splitlines()[0][:200]})") from None
+    if config.model_type != "clip":
+        raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP (model_type 'clip')")
+
+    image_size, mean, std = _image_settings(model, revision, config)
+    local = {name: _fetch(model, revision, name) for name in TOKENIZER_FILES}
+    if local["tokenizer.json"] is None or local["tokenizer_config.json"] is None:
+        raise ExportError(f"{model}: no tokenizer.json / tokenizer_config.json; cannot export the text tower")
+
+    try:
+        if random_init:
+            torch.manual_seed(0)
+            clip = CLIPModel(config)
+        else:
+            clip = CLIPModel.from_pretrained(model, revision=revision)
+    except OSError as exc:
+        raise _offline_error(model, exc) from None
+    clip.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(local["tokenizer.json"].parent))
+
+    text_cfg = config.text_config
+    context_length = int(min(text_cfg.max_position_embeddings, tokenizer.model_max_length))
+    eos = int(text_cfg.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    # transformers pools at the highest id for legacy configs whose eos_token_id is 2, else at the
+    # first eos token.
+    pooling = "argmax" if eos == 2 else "eos"
+    if pooling == "argmax":
+        eos = int(tokenizer.eos_token_id)
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", truncation=True, max_length=context_length,
+                         return_tensors="pt")["input_ids"].long()
+
+    def write_tokenizer(out_dir: Path) -> None:
+        for name, path in local.items():
+            if path is not None:
+                shutil.copyfile(path, out_dir / name)
+
+    def preprocess(image):
+        return import_open_clip().transform.image_transform(image_size, is_train=False, mean=mean, std=std)(image)
+
+    description = {"kind": "hf", "model": model if not Path(model).is_dir() else Path(model).name,
+                   "revision": revision, "pretrained": "none" if random_init else None}
+    return Source(
+        kind="hf",
+        description=description,
+        architecture=description["model"],
+        embed_dim=int(config.projection_dim),
+        logit_scale=float(clip.logit_scale.detach().exp()),
+        logit_bias=None,
+        vision=HFVisionTower(clip),
+        text=HFTextTower(clip),
+        image_size=image_size,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        preprocess=preprocess,
+        context_length=context_length,
+        bos_token_id=int(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else text_cfg.bos_token_id),
+        eos_token_id=eos,
+        pad_token_id=int(pad),
+        pooling=pooling,
+        cleaning="none",
+        tokenize=tokenize,
+        write_tokenizer=write_tokenizer,
+        vision_heads=int(config.vision_config.num_attention_heads),
+        vision_width=int(config.vision_config.hidden_size),
+        text_heads=int(text_cfg.num_attention_heads),
+        text_width=int(text_cfg.hidden_size),
+    )

@@ -1,0 +1,53 @@
+"""What the export needs from a reference model, whatever library it came from.
+
+A loader (`hf_source`, `open_clip_source`) fills one `Source`; everything after that - ONNX export,
+verification, the model folder - reads only this, so the two libraries never leak further.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Source:
+    kind: str  # "hf" | "open_clip"
+    description: dict[str, Any]  # the manifest's "source" entry
+    architecture: str
+    embed_dim: int
+    logit_scale: float  # exponentiated
+    logit_bias: float | None
+
+    # Towers ending at the projected, unnormalized embedding.
+    vision: torch.nn.Module  # pixel_values (B,3,S,S) float32 -> (B,embed_dim)
+    text: torch.nn.Module  # input_ids (B,L) int64 -> (B,embed_dim)
+
+    # Image preprocessing (already checked to be shortest-side bicubic resize + center crop).
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    preprocess: Callable[[Any], torch.Tensor]  # reference: PIL image -> (3,S,S)
+
+    # Text.
+    context_length: int
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    pooling: str  # "eos" | "argmax"
+    cleaning: str  # "open_clip" | "none"
+    tokenize: Callable[[list[str]], torch.Tensor]  # reference: texts -> (N, context_length) int64
+    write_tokenizer: Callable[[Path], None]  # writes tokenizer.json & co into text/
+
+    # The library's own text encoder (full context_length input), when `text` is a re-implementation
+    # of it: verification measures the graph against this, not against our wrapper.
+    reference_text: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    # Attention shape, for onnxruntime's transformer optimizer.
+    vision_heads: int = 0
+    vision_width: int = 0
+    text_heads: int = 0
+    text_width: int = 0

@@ -1,0 +1,250 @@
+"""Export stage on tiny models: folder, manifest, verification figures, dynamic length, variants,
+external data, atomicity, error messages, fastembed interop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from fastclip import manifest
+from fastclip.errors import ExportError
+from fastclip_export import api, onnx_io, verify
+
+from photos import SENTENCES, cosines, photo_array
+
+
+def _session(path, disabled=()):
+    return verify.session(path, tuple(disabled))
+
+
+def _check_folder(folder, precisions=("fp32",)):
+    m = manifest.load(folder)
+    assert m.embed_dim > 0 and m.logit_scale > 0
+    for tower in (m.vision, m.text):
+        assert set(tower.files) == set(precisions)
+        for precision, f in tower.files.items():
+            path = folder / f.path
+            assert onnx_io.sha256(path) == f.sha256 and path.stat().st_size == f.bytes
+            v = tower.verification[precision]
+            assert v.samples > 0 and v.min_cosine >= v.threshold_cosine
+            assert v.threshold_abs_rel is None or v.max_abs_diff_rel <= v.threshold_abs_rel
+    assert m.vision.verification["fp32"].threshold_cosine == 0.99999
+    assert m.vision.verification["fp32"].threshold_abs_rel == 1e-4
+    return m
+
+
+def test_tiny_open_clip_export(tiny_openclip_export, tiny_openclip_model):
+    m = _check_folder(tiny_openclip_export)
+    assert m.source == {"kind": "open_clip", "model": "fastclip-tiny", "pretrained": "none"}
+    assert m.text.cleaning == "open_clip" and m.text.pooling == "argmax"
+    assert (m.text.pad_token_id, m.text.bos_token_id, m.text.eos_token_id) == (0, 49406, 49407)
+    assert m.vision.image_size == 224 and m.vision.resize_mode == "shortest"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        assert (tiny_openclip_export / "text" / name).is_file()
+    pre = json.loads((tiny_openclip_export / "vision" / "preprocessor_config.json").read_text())
+    assert pre["size"] == {"shortest_edge": 224} and pre["crop_size"] == {"height": 224, "width": 224}
+    assert pre["resample"] == 3 and pre["image_processor_type"] == "CLIPImageProcessor"
+
+    # The exported weights are the fixture's reference model, and the features are not degenerate.
+    import torch
+
+    model, _, tokenizer = tiny_openclip_model
+    ids = tokenizer(SENTENCES[:4])
+    with torch.no_grad():
+        want = model.encode_text(ids).numpy()
+    got = _session(tiny_openclip_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
+    assert np.linalg.norm(want, axis=1).min() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
+    assert np.isclose(m.logit_scale, float(model.logit_scale.detach().exp()))
+
+
+def test_tiny_hf_export(tiny_hf_export, tiny_hf_checkpoint):
+    m = _check_folder(tiny_hf_export)
+    assert m.source["kind"] == "hf" and m.embed_dim == 32
+    assert m.text.cleaning == "none" and m.text.pooling == "eos"
+    assert m.text.pad_token_id == 49407 and m.text.eos_token_id == 49407
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "config.json"):
+        assert (tiny_hf_export / "text" / name).is_file()
+
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_hf_checkpoint).eval()
+    ids = AutoTokenizer.from_pretrained(tiny_hf_checkpoint)(SENTENCES[:4], padding=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = model.get_text_features(input_ids=ids).pooler_output.numpy()
+    got = _session(tiny_hf_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
+    assert got.shape == (4, 32) and np.linalg.norm(want, axis=1).min() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
+
+
+@pytest.mark.parametrize("which", ["tiny_openclip_export", "tiny_hf_export"])
+def test_dynamic_text_length(which, request):
+    """Short (batch-longest) padding and full 77-token padding give the same vectors."""
+    folder = request.getfixturevalue(which)
+    m = manifest.load(folder)
+    assert m.text.dynamic_length
+    sess = _session(folder / "text" / "model.onnx")
+    texts = ["a dog", "a photo of an astronaut in a white space suit", "夕焼けの富士山"]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "text" / "tokenizer.json"))
+    rows = [tok.encode(t).ids[: m.text.context_length] for t in texts]
+    longest = max(map(len, rows))
+    short = np.full((len(rows), longest), m.text.pad_token_id, np.int64)
+    full = np.full((len(rows), m.text.context_length), m.text.pad_token_id, np.int64)
+    for i, r in enumerate(rows):
+        short[i, : len(r)] = r
+        full[i, : len(r)] = r
+    a = sess.run(None, {"input_ids": short})[0]
+    b = sess.run(None, {"input_ids": full})[0]
+    assert short.shape[1] < 20
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    assert sess.get_inputs()[0].shape[1] == "sequence" and sess.get_inputs()[0].shape[0] == "batch"
+
+
+def test_variants_and_forced_external_data(tiny_openclip_config, tmp_path):
+    out = api.export_model(f"open_clip:{tiny_openclip_config}", tmp_path / "m", pretrained="none",
+                           precisions=["fp32", "fp16", "int8"], external_data=True, log=lambda _: None)
+    m = _check_folder(out, ("fp32", "fp16", "int8"))
+    raw = json.loads((out / "fastclip.json").read_text())
+    for tower in (m.vision, m.text):
+        assert tower.files["fp16"].disabled_optimizers == ("NchwcTransformer",)
+        for precision, f in tower.files.items():
+            assert f.external_data == (f.path + ".data",)
+            data = out / f.external_data[0]
+            assert data.stat().st_size > f.bytes  # the weights are outside the graph
+            entry = raw["vision" if tower is m.vision else "text"]["files"][precision]
+            assert entry["external_data_sha256"][f.external_data[0]] == onnx_io.sha256(data)
+            inits = onnx.load(str(out / f.path), load_external_data=False).graph.initializer
+            assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits)
+    # fp16 keeps float32 inputs and outputs; int8 is a fraction of the size.
+    sess = _session(out / m.vision.files["fp16"].path, m.vision.files["fp16"].disabled_optimizers)
+    assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
+    total = lambda f: f.bytes + (out / f.external_data[0]).stat().st_size  # noqa: E731
+    assert total(m.text.files["int8"]) < 0.4 * total(m.text.files["fp32"])
+    assert m.text.verification["int8"].threshold_cosine == verify.THRESHOLDS["int8"].min_cosine
+
+
+def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="already exists"):
+        api.export_model("open_clip:fastclip-tiny", out, pretrained="none", log=lambda _: None)
+    assert (out / "keep.txt").read_text() == "x"
+    api.export_model("open_clip:fastclip-tiny", out, pretrained="none", overwrite=True, log=lambda _: None)
+    assert not (out / "keep.txt").exists() and (out / "fastclip.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_failed_verification_leaves_nothing(tiny_openclip_config, tmp_path, monkeypatch):
+    def broken(path, ref, disabled=()):
+        return {"min_cosine": 0.5, "max_abs_diff": 1.0, "max_abs_diff_rel": 0.1, "samples": 8}
+
+    monkeypatch.setattr(verify, "measure", broken)
+    with pytest.raises(ExportError, match="does not match torch"):
+        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+    # An existing folder survives a failed --overwrite untouched.
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "old.txt").write_text("old")
+    with pytest.raises(ExportError):
+        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", overwrite=True, log=lambda _: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (tmp_path / "m" / "old.txt").is_file()
+
+
+def test_unknown_architecture_and_tag_list_close_matches(tmp_path):
+    with pytest.raises(ExportError, match="ViT-B-32") as info:
+        api.export_model("open_clip:ViT-B-23", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert "unknown open_clip architecture" in str(info.value)
+    with pytest.raises(ExportError, match="laion2b_s34b_b79k"):
+        api.export_model("open_clip:ViT-B-32", tmp_path / "m", pretrained="laion2b_s34b_b97k", log=lambda _: None)
+    with pytest.raises(ExportError, match="needs --pretrained"):
+        api.export_model("open_clip:ViT-B-32", tmp_path / "m", log=lambda _: None)
+    with pytest.raises(ExportError, match="unknown precision"):
+        api.export_model("open_clip:ViT-B-32", tmp_path / "m", pretrained="none", precisions=["fp8"], log=lambda _: None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_unsupported_preprocessing_refused(tiny_hf_checkpoint, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_hf_checkpoint, ckpt)
+    cfg = json.loads((ckpt / "preprocessor_config.json").read_text())
+    cfg["resample"] = 2  # bilinear
+    (ckpt / "preprocessor_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="bicubic"):
+        api.export_model(str(ckpt), tmp_path / "m", log=lambda _: None)
+
+
+def test_not_a_clip_checkpoint(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ExportError, match="not CLIP"):
+        api.export_model(str(tmp_path / "bert"), tmp_path / "m", log=lambda _: None)
+
+
+def test_offline_unknown_hf_id_is_one_line(tmp_path):
+    """No network and nothing cached: the CLI user sees one line, no traceback."""
+    code = (
+        "from fastclip_export.api import export_model\n"
+        "from fastclip.errors import ExportError\n"
+        "try:\n"
+        f"    export_model('fastclip-test/no-such-clip-model', {str(tmp_path / 'm')!r}, log=lambda _: None)\n"
+        "except ExportError as e:\n"
+        "    print('ERR:' + str(e))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ERR:")]
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert "no-such-clip-model" in lines[0] and "no network" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_fastembed_loads_the_tower_folders(tiny_openclip_export, tiny_hf_export, tmp_path):
+    from fastembed import ImageEmbedding, TextEmbedding
+    from PIL import Image
+
+    image_files = []
+    for name in ("astronaut", "chelsea", "coffee"):
+        image_files.append(tmp_path / f"{name}.png")
+        Image.fromarray(photo_array(name)).save(image_files[-1])
+    texts = ["a photo of an astronaut", "A cat sleeping on a sunny windowsill.", "coffee"]
+    for folder in (tiny_openclip_export, tiny_hf_export):
+        m = manifest.load(folder)
+        vision = ImageEmbedding("Qdrant/clip-ViT-B-32-vision", specific_model_path=str(folder / "vision"),
+                                cache_dir=str(tmp_path / "fe"), providers=["CPUExecutionProvider"])
+        fe_images = np.stack(list(vision.embed([str(p) for p in image_files])))
+
+        # Our graph on open_clip-style preprocessing of the same files.
+        from fastclip_export.torchvision_compat import import_open_clip
+
+        transform = import_open_clip().transform.image_transform(224, is_train=False, mean=m.vision.mean, std=m.vision.std)
+        pixels = np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in image_files])
+        ours = _session(folder / "vision" / "model.onnx").run(None, {"pixel_values": pixels})[0]
+        assert cosines(fe_images, ours).min() >= 0.9999
+
+        text = TextEmbedding("Qdrant/clip-ViT-B-32-text", specific_model_path=str(folder / "text"),
+                             cache_dir=str(tmp_path / "fe"), providers=["CPUExecutionProvider"])
+        fe_text = np.stack(list(text.embed(texts)))
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "text" / "tokenizer.json"))
+        rows = [tok.encode(t).ids for t in texts]
+        ids = np.full((len(rows), max(map(len, rows))), m.text.pad_token_id, np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        raw = _session(folder / "text" / "model.onnx").run(None, {"input_ids": ids})[0]
+        np.testing.assert_allclose(fe_text, raw, rtol=0, atol=1e-5 * np.abs(raw).max())

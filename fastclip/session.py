@@ -158,7 +158,13 @@ def open_tower(
     # Quiet onnxruntime's own warnings (e.g. about providers); we log the outcome ourselves.
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=providers,
+            # The export stage lists graph transformers known to break this file (e.g. on fp16 graphs).
+            disabled_optimizers=list(entry.disabled_optimizers) or None,
+        )
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{where}: onnxruntime could not load {path}: {first}") from None

@@ -32,28 +32,54 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.finfo(x.dtype).tiny)
 
 
-def _open(
-    model_name: str | Path,
-    tower_name: str,
-    *,
-    cache_dir=None,
-    local_files_only=False,
-    revision=None,
-    providers=None,
-    threads=None,
-    precision=None,
-    verify=False,
-) -> tuple[Path, Manifest, Any, LoadedTower]:
-    folder = resolve_folder(model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision)
-    manifest = load_manifest(folder)
-    spec = getattr(manifest, tower_name)
-    if spec is None:
-        raise ModelError(f"{model_name}: this model folder has no {tower_name} tower")
-    loaded = open_tower(
-        folder, spec, name=tower_name, providers=providers, threads=threads, precision=precision, verify=verify
-    )
-    _check_graph(loaded, spec, manifest.embed_dim, f"{folder} ({tower_name} tower)")
-    return folder, manifest, spec, loaded
+class _TowerModel:
+    """What both embedding classes share: resolve the model, read its manifest, open one tower.
+
+    Options (keyword-only, for both classes): cache_dir, local_files_only, revision (hub
+    resolution); providers, threads (onnxruntime); precision ("fp32", "fp16", "int8": pins a
+    variant, default fp32 on CPU and fp16 on GPU when present); verify (check the file's sha256).
+    """
+
+    tower_name = ""
+    default_repo = ""
+
+    def __init__(
+        self,
+        model_name: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        providers: list | None = None,
+        threads: int | None = None,
+        precision: str | None = None,
+        verify: bool = False,
+    ):
+        self.model_name = str(model_name or self.default_repo)
+        self.folder = resolve_folder(
+            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision
+        )
+        self.manifest: Manifest = load_manifest(self.folder)
+        self.spec = getattr(self.manifest, self.tower_name)
+        if self.spec is None:
+            raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower")
+        self._tower = open_tower(
+            self.folder, self.spec, name=self.tower_name, providers=providers, threads=threads,
+            precision=precision, verify=verify,
+        )
+        _check_graph(self._tower, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embed_dim
+
+    @property
+    def precision(self) -> str:
+        return self._tower.precision
+
+    @property
+    def device(self) -> str:
+        return self._tower.device
 
 
 def _check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:
@@ -86,7 +112,7 @@ def _run(loaded: LoadedTower, spec: Tower, feeds: dict[str, np.ndarray], normali
     return l2_normalize(out) if normalize else out
 
 
-class ImageEmbedding:
+class ImageEmbedding(_TowerModel):
     """Image vectors from a CLIP vision tower.
 
     model_name: a fastclip model folder, a fastembed-style tower folder, or a hub repo id
@@ -96,49 +122,24 @@ class ImageEmbedding:
     fast: decode JPEGs at reduced size (at least twice the crop) before the bicubic resize; several
     times faster to decode, vectors move by a cosine of about 1e-4 or less. Off by default.
     workers: threads that decode and preprocess the next images while the model runs (0 = inline).
+    Other options: see _TowerModel.
     """
+
+    tower_name = "vision"
+    default_repo = DEFAULT_VISION_REPO
 
     def __init__(
         self,
         model_name: str | Path | None = None,
         *,
-        cache_dir: str | Path | None = None,
-        local_files_only: bool = False,
-        revision: str | None = None,
-        providers: list | None = None,
-        threads: int | None = None,
-        precision: str | None = None,
         exif_transpose: bool = True,
         fast: bool = False,
         workers: int | None = None,
-        verify: bool = False,
+        **options: Any,
     ):
-        self.model_name = str(model_name or DEFAULT_VISION_REPO)
-        self.folder, self.manifest, self.spec, self._tower = _open(
-            self.model_name,
-            "vision",
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            revision=revision,
-            providers=providers,
-            threads=threads,
-            precision=precision,
-            verify=verify,
-        )
+        super().__init__(model_name, **options)
         self._preprocess = ImagePreprocessor(self.spec, exif_transpose=exif_transpose, fast=fast)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.embed_dim
-
-    @property
-    def precision(self) -> str:
-        return self._tower.precision
-
-    @property
-    def device(self) -> str:
-        return self._tower.device
 
     def embed(
         self,
@@ -210,46 +211,18 @@ class ImageEmbedding:
         return [i for i, _ in done], pixels, failed
 
 
-class TextEmbedding:
-    """Text vectors from a CLIP text tower (default: fastembed's published CLIP ViT-B/32 text tower)."""
+class TextEmbedding(_TowerModel):
+    """Text vectors from a CLIP text tower (default: fastembed's published CLIP ViT-B/32 text tower).
 
-    def __init__(
-        self,
-        model_name: str | Path | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-        local_files_only: bool = False,
-        revision: str | None = None,
-        providers: list | None = None,
-        threads: int | None = None,
-        precision: str | None = None,
-        verify: bool = False,
-    ):
-        self.model_name = str(model_name or DEFAULT_TEXT_REPO)
-        self.folder, self.manifest, self.spec, self._tower = _open(
-            self.model_name,
-            "text",
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            revision=revision,
-            providers=providers,
-            threads=threads,
-            precision=precision,
-            verify=verify,
-        )
+    Options: see _TowerModel.
+    """
+
+    tower_name = "text"
+    default_repo = DEFAULT_TEXT_REPO
+
+    def __init__(self, model_name: str | Path | None = None, **options: Any):
+        super().__init__(model_name, **options)
         self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec)
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.embed_dim
-
-    @property
-    def precision(self) -> str:
-        return self._tower.precision
-
-    @property
-    def device(self) -> str:
-        return self._tower.device
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> np.ndarray:
         """The int64 token ids the model sees, padded to the longest text (or the context length)."""

@@ -7,22 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "camera")
+from fastclip_export.verify import PHOTO_NAMES
+from fastclip_export.verify import SENTENCES as EXPORT_SENTENCES
 
-SENTENCES = [
-    "a photo of an astronaut in a white space suit",
-    "A cat sleeping on a sunny windowsill.",
-    "two cups of coffee & a croissant on a wooden table",
-    "The rocket lifted off at dawn, trailing smoke!",
-    "microscope image of stained tissue",
-    "a blurry picture of a dog",
-    "Une photo d'un chat noir",
-    "夕焼けの富士山",
-    "",
-    "the quick brown fox jumps over the lazy dog " * 12,  # longer than the context: truncated
-    "Tom &amp; Jerry",
-    "emoji 🐶🚀 party",
-]
+# The sentences every export is verified on, plus emoji, which the runtime must tokenize identically too.
+SENTENCES = [*EXPORT_SENTENCES, "emoji 🐶🚀 party"]
 
 
 def photo_array(name: str) -> np.ndarray:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from fastclip import manifest
+from fastclip import ImageEmbedding, TextEmbedding, manifest
 from fastclip_export import api, onnx_io
+from fastclip_export.verify import session
 
-from conftest import copy_tokenizer_files
+from conftest import SEED, copy_tokenizer_files
+from photos import SENTENCES, cosines, write_photos
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +37,25 @@ def test_open_clip_vit_b_32_round_trip(tmp_path):
     assert m.source["model"] == "ViT-B-32" and m.text.pooling == "argmax"
     assert (out / "vision" / "model.onnx").stat().st_size > 300e6
 
+    # The runtime, end to end (its own decoding, preprocessing and tokenizer), against open_clip with
+    # the same weights (random init right after the export's seed).
+    import torch
+
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    open_clip = import_open_clip()
+    torch.manual_seed(SEED)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    photos = write_photos(tmp_path / "photos")
+    with torch.no_grad():
+        ref_img = model.eval().encode_image(torch.stack([preprocess(Image.open(p)) for p in photos])).numpy()
+        ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
+    got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
+    got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
+    assert cosines(got_img, ref_img).min() >= 0.99999
+    assert cosines(got_txt, ref_txt).min() >= 0.99999
+
 
 def test_hf_vit_b_32_round_trip(tmp_path):
     """CLIPConfig() defaults are ViT-B/32's shape; `pretrained='none'` builds random weights from the
@@ -46,5 +68,5 @@ def test_hf_vit_b_32_round_trip(tmp_path):
     out = api.export_model(str(ckpt), tmp_path / "m", pretrained="none", log=lambda _: None)
     m = _check(out)
     assert m.source["kind"] == "hf" and m.text.pooling == "eos" and m.vision.image_size == 224
-    sess = __import__("fastclip_export.verify", fromlist=["session"]).session(out / "text" / "model.onnx")
+    sess = session(out / "text" / "model.onnx")
     assert sess.run(None, {"input_ids": np.array([[49406, 320, 1929, 49407]], np.int64)})[0].shape == (1, 512)

@@ -6,12 +6,13 @@ fast as the dynamo exporter, gives the same parity, and its dynamic axes need no
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
+
+from fastclip.manifest import sha256
 
 OPSET = 17
 # Protobuf cannot hold a message over 2 GiB; stay clear of it with some room for the graph itself.
@@ -66,14 +67,6 @@ def save(model: onnx.ModelProto, path: Path, external: bool) -> list[str]:
 
 def load(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=True)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_record(folder: Path, tower: str, name: str, external_data: list[str],

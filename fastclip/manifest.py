@@ -16,6 +16,7 @@ Folder layout written by the export stage::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class TowerFile:
     sha256: str | None = None
     bytes: int | None = None
     external_data: tuple[str, ...] = ()  # relative paths of ONNX external-data files, if any
+    external_data_sha256: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     # onnxruntime graph transformers to disable when loading this file on CPU (optional, export adds
     # it for fp16: ORT 1.31's NchwcTransformer crashes on fp16 CLIP graphs); pass as
     # InferenceSession(..., disabled_optimizers=...).
@@ -114,6 +116,7 @@ def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
             sha256=f.get("sha256"),
             bytes=f.get("bytes"),
             external_data=tuple(f.get("external_data", ())),
+            external_data_sha256=dict(f.get("external_data_sha256", {})),
             disabled_optimizers=tuple(f.get("disabled_optimizers", ())),
         )
     if "fp32" not in files and not files:
@@ -203,3 +206,12 @@ def dump(data: dict[str, Any], folder: str | Path) -> Path:
     path = Path(folder) / MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed: model files run to gigabytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

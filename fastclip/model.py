@@ -14,7 +14,7 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .errors import ModelError
-from .manifest import Manifest
+from .manifest import Manifest, VisionSpec
 
 # fastembed's published CLIP ViT-B/32 towers: the default, so a new user gets vectors with no export.
 DEFAULT_VISION_REPO = "Qdrant/clip-ViT-B-32-vision"
@@ -139,8 +139,8 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
                 "output_name": out,
                 "files": {"fp32": base},
                 "image_size": int(size or 224),
-                "mean": cfg.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
-                "std": cfg.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+                "mean": cfg.get("image_mean", list(VisionSpec.mean)),
+                "std": cfg.get("image_std", list(VisionSpec.std)),
             },
         )
         return data
@@ -148,16 +148,21 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{folder}: model.onnx without preprocessor_config.json or tokenizer.json; which tower is it?")
     tok_cfg = _read_json(folder / "tokenizer_config.json")
     cfg = _read_json(folder / "config.json")
-    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("vocab", {})
-    added = {
-        t["content"]: t["id"]
-        for t in json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
-    }
-    token_ids = {**vocab, **added}
-    bos = token_ids.get(tok_cfg.get("bos_token") if isinstance(tok_cfg.get("bos_token"), str) else "<|startoftext|>", 49406)
-    eos = token_ids.get(tok_cfg.get("eos_token") if isinstance(tok_cfg.get("eos_token"), str) else "<|endoftext|>", 49407)
-    pad_token = tok_cfg.get("pad_token")
-    pad = cfg.get("pad_token_id", token_ids.get(pad_token, eos) if isinstance(pad_token, str) else eos)
+    tokenizer = _read_json(folder / "tokenizer.json")
+    token_ids = {**tokenizer.get("model", {}).get("vocab", {}), **{t["content"]: t["id"] for t in tokenizer.get("added_tokens", [])}}
+
+    def token_id(key: str, default: str) -> int:
+        # tokenizer_config.json names a token as a string or as an AddedToken-like {"content": ...}.
+        value = tok_cfg.get(key) or default
+        name = value.get("content", default) if isinstance(value, dict) else value
+        if name not in token_ids:
+            raise ModelError(f"{folder}: tokenizer has no {key} {name!r}")
+        return int(token_ids[name])
+
+    bos = token_id("bos_token", "<|startoftext|>")
+    eos = token_id("eos_token", "<|endoftext|>")
+    # transformers' CLIP pads with the end token; the pad id only fills positions the causal tower ignores.
+    pad = int(cfg.get("pad_token_id", token_id("pad_token", "<|endoftext|>")))
     ids_input = "input_ids" if "input_ids" in names else names[0]
     ids_shape = dict(inputs)[ids_input]
     out, dim = _pick_output(outputs, "text_embeds", str(folder))
@@ -174,9 +179,9 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
             "context_length": context,
             # A fixed sequence axis in the graph means every batch must be padded to it.
             "dynamic_length": not (len(ids_shape) == 2 and isinstance(ids_shape[1], int)),
-            "bos_token_id": int(bos),
-            "eos_token_id": int(eos),
-            "pad_token_id": int(pad),
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
             "pooling": "eos",
             "attention_mask_input": "attention_mask" if "attention_mask" in names else None,
         },

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import ModelError
-from .manifest import Tower
+from .manifest import Tower, sha256
 
 log = logging.getLogger("fastclip")
 
@@ -95,8 +95,6 @@ def pick_precision(tower: Tower, device: str, requested: str | None, where: str)
         return "fp16"
     if "fp32" in tower.files:
         return "fp32"
-    if "fp16" in tower.files and device == "cuda":
-        return "fp16"
     raise ModelError(
         f"{where}: no fp32 model to run on {device.upper()}; pass precision= one of {sorted(tower.files)}"
     )
@@ -112,16 +110,6 @@ def _check_file(folder: Path, rel: str, expected_bytes: int | None, where: str) 
             "the file is truncated or corrupt - download or export it again"
         )
     return path
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_tower(
@@ -144,12 +132,13 @@ def open_tower(
     chosen = pick_precision(tower, "cuda" if wants_cuda else "cpu", precision, where)
     entry = tower.files[chosen]
     path = _check_file(folder, entry.path, entry.bytes, where)
-    for extra in entry.external_data:
-        _check_file(folder, extra, None, where)
-    if verify and entry.sha256:
-        actual = sha256_of(path)
-        if actual != entry.sha256:
-            raise ModelError(f"{where}: {path} sha256 {actual[:12]}… does not match the manifest's {entry.sha256[:12]}…")
+    extras = [_check_file(folder, extra, None, where) for extra in entry.external_data]
+    if verify:
+        expected = {path: entry.sha256, **{folder / rel: h for rel, h in entry.external_data_sha256.items()}}
+        for file in [path, *extras]:
+            want = expected.get(file)
+            if want and sha256(file) != want:
+                raise ModelError(f"{where}: {file} does not match the sha256 in the manifest; export or download it again")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

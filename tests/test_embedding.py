@@ -189,6 +189,15 @@ def test_missing_or_corrupt_model_file_fails_before_any_work(tiny_openclip_expor
     with pytest.raises(ModelError, match="truncated or corrupt"):
         TextEmbedding(folder)
 
+    # One flipped byte deep in the weights loads fine; only verify=True (the manifest's sha256) catches it.
+    folder = _copy(tiny_openclip_export, tmp_path / "m4")
+    model = folder / "text" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        TextEmbedding(folder, verify=True)
+
     # Same size, garbage content: onnxruntime refuses it and we say which file.
     folder = _copy(tiny_openclip_export, tmp_path / "m3")
     model = folder / "text" / "model.onnx"

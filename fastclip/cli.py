@@ -20,9 +20,10 @@ OUTPUT_FORMATS = (".npy", ".parquet", ".jsonl")
 DESCRIPTION = """\
 fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
 
-  fastclip embed photos/ --out vectors.npy         embed every image under photos/
+  fastclip embed photos/ --out vectors.npy        embed every image under photos/
   fastclip embed --text "a dog" --out t.jsonl     embed texts instead
-  fastclip export openai/clip-vit-base-patch32 models/clip-b32   turn a CLIP model into ONNX (needs fastclip[export])
+  fastclip export openai/clip-vit-base-patch32 models/clip-b32
+                                                  turn a CLIP model into ONNX (needs fastclip[export])
   fastclip info models/clip-b32                   dims, precisions and verification figures
 
 Vectors are L2-normalized: the dot product of two of them is their cosine similarity.
@@ -149,6 +150,7 @@ def _progress(total: int, unit: str):
 
 def cmd_embed(args) -> int:
     from .embedding import ImageEmbedding, TextEmbedding
+    from .errors import ImageError
 
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -166,11 +168,11 @@ def cmd_embed(args) -> int:
     common: dict[str, Any] = dict(
         cache_dir=args.cache_dir, local_files_only=args.offline, precision=args.precision, threads=args.threads
     )
-    started = time.perf_counter()
     failures: list[tuple[str, str]] = []
     if texts_mode:
         inputs = collect_texts(args)
         model = TextEmbedding(args.model, **common)
+        started = time.perf_counter()  # the rate counts embedding, not loading the model
         bar = _progress(len(inputs), "text")
         rows = []
         for vector in model.embed(inputs, batch_size=args.batch_size or 256):
@@ -186,6 +188,7 @@ def cmd_embed(args) -> int:
         if not inputs:
             raise UsageError(f"no images found in {' '.join(args.paths)}")
         model = ImageEmbedding(args.model, fast=args.fast, exif_transpose=not args.no_exif, **common)
+        started = time.perf_counter()
         bar = _progress(len(inputs), "img")
 
         def report(error) -> None:
@@ -202,6 +205,8 @@ def cmd_embed(args) -> int:
                 if vector is not None:
                     rows.append(vector)
                     kept.append(path)
+        except ImageError as exc:
+            raise ImageError(exc.index, exc.source, exc.reason + " (--skip-errors leaves unreadable images out)") from None
         finally:
             bar.close()
         key, unit = "path", "images"

@@ -145,3 +145,15 @@ def test_info_shows_dims_and_verification(tiny_openclip_export):
     manifest = json.loads((tiny_openclip_export / "fastclip.json").read_text())
     assert f"embed_dim: {manifest['embed_dim']}" in result.stdout
     assert "fp32" in result.stdout and "min cosine" in result.stdout
+
+
+def test_parquet_without_pyarrow_is_a_one_line_hint(tiny_openclip_export, photo_dir, tmp_path):
+    # sys.modules[name] = None makes `import pyarrow` fail as if it were not installed.
+    code = (
+        "import sys; sys.modules['pyarrow'] = None; from fastclip.cli import main; "
+        f"sys.exit(main(['embed', {str(photo_dir)!r}, '--model', {str(tiny_openclip_export)!r}, '--out', {str(tmp_path / 'v.parquet')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "pip install 'fastclip[parquet]'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "v.parquet").exists()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ImageError, ModelError
+from .errors import ImageError, ModelError, TextError
 from .images import ImagePreprocessor
 from .manifest import Manifest, Tower
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
@@ -241,17 +241,59 @@ class TextEmbedding(_TowerModel):
             texts = [texts]  # one sentence, not a stream of characters
         return self._embed(texts, batch_size, normalize, truncate)
 
+    # Length bucketing: texts are tokenized `_bucket_window` batches at a time, sorted by token count
+    # and run `_run_rows` at a time (at most batch_size), so each run is padded to about its own
+    # texts' length rather than to the longest text of an input-order batch. The vectors are the
+    # same (the causal mask, or the attention mask, keeps padding out of the real tokens) and come
+    # out in input order. Measured on ViT-B/32, 2 cores, 3-20 word texts: sorting ~1.5x, and runs of
+    # 32 sorted texts ~1.2x more than runs of 256 (smaller activations stay in cache).
+    # _bucket_window 0 or 1: input-order batches of batch_size, as a plain loop would run them.
+    _bucket_window = 8
+    _run_rows = 32
+
     def _embed(self, texts, batch_size, normalize, truncate) -> Iterator[np.ndarray]:
         numbered = iter(texts)
         start = 0
-        while chunk := list(itertools.islice(numbered, batch_size)):
-            if self.spec.attention_mask_input:
-                ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
-                feeds = {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
+        bucketing = self.spec.dynamic_length and self._bucket_window > 1
+        window = batch_size * self._bucket_window if bucketing else batch_size
+        # Small runs pay on CPU; a GPU wants the whole batch in one run.
+        rows = batch_size if self.device == "cuda" else min(batch_size, self._run_rows)
+        while chunk := list(itertools.islice(numbered, window)):
+            if bucketing and len(chunk) > rows:
+                yield from self._embed_bucketed(chunk, start, batch_size, rows, normalize, truncate)
             else:
-                feeds = {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
+                yield from _run(self._tower, self.spec, self._feeds(chunk, start, truncate), normalize)
             start += len(chunk)
-            yield from _run(self._tower, self.spec, feeds, normalize)
+
+    def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
+        if self.spec.attention_mask_input:
+            ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
+            return {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
+        return {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
+
+    def _embed_bucketed(self, chunk, start, batch_size, rows, normalize, truncate) -> Iterator[np.ndarray]:
+        try:
+            feeds = self._feeds(chunk, start, truncate)
+        except TextError:
+            # Raise where batch-by-batch processing would: after the vectors of the batches before it.
+            for i in range(0, len(chunk), batch_size):
+                yield from _run(self._tower, self.spec, self._feeds(chunk[i : i + batch_size], start + i, truncate), normalize)
+            raise AssertionError("unreachable: the window's TextError did not recur batch by batch")
+        ids = feeds[self.spec.input_name]
+        if self.spec.attention_mask_input:
+            lengths = feeds[self.spec.attention_mask_input].sum(axis=1)
+        else:  # real tokens run up to and including the first end token
+            lengths = np.argmax(ids == self.spec.eos_token_id, axis=1) + 1
+        order = np.argsort(lengths, kind="stable")
+        out = None
+        for b in range(0, len(chunk), rows):
+            picked = order[b : b + rows]
+            width = max(int(lengths[picked].max()), 1)
+            vectors = _run(self._tower, self.spec, {k: v[picked, :width] for k, v in feeds.items()}, normalize)
+            if out is None:
+                out = np.empty((len(chunk), vectors.shape[1]), dtype=np.float32)
+            out[picked] = vectors
+        yield from out
 
 
 class CLIP:

@@ -54,6 +54,7 @@ class _TowerModel:
         threads: int | None = None,
         precision: str | None = None,
         verify: bool = False,
+        _allow_spinning: bool = True,
     ):
         self.model_name = str(model_name or self.default_repo)
         self.folder = resolve_folder(
@@ -65,7 +66,7 @@ class _TowerModel:
             raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower")
         self._tower = open_tower(
             self.folder, self.spec, name=self.tower_name, providers=providers, threads=threads,
-            precision=precision, verify=verify,
+            precision=precision, verify=verify, allow_spinning=_allow_spinning,
         )
         _check_graph(self._tower, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
 
@@ -137,9 +138,13 @@ class ImageEmbedding(_TowerModel):
         workers: int | None = None,
         **options: Any,
     ):
-        super().__init__(model_name, **options)
-        self._preprocess = ImagePreprocessor(self.spec, exif_transpose=exif_transpose, fast=fast)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+        # Decode threads share the cores with onnxruntime, whose idle threads would otherwise spin-wait
+        # between operators. Measured on 2 cores, ViT-B/32: not spinning gives fp32 +5-7 % img/s at
+        # batch 32 and +20 % at batch 1; int8's shorter operators lose ~3 % to the wake-up latency.
+        spin = self.workers == 0 or options.get("precision") == "int8"
+        super().__init__(model_name, _allow_spinning=spin, **options)
+        self._preprocess = ImagePreprocessor(self.spec, exif_transpose=exif_transpose, fast=fast)
 
     def embed(
         self,

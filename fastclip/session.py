@@ -121,8 +121,13 @@ def open_tower(
     threads: int | None = None,
     precision: str | None = None,
     verify: bool = False,
+    allow_spinning: bool = True,
 ) -> LoadedTower:
-    """Check the tower's files, then open an onnxruntime session on the best device that works."""
+    """Check the tower's files, then open an onnxruntime session on the best device that works.
+
+    allow_spinning=False stops onnxruntime's idle intra-op threads from spin-waiting between
+    operators, leaving the cores to other threads of the process (image decoding).
+    """
     where = f"{folder} ({name} tower)"
     if providers is None:
         providers, why = default_providers()
@@ -144,6 +149,8 @@ def open_tower(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Quiet onnxruntime's own warnings (e.g. about providers); we log the outcome ourselves.
     options.log_severity_level = 3
     try:
@@ -164,6 +171,7 @@ def open_tower(
         why = "CUDA was asked for but onnxruntime fell back; check the CUDA and cuDNN 9 libraries"
         if chosen == "fp16" and precision is None and "fp32" in tower.files:
             # The fp16 tower was picked for a GPU we did not get; fp32 is the right CPU variant.
-            return open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32", verify=verify)
+            return open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32", verify=verify,
+                               allow_spinning=allow_spinning)
     _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
     return LoadedTower(session=session, precision=chosen, device=device, path=path)

@@ -1,0 +1,237 @@
+"""Text embedding throughput: fastclip vs fastembed vs PyTorch (open_clip, transformers), same weights.
+
+Each system runs in its own subprocess (clean peak RSS) over the same few thousand deterministic
+sentences of 3-20 words, at each batch size after a warm-up batch; the time per text is then split
+into tokenization and model (one batch of --split-batch texts).
+
+    python benchmarks/bench_text.py
+    python benchmarks/bench_text.py --texts 512 --batch-sizes 256 --systems fastclip,fastembed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SYSTEMS = ("fastclip", "fastclip-sorted256", "fastclip-unbucketed", "fastclip-int8", "fastembed", "open_clip",
+           "transformers")
+LABELS = {
+    "fastclip": "fastclip (default)",
+    "fastclip-sorted256": "fastclip, length-sorted but runs of the whole batch",
+    "fastclip-unbucketed": "fastclip, batches in input order (no length bucketing)",
+    "fastclip-int8": "fastclip int8 text tower",
+    "fastembed": "fastembed (same ONNX fp32)",
+    "open_clip": "PyTorch open_clip (2 threads)",
+    "transformers": "PyTorch transformers CLIPModel (2 threads)",
+}
+
+
+class FastClip:
+    def __init__(self, model, bucket=True, precision=None, run_rows=None):
+        from fastclip import TextEmbedding
+
+        self.emb = TextEmbedding(model, precision=precision)
+        if not bucket:
+            self.emb._bucket_window = 0  # attribute read by TextEmbedding._embed (0 = input order)
+        if run_rows:
+            self.emb._run_rows = run_rows  # texts per onnxruntime run inside a sorted window
+        self.spec = self.emb.spec
+
+    def embed(self, texts, bs):
+        return np.stack(list(self.emb.embed(texts, batch_size=bs)))
+
+    def tokenize(self, texts):
+        return self.emb._feeds(list(texts), 0, True)
+
+    def model(self, feeds):
+        return self.emb._tower.session.run([self.spec.output_name], feeds)[0]
+
+
+class FastEmbed:
+    def __init__(self, model):
+        from fastembed import TextEmbedding
+
+        self.emb = TextEmbedding("Qdrant/clip-ViT-B-32-text", specific_model_path=str(Path(model) / "text"),
+                                 providers=["CPUExecutionProvider"])
+        self.inner = self.emb.model
+
+    def embed(self, texts, bs):
+        return np.stack(list(self.emb.embed(texts, batch_size=bs)))
+
+    def tokenize(self, texts):
+        enc = self.inner.tokenizer.encode_batch(texts)
+        return (np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64))
+
+    def model(self, ids_mask):
+        ids, mask = ids_mask
+        names = [i.name for i in self.inner.model.get_inputs()]
+        feeds = {"input_ids": ids}
+        if "attention_mask" in names:
+            feeds["attention_mask"] = mask
+        return self.inner.model.run(None, feeds)[0]
+
+
+class Torch:
+    def __init__(self, which):
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+        self.which = which
+        net, _, tok = common.open_clip_model()
+        self.tok = tok
+        if which == "open_clip":
+            self.net = net
+        else:
+            del net
+            self.net = common.hf_model()
+            from transformers import CLIPTokenizerFast
+
+            self.hf_tok = CLIPTokenizerFast.from_pretrained(str(common.ROOT / "tests/fixtures/clip-tokenizer"))
+
+    def tokenize(self, texts):
+        if self.which == "open_clip":
+            return self.tok(texts)  # open_clip pads every text to 77 tokens
+        return self.hf_tok(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+
+    def model(self, ids):
+        with self.torch.inference_mode():
+            if self.which == "open_clip":
+                return self.net.encode_text(ids)
+            out = self.net.get_text_features(**ids)
+            return getattr(out, "pooler_output", out)
+
+    def embed(self, texts, bs):
+        out = []
+        for i in range(0, len(texts), bs):
+            v = self.model(self.tokenize(texts[i:i + bs]))
+            out.append(self.torch.nn.functional.normalize(v, dim=-1).numpy())
+        return np.concatenate(out)
+
+
+def make(system, model):
+    if system == "fastclip":
+        return FastClip(model)
+    if system == "fastclip-sorted256":
+        return FastClip(model, run_rows=1 << 30)
+    if system == "fastclip-unbucketed":
+        return FastClip(model, bucket=False)
+    if system == "fastclip-int8":
+        return FastClip(model, precision="int8")
+    if system == "fastembed":
+        return FastEmbed(model)
+    if system in ("open_clip", "transformers"):
+        return Torch(system)
+    raise SystemExit(f"unknown system {system}")
+
+
+def worker(a) -> dict:
+    texts = common.sentences(a.texts)
+    t0 = time.perf_counter()
+    s = make(a.worker, a.model)
+    res = {"system": a.worker, "load_s": time.perf_counter() - t0, "throughput": {}, "texts": len(texts)}
+    vectors = None
+    for bs in a.batch_sizes:
+        s.embed(texts[:bs], bs)  # warm-up
+        t = time.perf_counter()
+        vectors = s.embed(texts, bs)
+        res["throughput"][str(bs)] = len(texts) / (time.perf_counter() - t)
+        print(f"{a.worker} bs={bs}: {res['throughput'][str(bs)]:.1f} texts/s", file=sys.stderr)
+    if a.save_vectors:
+        np.save(a.save_vectors, np.asarray(vectors, np.float32))
+    k = min(a.split_batch, len(texts))
+    batch = texts[:k]
+    t = time.perf_counter()
+    for _ in range(3):
+        ids = s.tokenize(batch)
+    res["tokenize_ms"] = (time.perf_counter() - t) / 3 / k * 1e3
+    s.model(ids)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        s.model(ids)
+        best = min(best, time.perf_counter() - t)
+    res["model_ms"] = best / k * 1e3
+    res["peak_rss_mb"] = common.peak_rss_mb()
+    return res
+
+
+def fmt(x, nd=1):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def report(results, a, machine, cos) -> str:
+    bss = [str(b) for b in a.batch_sizes]
+    main = str(a.report_batch if a.report_batch in a.batch_sizes else a.batch_sizes[-1])
+    fe = results.get("fastembed", {}).get("throughput", {})
+    header = (["system"] + [f"texts/s bs={b}" for b in bss]
+              + [f"× fastembed (bs={main})", "tokenize ms/text", f"model ms/text (one input-order batch of {a.split_batch})",
+                 "peak RSS MB", "min cosine to fastclip", "min cosine to open_clip torch"])
+    rows = []
+    for s, r in results.items():
+        tp = r["throughput"]
+        ratio = tp[main] / fe[main] if fe.get(main) and main in tp else None
+        rows.append([LABELS.get(s, s)] + [fmt(tp.get(b)) for b in bss]
+                    + [fmt(ratio, 2) + "×" if ratio else "-", fmt(r["tokenize_ms"], 3), fmt(r["model_ms"], 2),
+                       f"{r['peak_rss_mb']:.0f}", fmt(cos["fastclip"].get(s), 7), fmt(cos["open_clip"].get(s), 7)])
+    return (f"### Text: {a.texts} sentences of 3-20 words ({a.torch_texts} for the PyTorch systems), ViT-B/32 text tower (random weights, identical in every system)\n\n"
+            + common.machine_md(machine) + "\n" + common.md_table(header, rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=common.MODEL)
+    ap.add_argument("--texts", type=int, default=3072)
+    ap.add_argument("--torch-texts", type=int, default=512, help="texts for the (slow) PyTorch systems")
+    ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[32, 256])
+    ap.add_argument("--report-batch", type=int, default=256)
+    ap.add_argument("--split-batch", type=int, default=256)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--out", type=Path, default=common.OUT)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--save-vectors", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a)))
+        return
+    machine = common.machine()
+    model = common.model_folder(a.model) if a.model == common.MODEL else a.model
+    a.out.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve()
+    base = ["--model", str(model), "--texts", str(a.texts), "--batch-sizes", ",".join(map(str, a.batch_sizes)),
+            "--split-batch", str(a.split_batch)]
+    results, vec = {}, {}
+    for s in a.systems.split(","):
+        vp = a.out / f"text_vectors_{s}.npy"
+        args = ["--worker", s, *base, "--save-vectors", str(vp)]
+        if s in ("open_clip", "transformers"):
+            args += ["--texts", str(min(a.torch_texts, a.texts))]
+        results[s] = common.run_worker(script, args)
+        vec[s] = np.load(vp)
+        print(f"{s}: {results[s]['throughput']}", file=sys.stderr)
+    cos = {"fastclip": {}, "open_clip": {}}
+    for ref in cos:
+        if ref in vec:
+            cos[ref] = {s: float(common.cosine_rows(v[: len(vec[ref])], vec[ref][: len(v)]).min()) for s, v in vec.items()}
+    md = report(results, a, machine, cos)
+    print(md)
+    (a.out / "text.md").write_text(md)
+    from bench_images import plot
+
+    plot(results, a, a.out / "text_throughput.png",
+         f"Text embedding, ViT-B/32, {machine['cpu']} ({machine['cores']} cores)", unit="texts/s", labels=LABELS)
+    if a.json:
+        a.json.write_text(json.dumps({"machine": machine, "results": results, "cosine": cos}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,7 @@ SYSTEMS = ("fastclip-exact", "fastclip-fast", "fastclip-fastest", "fastembed", "
 LABELS = {
     "fastclip-exact": "fastclip exact (default)",
     "fastclip-fast": "fastclip fast (fast=True)",
-    "fastclip-fastest": "fastclip fastest (fast=True, int8)",
+    "fastclip-fastest": "fastclip fastest (fast='max', int8)",
     "fastembed": "fastembed (same ONNX fp32)",
     "open_clip": "PyTorch open_clip (2 threads)",
     "transformers": "PyTorch transformers CLIPModel + CLIPImageProcessor",
@@ -211,7 +211,7 @@ def make(system: str, model: Path, extra: dict) -> System:
     if system == "fastclip-fast":
         return FastClip(model, fast=True, **extra)
     if system == "fastclip-fastest":
-        return FastClip(model, fast=True, precision="int8", **extra)
+        return FastClip(model, fast="max", precision="int8", **extra)
     if system == "fastembed":
         return FastEmbed(model)
     if system == "open_clip":

@@ -33,12 +33,13 @@ NOTES = """\
   off for fp32/fp16 when decode workers run, keeps it for int8. session.dynamic_block_base (1 or 4),
   running the model in sub-batches of 8/16 inside a batch, and lowering the decode threads' priority
   (nice 10) changed nothing measurable.
-- fast / fastest sit at ~98 % / ~90 % of the CPU-time ceiling above: the remaining ratio to the targets
-  needs less work per image (faster resize after the draft decode, a faster int8 graph), not scheduling.
-- fast=True cosine: over these 240 photos, 7 % are below 0.9999 with the >= 2x-crop draft (min 0.99946,
-  median 0.999997; worst are grayscale-source photos with hard edges plus grain). A >= 3x draft gives
-  min 0.99953, >= 4x min 0.99995 - but 4x leaves most 1-4 MP photos undrafted. Weights are random; a
-  trained model may be less sensitive to this high-frequency difference.
+- fast / fastest sit at ~99 % / ~92 % of the CPU-time ceiling above: what is left needs less work per
+  image (a faster int8 graph), not scheduling.
+- Reduced JPEG decoding: libjpeg rounds the reduced size up (1733 px at 1/2 -> 867), so resizing the
+  whole drafted image shifts and stretches it by up to a source pixel. That cost min cosine 0.99946 to
+  exact (7 % of photos below 0.9999). Resampling only the box that is the photo (Pillow's draft box)
+  fixed it: fast=True (>= 2x crop) min 0.99998, at the same ~8 ms/img; fast="max" (>= 1x crop) ~5 ms/img,
+  min ~0.9999 in fp32.
 - Text: batching by token length (sort within 8 batches, runs of 32 texts) is the lever: 192 -> ~320
   texts/s at batch 256 with identical vectors (max abs diff 0.0); runs of 16/24/64 or windows of 12/32
   batches are within noise (+-15 %). The int8 text tower alone gives ~5x fastembed (cosine 0.9987).

@@ -370,6 +370,19 @@ def test_draft_keeps_geometry_under_every_exif_orientation(sharp_odd_jpeg, orien
     assert np.abs(fast - exact).max() < 0.15
 
 
+def test_fast_max_drafts_down_to_the_crop(big_jpeg):
+    """fast="max" keeps the shortest side >= the crop (1200 -> 300 at 1/4), fast=True >= 2x (600 at 1/2)."""
+    from fastclip.images import decode
+
+    assert min(decode(big_jpeg, 0, draft_min_size=224)[0].size) == 300
+    assert min(decode(big_jpeg, 0, draft_min_size=448)[0].size) == 600
+    exact = ImagePreprocessor(SPEC)(big_jpeg, 0)
+    for fast in (True, "max"):
+        assert np.abs(ImagePreprocessor(SPEC, fast=fast)(big_jpeg, 0) - exact).max() < 0.3
+    with pytest.raises(ValueError, match="fast must be"):
+        ImagePreprocessor(SPEC, fast="fastest")
+
+
 def test_draft_only_applies_to_jpeg(files):
     for name in ("chelsea.png", "camera.png"):
         path = files / name

@@ -122,7 +122,7 @@ class ImageEmbedding(_TowerModel):
     False reproduces reference pipelines (open_clip, transformers) bit for bit, which ignore EXIF.
     fast: True decodes JPEGs at reduced size (at least twice the crop) before the bicubic resize:
     ~2.4x faster preprocessing, vectors within a cosine of ~3e-5 of exact on the benchmark photos.
-    "max" reduces down to the crop size: ~3.8x faster, within ~1e-4. Off by default.
+    "max" reduces down to the crop size: ~3.6x faster, within ~1e-4. Off by default.
     workers: threads that decode and preprocess the next images while the model runs (0 = inline).
     Other options: see _TowerModel.
     """

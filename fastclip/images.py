@@ -300,7 +300,7 @@ class ImagePreprocessor:
     pixels than it outputs, and resamples exactly the region of the photo (see `decode`). Pixels move by
     a few uint8 steps, vectors by a cosine of about 3e-5 at worst on the benchmark photos, in exchange
     for ~2.4x faster preprocessing of large JPEGs. `fast="max"` drafts down to the crop size itself:
-    ~3.8x faster, vectors within a cosine of about 1e-4.
+    ~3.6x faster, vectors within a cosine of about 1e-4.
     """
 
     DRAFT_FACTORS = {False: None, True: 2, "max": 1}  # shortest side kept >= factor * image_size

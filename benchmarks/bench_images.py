@@ -159,12 +159,8 @@ class OpenClip(System):
             return self.net.encode_image(batch if isinstance(batch, self.torch.Tensor) else self.torch.from_numpy(batch))
 
     def embed(self, paths, bs):
-        out = []
-        for i in range(0, len(paths), bs):
-            x = self.torch.stack([self.preprocess_one(p) for p in paths[i:i + bs]])
-            v = self.model(x)
-            out.append(self.torch.nn.functional.normalize(v, dim=-1).numpy())
-        return np.concatenate(out)
+        return common.torch_embed(paths, bs, lambda chunk: self.torch.stack([self.preprocess_one(p) for p in chunk]),
+                                  self.model)
 
 
 class Transformers(System):
@@ -198,11 +194,7 @@ class Transformers(System):
             return getattr(out, "pooler_output", out)
 
     def embed(self, paths, bs):
-        out = []
-        for i in range(0, len(paths), bs):
-            v = self.model(self._pixels(paths[i:i + bs]))
-            out.append(self.torch.nn.functional.normalize(v, dim=-1).numpy())
-        return np.concatenate(out)
+        return common.torch_embed(paths, bs, self._pixels, self.model)
 
 
 def make(system: str, model: Path, extra: dict) -> System:

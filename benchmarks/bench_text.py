@@ -110,11 +110,7 @@ class Torch:
             return getattr(out, "pooler_output", out)
 
     def embed(self, texts, bs):
-        out = []
-        for i in range(0, len(texts), bs):
-            v = self.model(self.tokenize(texts[i:i + bs]))
-            out.append(self.torch.nn.functional.normalize(v, dim=-1).numpy())
-        return np.concatenate(out)
+        return common.torch_embed(texts, bs, self.tokenize, self.model)
 
 
 def make(system, model):

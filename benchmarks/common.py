@@ -289,6 +289,16 @@ def run_worker(script: Path, args: list[str], timeout: float = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def torch_embed(items: list, bs: int, inputs, model) -> np.ndarray:
+    """The PyTorch baselines' loop: batches of `bs` items -> inputs(batch) -> model -> L2-normalized numpy."""
+    import torch
+
+    out = []
+    for i in range(0, len(items), bs):
+        out.append(torch.nn.functional.normalize(model(inputs(items[i:i + bs])), dim=-1).numpy())
+    return np.concatenate(out)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)

@@ -17,78 +17,9 @@ from torch import nn
 
 from fastclip.errors import ExportError
 
+from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
 from .source import Source
 from .torchvision_compat import import_open_clip
-
-
-def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """nn.MultiheadAttention's math, written so that tracing keeps the sequence length symbolic.
-
-    Traced as is, nn.MultiheadAttention reshapes with the example's sequence length as a constant,
-    and the graph then rejects any other length. Only the head count and width are fixed here.
-    """
-    q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # B,H,L,Dh
-    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-1, -2) + mask
-    out = scores.softmax(dim=-1) @ v
-    return attn.out_proj(out.transpose(1, 2).flatten(2))
-
-
-def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # open_clip's ResidualAttentionBlock.forward with the attention above.
-    x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-def _check_blocks(arch: str, transformer: nn.Module) -> None:
-    from open_clip.transformer import ResidualAttentionBlock
-
-    for block in transformer.resblocks:
-        attn = getattr(block, "attn", None)
-        if (type(block) is not ResidualAttentionBlock or not isinstance(attn, nn.MultiheadAttention)
-                or not attn.batch_first or not attn._qkv_same_embed_dim or hasattr(block, "ln_1_kv")):
-            raise ExportError(f"open_clip:{arch}: text block type {type(block).__name__} is not supported")
-    if not getattr(transformer, "batch_first", True):
-        raise ExportError(f"open_clip:{arch}: sequence-first text transformers are not supported")
-
-
-class OpenClipTextTower(nn.Module):
-    """open_clip's text encoder for any sequence length L <= context_length.
-
-    `encode_text` adds the whole positional table and the whole causal mask, so it only accepts
-    exactly context_length tokens. Slicing both to L gives the same result on the real tokens (the
-    mask is causal, so the padding after them never reaches the pooled position) and lets the graph
-    take short, batch-longest padded input.
-    """
-
-    def __init__(self, token_embedding, positional_embedding, transformer, ln_final, text_projection,
-                 attn_mask, pool_type: str, eos_id: int | None):
-        super().__init__()
-        self.token_embedding = token_embedding
-        self.positional_embedding = positional_embedding
-        self.transformer = transformer
-        self.ln_final = ln_final
-        self.text_projection = text_projection
-        self.register_buffer("attn_mask", attn_mask, persistent=False)
-        self.pool_type = pool_type
-        self.eos_id = eos_id
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        from open_clip.transformer import text_global_pool
-
-        length = input_ids.shape[1]
-        x = self.token_embedding(input_ids)
-        x = x + self.positional_embedding[:length]
-        mask = self.attn_mask[:length, :length]
-        for block in self.transformer.resblocks:
-            x = _block(block, x, mask)
-        x = self.ln_final(x)
-        x = text_global_pool(x, input_ids, self.pool_type, eos_token_id=self.eos_id)
-        if isinstance(self.text_projection, nn.Linear):
-            x = self.text_projection(x)
-        elif self.text_projection is not None:
-            x = x @ self.text_projection
-        return x
 
 
 def _close(name: str, choices: list[str]) -> str:
@@ -167,7 +98,9 @@ def _text_tower(arch: str, model: nn.Module) -> tuple[OpenClipTextTower, int, in
         raise ExportError(f"open_clip:{arch}: bidirectional text towers are not supported")
     if pool_type not in ("argmax", "eos"):
         raise ExportError(f"open_clip:{arch}: text pooling {pool_type!r} is not supported (only argmax, eos)")
-    _check_blocks(arch, parts.transformer)
+    problem = check_blocks(parts.transformer)
+    if problem:
+        raise ExportError(f"open_clip:{arch}: text tower: {problem}")
     tower = OpenClipTextTower(parts.token_embedding, parts.positional_embedding, parts.transformer,
                               parts.ln_final, parts.text_projection, parts.attn_mask, pool_type, eos_id)
     return tower, parts.transformer.width, parts.transformer.resblocks[0].attn.num_heads
@@ -219,7 +152,7 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         embed_dim=embed_dim,
         logit_scale=float(model.logit_scale.detach().exp().reshape(-1)[0]),
         logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
-        vision=visual,
+        vision=OpenClipVisionTower(visual) if OpenClipVisionTower.supports(visual) else visual,
         text=text,
         image_size=image_size,
         mean=mean,
@@ -237,6 +170,7 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         vision_width=vision_width,
         text_heads=text_heads,
         text_width=text_width,
+        reference_vision=model.encode_image,
         reference_text=model.encode_text,
     )
 

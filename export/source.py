@@ -42,8 +42,9 @@ class Source:
     tokenize: Callable[[list[str]], torch.Tensor]  # reference: texts -> (N, context_length) int64
     write_tokenizer: Callable[[Path], None]  # writes tokenizer.json & co into text/
 
-    # The library's own text encoder (full context_length input), when `text` is a re-implementation
-    # of it: verification measures the graph against this, not against our wrapper.
+    # The library's own encoders (text: full context_length input), when `vision` / `text` are
+    # re-implementations of them: verification measures the graphs against these, not our wrappers.
+    reference_vision: Callable[[torch.Tensor], torch.Tensor] | None = None
     reference_text: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # Attention shape, for onnxruntime's transformer optimizer.

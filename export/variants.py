@@ -14,6 +14,7 @@ onnxruntime already does itself when it loads the graph, and the pre-fused files
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def to_int8(fp32_path: Path) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(dir=fp32_path.parent) as scratch:
         tmp = Path(scratch) / "int8.onnx"
-        quantize_dynamic(str(fp32_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=True)
+        # quantize_dynamic warns on the root logger that static-quantization pre-processing was not
+        # run; that advice does not apply to dynamic quantization of these graphs.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(fp32_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
+                             use_external_data_format=True)
+        finally:
+            root.setLevel(level)
         return onnx_io.load(tmp)

@@ -72,7 +72,7 @@ class Reference:
 def vision_reference(source: Source) -> Reference:
     pixels = torch.stack([source.preprocess(im) for im in photos()]).float()
     with torch.no_grad():
-        out = source.vision(pixels).float().numpy()
+        out = (source.reference_vision or source.vision)(pixels).float().numpy()
     return Reference([pixels.numpy()], [out])
 
 

@@ -38,7 +38,10 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our own progress lines at INFO; other libraries' INFO chatter (open_clip's model loading,
+    # onnxruntime's quantizer, one line per tensor) stays hidden.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("fastclip").setLevel(logging.WARNING if args.quiet else logging.INFO)
     from .errors import FastClipError
 
     try:

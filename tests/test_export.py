@@ -84,6 +84,35 @@ def test_tiny_hf_export(tiny_hf_export, tiny_hf_checkpoint):
     np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
 
 
+def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
+    """The export wrappers run the last block's MLP on one row per input, and still equal open_clip."""
+    import torch
+    from PIL import Image
+
+    from fastclip_export.open_clip_source import _text_tower
+    from fastclip_export.open_clip_towers import OpenClipVisionTower
+
+    model, preprocess, tokenizer = tiny_openclip_model
+    pixels = torch.stack([preprocess(Image.fromarray(photo_array(n))) for n in ("astronaut", "chelsea", "rocket")])
+    ids = tokenizer(SENTENCES[:5])
+    assert OpenClipVisionTower.supports(model.visual)
+    towers = [(OpenClipVisionTower(model.visual), model.encode_image, model.visual.transformer, pixels),
+              (_text_tower("fastclip-tiny", model)[0], model.encode_text, model.transformer, ids)]
+    for wrapper, reference, transformer, inputs in towers:
+        last = transformer.resblocks[-1]
+        seen = []
+        hook = last.mlp.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+        try:
+            with torch.no_grad():
+                got = wrapper(inputs).numpy()
+                want = reference(inputs).numpy()
+        finally:
+            hook.remove()
+        assert seen[0] == (len(inputs), 1, last.mlp.c_fc.in_features)  # the wrapper's last block: one row per input
+        assert seen[1][1] > 1  # open_clip's own forward: every token
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("which", ["tiny_openclip_export", "tiny_hf_export"])
 def test_dynamic_text_length(which, request):
     """Short (batch-longest) padding and full 77-token padding give the same vectors."""

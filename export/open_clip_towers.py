@@ -1,0 +1,140 @@
+"""open_clip's two towers re-written for export, with the same math.
+
+Two reasons to re-write rather than trace `encode_text` / `visual` as they are:
+- text: `encode_text` adds the whole positional table and causal mask, so it only accepts exactly
+  context_length tokens; the wrapper slices both to the input's length L.
+- both: only one row per input leaves the tower (the end token of a text, the class token of an
+  image), so the last block computes its keys and values for every token but its query, attention
+  output and MLP for that row alone. Same arithmetic on the rows that matter; about 7 % fewer
+  FLOPs on ViT-B/32 (measured +6 % texts/s on 2 CPU cores).
+
+Verification measures every exported graph against open_clip's own encoders, not these wrappers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+Rows = Callable[[torch.Tensor], torch.Tensor]  # (B, L, W) -> (B, 1, W): the pooled row of each input
+
+
+def _attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor | None,
+               queries: torch.Tensor | None = None) -> torch.Tensor:
+    """nn.MultiheadAttention's math over keys/values from `h`, for `queries` (default: every row of h).
+
+    Written out so that tracing keeps the sequence length symbolic: traced as is,
+    nn.MultiheadAttention reshapes with the example's length as a constant. Only the head count
+    and width are fixed.
+    """
+    width = attn.embed_dim  # a Python int: the weight slices below fold into constants
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if queries is None:
+        q, k, v = nn.functional.linear(h, weight, bias).chunk(3, dim=-1)
+    else:
+        q = nn.functional.linear(queries, weight[:width], None if bias is None else bias[:width])
+        k, v = nn.functional.linear(h, weight[width:], None if bias is None else bias[width:]).chunk(2, dim=-1)
+    q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # B,H,rows,Dh
+    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-1, -2)
+    if mask is not None:
+        scores = scores + mask
+    out = scores.softmax(dim=-1) @ v
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    # open_clip's ResidualAttentionBlock.forward with the attention above.
+    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _last_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, rows: Rows) -> torch.Tensor:
+    """The block's output at the pooled rows only, (B, 1, W); `mask` is the mask of those rows."""
+    h = block.ln_1(x)
+    x = rows(x) + block.ls_1(_attention(block.attn, h, mask, rows(h)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def check_blocks(transformer: nn.Module) -> str | None:
+    """Why these wrappers cannot stand in for `transformer`'s blocks, or None when they can."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    if not getattr(transformer, "batch_first", True):
+        return "sequence-first transformers are not supported"
+    for block in transformer.resblocks:
+        attn = getattr(block, "attn", None)
+        if (type(block) is not ResidualAttentionBlock or not isinstance(attn, nn.MultiheadAttention)
+                or not attn.batch_first or not attn._qkv_same_embed_dim or hasattr(block, "ln_1_kv")):
+            return f"block type {type(block).__name__} is not supported"
+    return None
+
+
+class OpenClipTextTower(nn.Module):
+    """open_clip's text encoder for any sequence length L <= context_length.
+
+    Slicing the positional table and causal mask to L gives the same result on the real tokens
+    (the mask is causal, so the padding after them never reaches the pooled position) and lets the
+    graph take short, batch-longest padded input.
+    """
+
+    def __init__(self, token_embedding, positional_embedding, transformer, ln_final, text_projection,
+                 attn_mask, pool_type: str, eos_id: int | None):
+        super().__init__()
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.transformer = transformer
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.register_buffer("attn_mask", attn_mask, persistent=False)
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
+        mask = self.attn_mask[:length, :length]
+        *blocks, last = self.transformer.resblocks
+        for block in blocks:
+            x = _block(block, x, mask)
+
+        # open_clip's text_global_pool: the highest id (argmax) or the first end token (eos).
+        pooled = input_ids.argmax(dim=-1) if self.pool_type == "argmax" else (input_ids == self.eos_id).int().argmax(dim=-1)
+        batch = torch.arange(input_ids.shape[0])
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t[batch, pooled].unsqueeze(1)
+
+        x = _last_block(last, x, mask[pooled].unsqueeze(1).unsqueeze(1), rows).squeeze(1)
+        x = self.ln_final(x)  # per-token LayerNorm: the same on the pooled row alone
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        if self.text_projection is not None:
+            return x @ self.text_projection
+        return x
+
+
+class OpenClipVisionTower(nn.Module):
+    """open_clip's VisionTransformer with class-token pooling; blocks before the last are its own."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    @staticmethod
+    def supports(visual: nn.Module) -> bool:
+        from open_clip.transformer import VisionTransformer
+
+        return (type(visual) is VisionTransformer and visual.attn_pool is None and visual.pool_type == "tok"
+                and hasattr(visual, "_embeds") and check_blocks(visual.transformer) is None)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        visual = self.visual
+        x = visual._embeds(pixel_values)  # patches + class token + positions, ln_pre
+        *blocks, last = visual.transformer.resblocks
+        for block in blocks:
+            x = block(x)
+        x = _last_block(last, x, None, lambda t: t[:, :1]).squeeze(1)
+        x = visual.ln_post(x)  # per-token LayerNorm: before or after pooling is the same
+        return x if visual.proj is None else x @ visual.proj

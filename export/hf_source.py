@@ -12,43 +12,16 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fastclip.errors import ExportError
 
+from .hf_towers import features, towers
 from .source import Source
 from .torchvision_compat import import_open_clip, import_torchvision
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _features(out) -> torch.Tensor:
-    # transformers 5 returns a ModelOutput whose pooler_output is the projected embedding;
-    # older releases return the tensor itself.
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class HFVisionTower(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _features(self.model.get_image_features(pixel_values=pixel_values))
-
-
-class HFTextTower(nn.Module):
-    """No attention mask: the causal mask already keeps the padding after the end token from
-    reaching the pooled position, so the graph needs input_ids only."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _features(self.model.get_text_features(input_ids=input_ids))
 
 
 def _offline_error(model: str, exc: BaseException) -> ExportError:
@@ -131,6 +104,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
     except OSError as exc:
         raise _offline_error(model, exc) from None
     clip.eval()
+    vision, text = towers(clip)
     tokenizer = AutoTokenizer.from_pretrained(str(local["tokenizer.json"].parent))
 
     text_cfg = config.text_config
@@ -164,8 +138,8 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         embed_dim=int(config.projection_dim),
         logit_scale=float(clip.logit_scale.detach().exp()),
         logit_bias=None,
-        vision=HFVisionTower(clip),
-        text=HFTextTower(clip),
+        vision=vision,
+        text=text,
         image_size=image_size,
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
@@ -182,4 +156,6 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         vision_width=int(config.vision_config.hidden_size),
         text_heads=int(text_cfg.num_attention_heads),
         text_width=int(text_cfg.hidden_size),
+        reference_vision=lambda pixels: features(clip.get_image_features(pixel_values=pixels)),
+        reference_text=lambda ids: features(clip.get_text_features(input_ids=ids)),
     )

@@ -113,6 +113,57 @@ def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+def test_hf_last_layer_computes_only_the_pooled_row(tiny_hf_checkpoint):
+    """The same for transformers, text under both of its pooling rules: the first end token
+    (eos_token_id 49407, the fixture's) and the highest id (legacy configs with eos_token_id 2)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from fastclip_export.hf_source import DEFAULT_MEAN, DEFAULT_STD
+    from fastclip_export.hf_towers import HFTextTower, HFVisionTower, features, towers
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    model = CLIPModel.from_pretrained(tiny_hf_checkpoint).eval()
+    legacy_config = CLIPConfig.from_pretrained(tiny_hf_checkpoint)
+    legacy_config.text_config.eos_token_id = 2
+    legacy = CLIPModel.from_pretrained(tiny_hf_checkpoint, config=legacy_config).eval()  # same weights
+    assert model.config.text_config.eos_token_id == 49407
+
+    preprocess = import_open_clip().transform.image_transform(224, is_train=False, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+    pixels = torch.stack([preprocess(Image.fromarray(photo_array(n)).convert("RGB")) for n in ("astronaut", "chelsea", "rocket")])
+    ids = AutoTokenizer.from_pretrained(tiny_hf_checkpoint)(SENTENCES[:4], padding=True, return_tensors="pt")["input_ids"]
+    # No 49407 and a 2 before the highest id: first-49407, first-2 and highest-id pooling all differ.
+    odd = torch.tensor([[320, 2, 1929, 500, 49406] + [7] * (ids.shape[1] - 5)])
+    ids = torch.cat([ids, odd])
+
+    cases = []
+    for clip in (model, legacy):
+        vision, text = towers(clip)
+        assert isinstance(vision, HFVisionTower) and isinstance(text, HFTextTower)
+        cases.append((text, lambda x, clip=clip: features(clip.get_text_features(input_ids=x)), clip.text_model, ids))
+    cases.append((towers(model)[0], lambda x: features(model.get_image_features(pixel_values=x)), model.vision_model, pixels))
+
+    outputs = []
+    for wrapper, reference, tower, inputs in cases:
+        last = tower.encoder.layers[-1]
+        seen = []
+        hook = last.mlp.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+        try:
+            with torch.no_grad():
+                got = wrapper(inputs).numpy()
+                want = reference(inputs).numpy()
+        finally:
+            hook.remove()
+        assert seen[0] == (len(inputs), 1, last.mlp.fc1.in_features)  # the wrapper's last layer: one row per input
+        assert seen[1][1] > 1  # transformers' own forward: every token
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+        outputs.append(want)
+    # The two rules agree on tokenizer output and disagree on the odd row: both were exercised.
+    np.testing.assert_allclose(outputs[0][:-1], outputs[1][:-1], rtol=0, atol=1e-5 * np.abs(outputs[0]).max())
+    assert np.abs(outputs[0][-1] - outputs[1][-1]).max() > 0.1 * np.abs(outputs[0][-1]).max()
+
+
 @pytest.mark.parametrize("which", ["tiny_openclip_export", "tiny_hf_export"])
 def test_dynamic_text_length(which, request):
     """Short (batch-longest) padding and full 77-token padding give the same vectors."""

@@ -122,11 +122,13 @@ def open_tower(
     precision: str | None = None,
     verify: bool = False,
     allow_spinning: bool = True,
+    announce: bool = True,
 ) -> LoadedTower:
     """Check the tower's files, then open an onnxruntime session on the best device that works.
 
     allow_spinning=False stops onnxruntime's idle intra-op threads from spin-waiting between
-    operators, leaving the cores to other threads of the process (image decoding).
+    operators, leaving the cores to other threads of the process (image decoding). announce=False
+    skips the one log line (for a second session of a tower already announced).
     """
     where = f"{folder} ({name} tower)"
     if providers is None:
@@ -172,6 +174,7 @@ def open_tower(
         if chosen == "fp16" and precision is None and "fp32" in tower.files:
             # The fp16 tower was picked for a GPU we did not get; fp32 is the right CPU variant.
             return open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32", verify=verify,
-                               allow_spinning=allow_spinning)
-    _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
+                               allow_spinning=allow_spinning, announce=announce)
+    if announce:
+        _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
     return LoadedTower(session=session, precision=chosen, device=device, path=path)

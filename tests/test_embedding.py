@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import shutil
 
 import numpy as np
@@ -86,6 +87,32 @@ def test_batch_size_does_not_change_vectors(tiny_openclip_export, photo_files):
     one = np.stack(list(model.embed(photo_files, batch_size=1)))
     many = np.stack(list(model.embed(photo_files, batch_size=5)))
     assert cosines(one, many).min() >= 0.999999
+
+
+def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_openclip_export, capfd):
+    """Large text jobs are sorted by length and run concurrently on a one-thread session; every
+    vector must still be its own text's, equal to embedding that text alone."""
+    import random
+
+    rng = random.Random(0)
+    words = " ".join(SENTENCES).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(600)]
+    bulk = TextEmbedding(tiny_openclip_export)
+    serial = TextEmbedding(tiny_openclip_export, concurrent_runs=1)
+    got = np.stack(list(bulk.embed(texts, batch_size=64)))
+    assert bulk._bulk is not None and bulk.concurrent_runs == (os.cpu_count() or 1)  # the one-thread session ran
+    plain = np.stack(list(serial.embed(texts, batch_size=64)))
+    assert serial._bulk is None
+    alone = np.stack([next(serial.embed([t])) for t in texts[:60]])
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[:60], alone, rtol=0, atol=1e-6)
+    assert cosines(got[:-1], got[1:]).min() < 0.999  # different texts, different vectors: nothing collapsed
+
+    short = TextEmbedding(tiny_openclip_export)
+    list(short.embed(texts[:40]))
+    assert short._bulk is None  # a short job keeps the multi-threaded session (latency)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("fastclip:")]
+    assert len(set(lines)) <= 1  # the second session does not announce itself again
 
 
 def test_embed_is_lazy_and_streams(tiny_openclip_export):

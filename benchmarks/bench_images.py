@@ -1,8 +1,10 @@
 """Image embedding throughput: fastclip (exact / fast / fastest) vs fastembed vs PyTorch, one run, same weights.
 
-Every system runs in its own fresh subprocess (clean peak RSS), embeds the same JPEG files from disk at
-each batch size (after one warm-up batch), then its time per image is split into decode+preprocess
-(one image at a time, serial) and model (one batch of --split-batch preprocessed images). The "limit"
+Every system runs in its own fresh subprocess (clean peak RSS) and embeds the same JPEG files from disk at
+each batch size (after one warm-up batch). All systems stay loaded and are timed in turn, --rounds times
+(common.interleave): img/s is the median over rounds, the ratio to fastembed the median of same-round
+ratios. Then each system's time per image is split into decode+preprocess (one image at a time, serial)
+and model (one batch of --split-batch preprocessed images). The "limit"
 of exact mode is 1 / (exact full-decode preprocessing + fp32 model) per image, measured in the same run.
 
     python benchmarks/bench_images.py                      # all systems, table + plot
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -215,7 +216,7 @@ def make(system: str, model: Path, extra: dict) -> System:
 
 # ---------------------------------------------------------------------------------------------- worker
 
-def worker(a) -> dict:
+def worker(a) -> None:
     paths = common.photos(a.photos)[: a.images]
     extra = {}
     if a.workers is not None:
@@ -228,45 +229,48 @@ def worker(a) -> dict:
         extra["spin"] = a.spin
     t0 = time.perf_counter()
     sysm = make(a.worker, a.model, extra)
-    load_s = time.perf_counter() - t0
-    rss_loaded = common.rss_mb()
-    res = {"system": a.worker, "load_s": load_s, "rss_loaded_mb": rss_loaded, "throughput": {}, "images": len(paths),
-           "workers": getattr(sysm, "workers", None), "precision": getattr(sysm, "precision", None)}
-    vectors = None
-    for bs in a.batch_sizes:
-        sysm.embed(paths[: max(bs, 2)], bs)  # warm-up: graph caches, arenas, thread pools
-        t = time.perf_counter()
-        v = sysm.embed(paths, bs)
-        dt = time.perf_counter() - t
-        res["throughput"][str(bs)] = len(paths) / dt
-        vectors = v
-        print(f"{a.worker} bs={bs}: {len(paths) / dt:.1f} img/s", file=sys.stderr)
-    if a.save_vectors:
-        np.save(a.save_vectors, np.asarray(vectors, np.float32))
-    if a.split:
-        # decode + preprocess, one image at a time, on one thread
-        n = min(a.split_images, len(paths))
-        sysm.preprocess_one(paths[0])
-        t = time.perf_counter()
-        pix = [sysm.preprocess_one(p) for p in paths[:n]]
-        res["preprocess_ms"] = (time.perf_counter() - t) / n * 1e3
-        # model alone on one preprocessed batch (best of 3)
-        k = min(a.split_batch, n)
-        batch = np.stack([np.asarray(p, np.float32) for p in pix[:k]])
-        if a.worker in ("open_clip", "transformers"):
-            import torch
+    info = {"system": a.worker, "load_s": time.perf_counter() - t0, "rss_loaded_mb": common.rss_mb(),
+            "images": len(paths), "workers": getattr(sysm, "workers", None), "precision": getattr(sysm, "precision", None)}
+    warmed, last = set(), {}
 
-            batch = torch.from_numpy(batch)
-        sysm.model(batch)
-        best = float("inf")
-        for _ in range(3):
+    def time_pass(bs: int) -> float:
+        if bs not in warmed:
+            sysm.embed(paths[: max(bs, 2)], bs)  # warm-up: graph caches, arenas, thread pools
+            warmed.add(bs)
+        t = time.perf_counter()
+        last["vectors"] = sysm.embed(paths, bs)
+        return len(paths) / (time.perf_counter() - t)
+
+    def finish() -> dict:
+        res = dict(info)
+        if a.save_vectors:
+            np.save(a.save_vectors, np.asarray(last["vectors"], np.float32))
+        if a.split:
+            # decode + preprocess, one image at a time, on one thread
+            n = min(a.split_images, len(paths))
+            sysm.preprocess_one(paths[0])
             t = time.perf_counter()
+            pix = [sysm.preprocess_one(p) for p in paths[:n]]
+            res["preprocess_ms"] = (time.perf_counter() - t) / n * 1e3
+            # model alone on one preprocessed batch (best of 3)
+            k = min(a.split_batch, n)
+            batch = np.stack([np.asarray(p, np.float32) for p in pix[:k]])
+            if a.worker in ("open_clip", "transformers"):
+                import torch
+
+                batch = torch.from_numpy(batch)
             sysm.model(batch)
-            best = min(best, time.perf_counter() - t)
-        res["model_ms"] = best / k * 1e3
-        res["split_batch"] = k
-    res["peak_rss_mb"] = common.peak_rss_mb()
-    return res
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                sysm.model(batch)
+                best = min(best, time.perf_counter() - t)
+            res["model_ms"] = best / k * 1e3
+            res["split_batch"] = k
+        res["peak_rss_mb"] = common.peak_rss_mb()
+        return res
+
+    common.serve(time_pass, finish, info)
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -278,17 +282,16 @@ def fmt(x, nd=1):
 def report(results: dict, a, machine: dict, cos: dict) -> str:
     bss = [str(b) for b in a.batch_sizes]
     main_bs = str(a.report_batch if a.report_batch in a.batch_sizes else a.batch_sizes[-1])
-    fe = results.get("fastembed", {}).get("throughput", {})
     md = [f"### Images: {a.images} JPEGs of 1-4 MP from disk ({a.torch_images} for the PyTorch systems), "
           "ViT-B/32 (random weights, identical in every system)\n\n",
           common.machine_md(machine), "\n"]
-    header = ["system"] + [f"img/s bs={b}" for b in bss] + [f"× fastembed (bs={main_bs})", "decode+preprocess ms/img",
+    header = ["system"] + [f"img/s bs={b} (median of {a.rounds})" for b in bss] + [f"× fastembed (bs={main_bs})", "decode+preprocess ms/img",
                                                               f"model ms/img (bs={a.split_batch})", "peak RSS MB",
                                                               "min cosine to exact", "min cosine to open_clip torch"]
     rows = []
     for s, r in results.items():
         tp = r["throughput"]
-        ratio = tp.get(main_bs, 0) / fe[main_bs] if fe.get(main_bs) else None
+        ratio = r.get("ratio_fastembed", {}).get(main_bs, (None,))[0]
         rows.append([LABELS.get(s, s)] + [fmt(tp.get(b)) for b in bss]
                     + [fmt(ratio, 2) + "×" if ratio else "-", fmt(r.get("preprocess_ms")), fmt(r.get("model_ms")),
                        f"{r['peak_rss_mb']:.0f}", fmt(cos.get("exact", {}).get(s), 7), fmt(cos.get("open_clip", {}).get(s), 7)])
@@ -351,6 +354,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     ap.add_argument("--report-batch", type=int, default=32, help="batch size of the ratio column")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--rounds", type=int, default=3, help="timed passes per system and batch size, interleaved")
     ap.add_argument("--split-images", type=int, default=48, help="images timed for the preprocessing split")
     ap.add_argument("--split-batch", type=int, default=32, help="batch size timed for the model split")
     ap.add_argument("--levers", action="store_true", help="compare fastclip threading/session variants instead")
@@ -368,7 +372,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.worker:
-        print(json.dumps(worker(a)))
+        worker(a)
         return
 
     machine = common.machine()
@@ -384,12 +388,13 @@ def main() -> None:
         rows = []
         raw = {}
         for mode in a.lever_modes.split(","):
-            for name, extra in LEVERS:
-                r = common.run_worker(script, ["--worker", mode, *base, *extra])
+            workers = {name: common.Worker(script, ["--worker", mode, *base, *extra]) for name, extra in LEVERS}
+            rates = common.interleave(workers, a.batch_sizes, a.rounds)
+            for name, w in workers.items():
+                r = {**w.finish(), "throughput": common.medians(rates[name]), "rounds": rates[name]}
                 raw[f"{mode} | {name}"] = r
                 rows.append([mode, name] + [fmt(r["throughput"][str(b)]) for b in a.batch_sizes] + [f"{r['peak_rss_mb']:.0f}"])
-                print(f"{mode} | {name}: {r['throughput']}", file=sys.stderr)
-        md = ("### fastclip levers (img/s)\n\n" + common.machine_md(machine) + "\n"
+        md = (f"### fastclip levers (img/s, median of {a.rounds} interleaved rounds)\n\n" + common.machine_md(machine) + "\n"
               + common.md_table(["mode", "variant"] + [f"bs={b}" for b in a.batch_sizes] + ["peak RSS MB"], rows))
         print(md)
         (a.out / "levers_images.md").write_text(md)
@@ -397,15 +402,19 @@ def main() -> None:
             a.json.write_text(json.dumps({"machine": machine, "levers": raw}, indent=1))
         return
 
-    results, vec = {}, {}
+    workers, vec = {}, {}
     for s in a.systems.split(","):
-        vpath = a.out / f"vectors_{s}.npy"
-        args = ["--worker", s, *base, "--split", "--save-vectors", str(vpath)]
+        args = ["--worker", s, *base, "--split", "--save-vectors", str(a.out / f"vectors_{s}.npy")]
         if s in ("open_clip", "transformers"):
             args += ["--images", str(min(a.torch_images, a.images))]
-        results[s] = common.run_worker(script, args)
-        vec[s] = np.load(vpath)
-        print(f"{s}: {results[s]['throughput']}", file=sys.stderr)
+        workers[s] = common.Worker(script, args)
+    rates = common.interleave(workers, a.batch_sizes, a.rounds)
+    results = {}
+    for s, w in workers.items():
+        results[s] = {**w.finish(), "throughput": common.medians(rates[s]), "rounds": rates[s]}
+        if "fastembed" in rates:
+            results[s]["ratio_fastembed"] = {b: common.paired_ratio(rates[s][b], rates["fastembed"][b]) for b in rates[s]}
+        vec[s] = np.load(a.out / f"vectors_{s}.npy")
     cos = {"exact": {}, "open_clip": {}}
     for ref, key in (("fastclip-exact", "exact"), ("open_clip", "open_clip")):
         if ref in vec:

@@ -1,8 +1,10 @@
 """Text embedding throughput: fastclip vs fastembed vs PyTorch (open_clip, transformers), same weights.
 
-Each system runs in its own subprocess (clean peak RSS) over the same few thousand deterministic
-sentences of 3-20 words, at each batch size after a warm-up batch; the time per text is then split
-into tokenization and model (one batch of --split-batch texts).
+Each system runs in its own subprocess (clean peak RSS) over the same deterministic sentences of
+3-20 words, at each batch size after a warm-up batch. All systems stay loaded and are timed in turn,
+--rounds times (common.interleave): throughput is the median over rounds, the ratio to fastembed the
+median of same-round ratios. The time per text is then split into tokenization and model (one batch
+of --split-batch texts).
 
     python benchmarks/bench_text.py
     python benchmarks/bench_text.py --texts 512 --batch-sizes 256 --systems fastclip,fastembed
@@ -129,35 +131,42 @@ def make(system, model):
     raise SystemExit(f"unknown system {system}")
 
 
-def worker(a) -> dict:
+def worker(a) -> None:
     texts = common.sentences(a.texts)
     t0 = time.perf_counter()
     s = make(a.worker, a.model)
-    res = {"system": a.worker, "load_s": time.perf_counter() - t0, "throughput": {}, "texts": len(texts)}
-    vectors = None
-    for bs in a.batch_sizes:
-        s.embed(texts[:bs], bs)  # warm-up
+    info = {"system": a.worker, "load_s": time.perf_counter() - t0, "texts": len(texts)}
+    warmed, last = set(), {}
+
+    def time_pass(bs: int) -> float:
+        if bs not in warmed:
+            s.embed(texts[:bs], bs)  # warm-up
+            warmed.add(bs)
         t = time.perf_counter()
-        vectors = s.embed(texts, bs)
-        res["throughput"][str(bs)] = len(texts) / (time.perf_counter() - t)
-        print(f"{a.worker} bs={bs}: {res['throughput'][str(bs)]:.1f} texts/s", file=sys.stderr)
-    if a.save_vectors:
-        np.save(a.save_vectors, np.asarray(vectors, np.float32))
-    k = min(a.split_batch, len(texts))
-    batch = texts[:k]
-    t = time.perf_counter()
-    for _ in range(3):
-        ids = s.tokenize(batch)
-    res["tokenize_ms"] = (time.perf_counter() - t) / 3 / k * 1e3
-    s.model(ids)
-    best = float("inf")
-    for _ in range(3):
+        last["vectors"] = s.embed(texts, bs)
+        return len(texts) / (time.perf_counter() - t)
+
+    def finish() -> dict:
+        res = dict(info)
+        if a.save_vectors:
+            np.save(a.save_vectors, np.asarray(last["vectors"], np.float32))
+        k = min(a.split_batch, len(texts))
+        batch = texts[:k]
         t = time.perf_counter()
+        for _ in range(3):
+            ids = s.tokenize(batch)
+        res["tokenize_ms"] = (time.perf_counter() - t) / 3 / k * 1e3
         s.model(ids)
-        best = min(best, time.perf_counter() - t)
-    res["model_ms"] = best / k * 1e3
-    res["peak_rss_mb"] = common.peak_rss_mb()
-    return res
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            s.model(ids)
+            best = min(best, time.perf_counter() - t)
+        res["model_ms"] = best / k * 1e3
+        res["peak_rss_mb"] = common.peak_rss_mb()
+        return res
+
+    common.serve(time_pass, finish, info)
 
 
 def fmt(x, nd=1):
@@ -167,14 +176,13 @@ def fmt(x, nd=1):
 def report(results, a, machine, cos) -> str:
     bss = [str(b) for b in a.batch_sizes]
     main = str(a.report_batch if a.report_batch in a.batch_sizes else a.batch_sizes[-1])
-    fe = results.get("fastembed", {}).get("throughput", {})
-    header = (["system"] + [f"texts/s bs={b}" for b in bss]
+    header = (["system"] + [f"texts/s bs={b} (median of {a.rounds})" for b in bss]
               + [f"× fastembed (bs={main})", "tokenize ms/text", f"model ms/text (one input-order batch of {a.split_batch})",
                  "peak RSS MB", "min cosine to fastclip", "min cosine to open_clip torch"])
     rows = []
     for s, r in results.items():
         tp = r["throughput"]
-        ratio = tp[main] / fe[main] if fe.get(main) and main in tp else None
+        ratio = r.get("ratio_fastembed", {}).get(main, (None,))[0]
         rows.append([LABELS.get(s, s)] + [fmt(tp.get(b)) for b in bss]
                     + [fmt(ratio, 2) + "×" if ratio else "-", fmt(r["tokenize_ms"], 3), fmt(r["model_ms"], 2),
                        f"{r['peak_rss_mb']:.0f}", fmt(cos["fastclip"].get(s), 7), fmt(cos["open_clip"].get(s), 7)])
@@ -185,19 +193,20 @@ def report(results, a, machine, cos) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=common.MODEL)
-    ap.add_argument("--texts", type=int, default=3072)
-    ap.add_argument("--torch-texts", type=int, default=512, help="texts for the (slow) PyTorch systems")
+    ap.add_argument("--texts", type=int, default=2048)
+    ap.add_argument("--torch-texts", type=int, default=256, help="texts for the (slow) PyTorch systems")
     ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[32, 256])
     ap.add_argument("--report-batch", type=int, default=256)
     ap.add_argument("--split-batch", type=int, default=256)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--rounds", type=int, default=3, help="timed passes per system and batch size, interleaved")
     ap.add_argument("--out", type=Path, default=common.OUT)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--save-vectors", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a)))
+        worker(a)
         return
     machine = common.machine()
     model = common.model_folder(a.model) if a.model == common.MODEL else a.model
@@ -205,15 +214,19 @@ def main() -> None:
     script = Path(__file__).resolve()
     base = ["--model", str(model), "--texts", str(a.texts), "--batch-sizes", ",".join(map(str, a.batch_sizes)),
             "--split-batch", str(a.split_batch)]
-    results, vec = {}, {}
+    workers, vec = {}, {}
     for s in a.systems.split(","):
-        vp = a.out / f"text_vectors_{s}.npy"
-        args = ["--worker", s, *base, "--save-vectors", str(vp)]
+        args = ["--worker", s, *base, "--save-vectors", str(a.out / f"text_vectors_{s}.npy")]
         if s in ("open_clip", "transformers"):
             args += ["--texts", str(min(a.torch_texts, a.texts))]
-        results[s] = common.run_worker(script, args)
-        vec[s] = np.load(vp)
-        print(f"{s}: {results[s]['throughput']}", file=sys.stderr)
+        workers[s] = common.Worker(script, args)
+    rates = common.interleave(workers, a.batch_sizes, a.rounds)
+    results = {}
+    for s, w in workers.items():
+        results[s] = {**w.finish(), "throughput": common.medians(rates[s]), "rounds": rates[s]}
+        if "fastembed" in rates:
+            results[s]["ratio_fastembed"] = {b: common.paired_ratio(rates[s][b], rates["fastembed"][b]) for b in rates[s]}
+        vec[s] = np.load(a.out / f"text_vectors_{s}.npy")
     cos = {"fastclip": {}, "open_clip": {}}
     for ref in cos:
         if ref in vec:

@@ -279,14 +279,96 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def run_worker(script: Path, args: list[str], timeout: float = 1800) -> dict:
-    """Run `script --worker ...` in a fresh interpreter (clean RSS); it prints one JSON line last."""
-    cmd = [sys.executable, str(script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+REPLY = "@@bench "  # worker replies on stdout carry this prefix; anything else a library prints is passed on
+
+
+class Worker:
+    """One system in its own fresh interpreter (so its peak RSS is its own), timing a pass on request.
+
+    Every system of a comparison stays loaded and the parent asks them in turn, round after round
+    (`interleave`); each figure is the median over rounds and each ratio the median of same-round
+    ratios. This VM's speed drifts by up to ~20 % within minutes (measured: the same text run gave
+    283-351 texts/s over half an hour), so timing systems one after another would hand whichever ran
+    during a slow spell a loss it did not earn.
+    """
+
+    def __init__(self, script: Path, args: list[str]):
+        self.cmd = [sys.executable, str(script), *args]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.info: dict | None = None
+
+    def ready(self) -> dict:
+        """Wait for the worker to load its system; returns what it reported (load time, RSS)."""
+        if self.info is None:
+            self.info = self._reply()
+        return self.info
+
+    def time(self, bs: int) -> float:
+        """Items per second of one timed pass over the worker's inputs at batch size `bs`."""
+        return self._ask(op="time", bs=bs)["rate"]
+
+    def finish(self) -> dict:
+        """The worker's closing measurements (split timings, vectors saved, peak RSS); it then exits."""
+        out = self._ask(op="finish")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        return out
+
+    def _ask(self, **request) -> dict:
+        self.ready()
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+            sys.stderr.write(line)
+        raise RuntimeError(f"{' '.join(self.cmd)} exited with {self.proc.wait()} (its stderr is above)")
+
+
+def serve(time_pass, finish, info: dict) -> None:
+    """The worker side of `Worker`: report `info`, then answer requests from the parent until finished.
+
+    time_pass(bs) -> items/s of one timed pass; finish() -> dict of closing measurements.
+    """
+    def reply(obj: dict) -> None:
+        sys.stdout.write(REPLY + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply(info)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "time":
+            reply({"rate": time_pass(int(request["bs"]))})
+        elif request["op"] == "finish":
+            reply(finish())
+            return
+
+
+def interleave(workers: dict[str, Worker], batch_sizes: list[int], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """rates[system][str(bs)] = one rate per round; within a round every system runs each batch size once."""
+    for w in workers.values():
+        w.ready()
+    rates = {s: {str(b): [] for b in batch_sizes} for s in workers}
+    for r in range(rounds):
+        for b in batch_sizes:
+            for s, w in workers.items():
+                rates[s][str(b)].append(w.time(b))
+                print(f"round {r + 1}/{rounds} bs={b} {s}: {rates[s][str(b)][-1]:.1f}/s", file=sys.stderr, flush=True)
+    return rates
+
+
+def medians(rates: dict[str, list[float]]) -> dict[str, float]:
+    return {b: float(np.median(v)) for b, v in rates.items()}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of a[i] / b[i] (each pair measured minutes apart at most)."""
+    r = np.asarray(a) / np.asarray(b)
+    return float(np.median(r)), float(r.min()), float(r.max())
 
 
 def torch_embed(items: list, bs: int, inputs, model) -> np.ndarray:

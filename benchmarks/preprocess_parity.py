@@ -39,7 +39,7 @@ def photos() -> dict[str, Image.Image]:
 def gaps() -> list[tuple[str, str, float, float, float]]:
     from fastclip_export.torchvision_compat import import_open_clip
 
-    open_clip = import_open_clip()
+    import_open_clip()  # open_clip needs the CPU-torch torchvision workaround first
     from open_clip.transform import image_transform
     from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 

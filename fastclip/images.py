@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any

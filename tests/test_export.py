@@ -14,7 +14,7 @@ import pytest
 
 from fastclip import manifest
 from fastclip.errors import ExportError
-from fastclip_export import api, onnx_io, verify
+from fastclip_export import api, verify
 
 from photos import SENTENCES, cosines, photo_array
 

@@ -30,7 +30,7 @@ MODES = ["RGB", "L", "LA", "P", "P+transparency", "RGBA", "CMYK", "I;16", "1"]
 def reference():
     from fastclip_export.torchvision_compat import import_open_clip
 
-    open_clip = import_open_clip()
+    import_open_clip()  # the CPU-torch torchvision workaround, before open_clip.transform
     from open_clip.transform import image_transform
 
     # What open_clip.create_model_and_transforms("ViT-B-32") builds for eval (preprocess_val).

@@ -11,7 +11,7 @@ import pytest
 from fastclip.errors import TextError
 from fastclip.manifest import TextSpec
 from fastclip.text import TextTokenizer, open_clip_clean
-from fastclip_export.tokenizer_files import build_open_clip_tokenizer, read_open_clip_bpe, write_open_clip_tokenizer
+from fastclip_export.tokenizer_files import read_open_clip_bpe, write_open_clip_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clip-tokenizer"
 

@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-SYSTEMS = ("fastclip", "fastclip-sorted256", "fastclip-unbucketed", "fastclip-int8", "fastembed", "open_clip",
+SYSTEMS = ("fastclip", "fastclip-serial", "fastclip-unbucketed", "fastclip-int8", "fastembed", "open_clip",
            "transformers")
 LABELS = {
     "fastclip": "fastclip (default)",
-    "fastclip-sorted256": "fastclip, length-sorted but runs of the whole batch",
+    "fastclip-serial": "fastclip, one session, runs one after another (concurrent_runs=1)",
     "fastclip-unbucketed": "fastclip, batches in input order (no length bucketing)",
     "fastclip-int8": "fastclip int8 text tower",
     "fastembed": "fastembed (same ONNX fp32)",
@@ -37,10 +37,10 @@ LABELS = {
 
 
 class FastClip:
-    def __init__(self, model, bucket=True, precision=None, run_rows=None):
+    def __init__(self, model, bucket=True, precision=None, run_rows=None, concurrent_runs=None):
         from fastclip import TextEmbedding
 
-        self.emb = TextEmbedding(model, precision=precision)
+        self.emb = TextEmbedding(model, precision=precision, concurrent_runs=concurrent_runs)
         if not bucket:
             self.emb._bucket_window = 0  # attribute read by TextEmbedding._embed (0 = input order)
         if run_rows:
@@ -118,8 +118,8 @@ class Torch:
 def make(system, model):
     if system == "fastclip":
         return FastClip(model)
-    if system == "fastclip-sorted256":
-        return FastClip(model, run_rows=1 << 30)
+    if system == "fastclip-serial":
+        return FastClip(model, concurrent_runs=1)
     if system == "fastclip-unbucketed":
         return FastClip(model, bucket=False)
     if system == "fastclip-int8":

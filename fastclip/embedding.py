@@ -322,8 +322,9 @@ class TextEmbedding(_TowerModel):
     # for the slowest, so on small text runs the cores idle at each of the ~400 barriers, and more so
     # when the host steals a core for a moment. Independent one-thread runs side by side never wait
     # for each other. Measured on 2 cores, ViT-B/32 text, runs of 32 sorted texts: +4 % texts/s on a
-    # quiet host, +26 % while the VM was being slowed down; one text's latency on a one-thread session
-    # is 10.8 ms vs 6.4 ms, which is why short jobs stay on the multi-threaded session.
+    # quiet host, +23-26 % while the VM was being slowed down (benchmark run: 307 -> 377 texts/s), +56-88 %
+    # with another process busy on one core. One text's latency on a one-thread session is 10.8 ms vs
+    # 6.4 ms, which is why short jobs stay on the multi-threaded session.
     _bulk_min_runs = 8
 
     def _bulk_runner(self) -> tuple[LoadedTower, ThreadPoolExecutor] | None:
@@ -350,12 +351,13 @@ class CLIP:
         exif_transpose: bool = True,
         fast: bool | str = False,
         workers: int | None = None,
+        concurrent_runs: int | None = None,
         **common: Any,
     ):
         self.images = ImageEmbedding(
             model_name or DEFAULT_VISION_REPO, exif_transpose=exif_transpose, fast=fast, workers=workers, **common
         )
-        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, **common)
+        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, **common)
         if self.images.dim != self.texts.dim:
             raise ModelError(
                 f"vision tower gives {self.images.dim}-d vectors, text tower {self.texts.dim}-d: not one CLIP model"

@@ -97,10 +97,12 @@ def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_opencli
     rng = random.Random(0)
     words = " ".join(SENTENCES).split()
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(600)]
-    bulk = TextEmbedding(tiny_openclip_export)
+    assert TextEmbedding(tiny_openclip_export).concurrent_runs == (os.cpu_count() or 1)
+    assert CLIP(tiny_openclip_export, concurrent_runs=1).texts.concurrent_runs == 1
+    bulk = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
     serial = TextEmbedding(tiny_openclip_export, concurrent_runs=1)
     got = np.stack(list(bulk.embed(texts, batch_size=64)))
-    assert bulk._bulk is not None and bulk.concurrent_runs == (os.cpu_count() or 1)  # the one-thread session ran
+    assert bulk._bulk is not None  # the one-thread session ran
     plain = np.stack(list(serial.embed(texts, batch_size=64)))
     assert serial._bulk is None
     alone = np.stack([next(serial.embed([t])) for t in texts[:60]])
@@ -108,7 +110,7 @@ def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_opencli
     np.testing.assert_allclose(got[:60], alone, rtol=0, atol=1e-6)
     assert cosines(got[:-1], got[1:]).min() < 0.999  # different texts, different vectors: nothing collapsed
 
-    short = TextEmbedding(tiny_openclip_export)
+    short = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
     list(short.embed(texts[:40]))
     assert short._bulk is None  # a short job keeps the multi-threaded session (latency)
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("fastclip:")]

@@ -231,20 +231,9 @@ def worker(a) -> None:
     sysm = make(a.worker, a.model, extra)
     info = {"system": a.worker, "load_s": time.perf_counter() - t0, "rss_loaded_mb": common.rss_mb(),
             "images": len(paths), "workers": getattr(sysm, "workers", None), "precision": getattr(sysm, "precision", None)}
-    warmed, last = set(), {}
-
-    def time_pass(bs: int) -> float:
-        if bs not in warmed:
-            sysm.embed(paths[: max(bs, 2)], bs)  # warm-up: graph caches, arenas, thread pools
-            warmed.add(bs)
-        t = time.perf_counter()
-        last["vectors"] = sysm.embed(paths, bs)
-        return len(paths) / (time.perf_counter() - t)
 
     def finish() -> dict:
-        res = dict(info)
-        if a.save_vectors:
-            np.save(a.save_vectors, np.asarray(last["vectors"], np.float32))
+        res = {}
         if a.split:
             # decode + preprocess, one image at a time, on one thread
             n = min(a.split_images, len(paths))
@@ -259,18 +248,11 @@ def worker(a) -> None:
                 import torch
 
                 batch = torch.from_numpy(batch)
-            sysm.model(batch)
-            best = float("inf")
-            for _ in range(3):
-                t = time.perf_counter()
-                sysm.model(batch)
-                best = min(best, time.perf_counter() - t)
-            res["model_ms"] = best / k * 1e3
+            res["model_ms"] = common.best_seconds(lambda: sysm.model(batch)) / k * 1e3
             res["split_batch"] = k
-        res["peak_rss_mb"] = common.peak_rss_mb()
         return res
 
-    common.serve(time_pass, finish, info)
+    common.serve(sysm.embed, paths, finish, info, a.save_vectors)
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -388,10 +370,9 @@ def main() -> None:
         rows = []
         raw = {}
         for mode in a.lever_modes.split(","):
-            workers = {name: common.Worker(script, ["--worker", mode, *base, *extra]) for name, extra in LEVERS}
-            rates = common.interleave(workers, a.batch_sizes, a.rounds)
-            for name, w in workers.items():
-                r = {**w.finish(), "throughput": common.medians(rates[name]), "rounds": rates[name]}
+            levers = common.compare(script, {name: ["--worker", mode, *base, *extra] for name, extra in LEVERS},
+                                    a.batch_sizes, a.rounds)
+            for name, r in levers.items():
                 raw[f"{mode} | {name}"] = r
                 rows.append([mode, name] + [fmt(r["throughput"][str(b)]) for b in a.batch_sizes] + [f"{r['peak_rss_mb']:.0f}"])
         md = (f"### fastclip levers (img/s, median of {a.rounds} interleaved rounds)\n\n" + common.machine_md(machine) + "\n"
@@ -402,19 +383,13 @@ def main() -> None:
             a.json.write_text(json.dumps({"machine": machine, "levers": raw}, indent=1))
         return
 
-    workers, vec = {}, {}
+    worker_args = {}
     for s in a.systems.split(","):
-        args = ["--worker", s, *base, "--split", "--save-vectors", str(a.out / f"vectors_{s}.npy")]
+        worker_args[s] = ["--worker", s, *base, "--split", "--save-vectors", str(a.out / f"vectors_{s}.npy")]
         if s in ("open_clip", "transformers"):
-            args += ["--images", str(min(a.torch_images, a.images))]
-        workers[s] = common.Worker(script, args)
-    rates = common.interleave(workers, a.batch_sizes, a.rounds)
-    results = {}
-    for s, w in workers.items():
-        results[s] = {**w.finish(), "throughput": common.medians(rates[s]), "rounds": rates[s]}
-        if "fastembed" in rates:
-            results[s]["ratio_fastembed"] = {b: common.paired_ratio(rates[s][b], rates["fastembed"][b]) for b in rates[s]}
-        vec[s] = np.load(a.out / f"vectors_{s}.npy")
+            worker_args[s] += ["--images", str(min(a.torch_images, a.images))]
+    results = common.compare(script, worker_args, a.batch_sizes, a.rounds)
+    vec = {s: np.load(a.out / f"vectors_{s}.npy") for s in results}
     cos = {"exact": {}, "open_clip": {}}
     for ref, key in (("fastclip-exact", "exact"), ("open_clip", "open_clip")):
         if ref in vec:

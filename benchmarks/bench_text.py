@@ -136,37 +136,19 @@ def worker(a) -> None:
     t0 = time.perf_counter()
     s = make(a.worker, a.model)
     info = {"system": a.worker, "load_s": time.perf_counter() - t0, "texts": len(texts)}
-    warmed, last = set(), {}
-
-    def time_pass(bs: int) -> float:
-        if bs not in warmed:
-            s.embed(texts[:bs], bs)  # warm-up
-            warmed.add(bs)
-        t = time.perf_counter()
-        last["vectors"] = s.embed(texts, bs)
-        return len(texts) / (time.perf_counter() - t)
 
     def finish() -> dict:
-        res = dict(info)
-        if a.save_vectors:
-            np.save(a.save_vectors, np.asarray(last["vectors"], np.float32))
+        res = {}
         k = min(a.split_batch, len(texts))
         batch = texts[:k]
         t = time.perf_counter()
         for _ in range(3):
             ids = s.tokenize(batch)
         res["tokenize_ms"] = (time.perf_counter() - t) / 3 / k * 1e3
-        s.model(ids)
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            s.model(ids)
-            best = min(best, time.perf_counter() - t)
-        res["model_ms"] = best / k * 1e3
-        res["peak_rss_mb"] = common.peak_rss_mb()
+        res["model_ms"] = common.best_seconds(lambda: s.model(ids)) / k * 1e3
         return res
 
-    common.serve(time_pass, finish, info)
+    common.serve(s.embed, texts, finish, info, a.save_vectors)
 
 
 def fmt(x, nd=1):
@@ -214,19 +196,13 @@ def main() -> None:
     script = Path(__file__).resolve()
     base = ["--model", str(model), "--texts", str(a.texts), "--batch-sizes", ",".join(map(str, a.batch_sizes)),
             "--split-batch", str(a.split_batch)]
-    workers, vec = {}, {}
+    worker_args = {}
     for s in a.systems.split(","):
-        args = ["--worker", s, *base, "--save-vectors", str(a.out / f"text_vectors_{s}.npy")]
+        worker_args[s] = ["--worker", s, *base, "--save-vectors", str(a.out / f"text_vectors_{s}.npy")]
         if s in ("open_clip", "transformers"):
-            args += ["--texts", str(min(a.torch_texts, a.texts))]
-        workers[s] = common.Worker(script, args)
-    rates = common.interleave(workers, a.batch_sizes, a.rounds)
-    results = {}
-    for s, w in workers.items():
-        results[s] = {**w.finish(), "throughput": common.medians(rates[s]), "rounds": rates[s]}
-        if "fastembed" in rates:
-            results[s]["ratio_fastembed"] = {b: common.paired_ratio(rates[s][b], rates["fastembed"][b]) for b in rates[s]}
-        vec[s] = np.load(a.out / f"text_vectors_{s}.npy")
+            worker_args[s] += ["--texts", str(min(a.torch_texts, a.texts))]
+    results = common.compare(script, worker_args, a.batch_sizes, a.rounds)
+    vec = {s: np.load(a.out / f"text_vectors_{s}.npy") for s in results}
     cos = {"fastclip": {}, "open_clip": {}}
     for ref in cos:
         if ref in vec:

@@ -329,23 +329,45 @@ class Worker:
         raise RuntimeError(f"{' '.join(self.cmd)} exited with {self.proc.wait()} (its stderr is above)")
 
 
-def serve(time_pass, finish, info: dict) -> None:
-    """The worker side of `Worker`: report `info`, then answer requests from the parent until finished.
+def serve(embed, items: list, finish, info: dict, save_vectors: str | None = None) -> None:
+    """The worker side of `Worker`: report `info`, then time passes on request until finished.
 
-    time_pass(bs) -> items/s of one timed pass; finish() -> dict of closing measurements.
+    embed(items, bs) -> (N, dim) vectors. Each batch size gets one untimed warm-up (its first
+    max(bs, 2) items) before its first timed pass over all `items`. On "finish" the last pass's
+    vectors are saved to `save_vectors` (if given) and the reply is info + finish() + peak RSS.
     """
     def reply(obj: dict) -> None:
         sys.stdout.write(REPLY + json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    warmed, vectors = set(), None
     reply(info)
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "time":
-            reply({"rate": time_pass(int(request["bs"]))})
+            bs = int(request["bs"])
+            if bs not in warmed:
+                embed(items[: max(bs, 2)], bs)  # graph caches, arenas, thread pools
+                warmed.add(bs)
+            t = time.perf_counter()
+            vectors = embed(items, bs)
+            reply({"rate": len(items) / (time.perf_counter() - t)})
         elif request["op"] == "finish":
-            reply(finish())
+            if save_vectors and vectors is not None:
+                np.save(save_vectors, np.asarray(vectors, np.float32))
+            reply({**info, **finish(), "peak_rss_mb": peak_rss_mb()})
             return
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls of fn(), after one untimed call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def interleave(workers: dict[str, Worker], batch_sizes: list[int], rounds: int) -> dict[str, dict[str, list[float]]]:
@@ -361,11 +383,23 @@ def interleave(workers: dict[str, Worker], batch_sizes: list[int], rounds: int) 
     return rates
 
 
-def medians(rates: dict[str, list[float]]) -> dict[str, float]:
-    return {b: float(np.median(v)) for b, v in rates.items()}
+def compare(script: Path, worker_args: dict[str, list[str]], batch_sizes: list[int], rounds: int,
+            baseline: str = "fastembed") -> dict[str, dict]:
+    """Start one `Worker` per system, `interleave` them, and collect each one's results: its closing
+    measurements plus throughput (median per batch size), the rounds, and the median / min / max over
+    rounds of its same-round ratio to `baseline` (when that system is in the comparison)."""
+    workers = {s: Worker(script, args) for s, args in worker_args.items()}
+    rates = interleave(workers, batch_sizes, rounds)
+    results = {}
+    for s, w in workers.items():
+        r = {**w.finish(), "throughput": {b: float(np.median(v)) for b, v in rates[s].items()}, "rounds": rates[s]}
+        if baseline in rates:
+            r["ratio_" + baseline] = {b: _paired_ratio(rates[s][b], rates[baseline][b]) for b in rates[s]}
+        results[s] = r
+    return results
 
 
-def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
+def _paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Median, min and max over rounds of a[i] / b[i] (each pair measured minutes apart at most)."""
     r = np.asarray(a) / np.asarray(b)
     return float(np.median(r)), float(r.min()), float(r.max())

@@ -15,7 +15,7 @@ import torch
 
 from fastclip.errors import ExportError
 
-from .hf_towers import features, towers
+from .hf_towers import FullTextTower, FullVisionTower, towers
 from .source import Source
 from .torchvision_compat import import_open_clip, import_torchvision
 
@@ -156,6 +156,6 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         vision_width=int(config.vision_config.hidden_size),
         text_heads=int(text_cfg.num_attention_heads),
         text_width=int(text_cfg.hidden_size),
-        reference_vision=lambda pixels: features(clip.get_image_features(pixel_values=pixels)),
-        reference_text=lambda ids: features(clip.get_text_features(input_ids=ids)),
+        reference_vision=FullVisionTower(clip),
+        reference_text=FullTextTower(clip),
     )

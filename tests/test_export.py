@@ -84,6 +84,25 @@ def test_tiny_hf_export(tiny_hf_export, tiny_hf_checkpoint):
     np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
 
 
+def _check_pooled_row_only(wrapper, reference, last_mlp, width, inputs):
+    """wrapper(inputs) runs `last_mlp` on one row per input, the reference on every token, and both
+    give the same features; returns the reference's."""
+    import torch
+
+    seen = []
+    hook = last_mlp.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            got = wrapper(inputs).numpy()
+            want = reference(inputs).numpy()
+    finally:
+        hook.remove()
+    assert seen[0] == (len(inputs), 1, width)  # the wrapper's last block: one row per input
+    assert seen[1][1] > 1  # the library's own forward: every token
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    return want
+
+
 def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
     """The export wrappers run the last block's MLP on one row per input, and still equal open_clip."""
     import torch
@@ -100,17 +119,7 @@ def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
               (_text_tower("fastclip-tiny", model)[0], model.encode_text, model.transformer, ids)]
     for wrapper, reference, transformer, inputs in towers:
         last = transformer.resblocks[-1]
-        seen = []
-        hook = last.mlp.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
-        try:
-            with torch.no_grad():
-                got = wrapper(inputs).numpy()
-                want = reference(inputs).numpy()
-        finally:
-            hook.remove()
-        assert seen[0] == (len(inputs), 1, last.mlp.c_fc.in_features)  # the wrapper's last block: one row per input
-        assert seen[1][1] > 1  # open_clip's own forward: every token
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+        _check_pooled_row_only(wrapper, reference, last.mlp, last.mlp.c_fc.in_features, inputs)
 
 
 def test_hf_last_layer_computes_only_the_pooled_row(tiny_hf_checkpoint):
@@ -121,7 +130,7 @@ def test_hf_last_layer_computes_only_the_pooled_row(tiny_hf_checkpoint):
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     from fastclip_export.hf_source import DEFAULT_MEAN, DEFAULT_STD
-    from fastclip_export.hf_towers import HFTextTower, HFVisionTower, features, towers
+    from fastclip_export.hf_towers import FullTextTower, FullVisionTower, HFTextTower, HFVisionTower, towers
     from fastclip_export.torchvision_compat import import_open_clip
 
     model = CLIPModel.from_pretrained(tiny_hf_checkpoint).eval()
@@ -141,24 +150,13 @@ def test_hf_last_layer_computes_only_the_pooled_row(tiny_hf_checkpoint):
     for clip in (model, legacy):
         vision, text = towers(clip)
         assert isinstance(vision, HFVisionTower) and isinstance(text, HFTextTower)
-        cases.append((text, lambda x, clip=clip: features(clip.get_text_features(input_ids=x)), clip.text_model, ids))
-    cases.append((towers(model)[0], lambda x: features(model.get_image_features(pixel_values=x)), model.vision_model, pixels))
+        cases.append((text, FullTextTower(clip), clip.text_model, ids))
+    cases.append((towers(model)[0], FullVisionTower(model), model.vision_model, pixels))
 
     outputs = []
     for wrapper, reference, tower, inputs in cases:
         last = tower.encoder.layers[-1]
-        seen = []
-        hook = last.mlp.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
-        try:
-            with torch.no_grad():
-                got = wrapper(inputs).numpy()
-                want = reference(inputs).numpy()
-        finally:
-            hook.remove()
-        assert seen[0] == (len(inputs), 1, last.mlp.fc1.in_features)  # the wrapper's last layer: one row per input
-        assert seen[1][1] > 1  # transformers' own forward: every token
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
-        outputs.append(want)
+        outputs.append(_check_pooled_row_only(wrapper, reference, last.mlp, last.mlp.fc1.in_features, inputs))
     # The two rules agree on tokenizer output and disagree on the odd row: both were exercised.
     np.testing.assert_allclose(outputs[0][:-1], outputs[1][:-1], rtol=0, atol=1e-5 * np.abs(outputs[0]).max())
     assert np.abs(outputs[0][-1] - outputs[1][-1]).max() > 0.1 * np.abs(outputs[0][-1]).max()

@@ -1,70 +1,21 @@
-"""The `fastclip` command: export a model, embed files or texts, show what a model folder holds.
-
-Exit codes: 0 success, 1 something failed (an image, the model, the export), 2 usage error.
-"""
+"""`fastclip embed`: images (files, folders, stdin) or texts into .npy, .parquet or .jsonl."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from .common import UsageError, progress
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".avif", ".heic"}
 OUTPUT_FORMATS = (".npy", ".parquet", ".jsonl")
 
-DESCRIPTION = """\
-fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
 
-  fastclip embed photos/ --out vectors.npy        embed every image under photos/
-  fastclip embed --text "a dog" --out t.jsonl     embed texts instead
-  fastclip export openai/clip-vit-base-patch32 models/clip-b32
-                                                  turn a CLIP model into ONNX (needs fastclip[export])
-  fastclip info models/clip-b32                   dims, precisions and verification figures
-
-Vectors are L2-normalized: the dot product of two of them is their cosine similarity.
-Run `fastclip COMMAND --help` for each command's options.
-"""
-
-
-class UsageError(Exception):
-    """Bad command line: exit 2 with the message."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Our own progress lines at INFO; other libraries' INFO chatter (open_clip's model loading,
-    # onnxruntime's quantizer, one line per tensor) stays hidden.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("fastclip").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    from .errors import FastClipError
-
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"fastclip: error: {exc}", file=sys.stderr)
-        return 2
-    except FastClipError as exc:
-        print(f"fastclip: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fastclip: interrupted", file=sys.stderr)
-        return 130
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastclip", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "embed",
         help="embed images (files, folders, stdin) or texts into .npy, .parquet or .jsonl",
@@ -89,33 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="use only models already cached")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser(
-        "export",
-        help="convert a CLIP model to a verified ONNX model folder (needs: pip install 'fastclip[export]')",
-        description="Export the vision and text towers of a CLIP model to ONNX, verify them against PyTorch "
-        "on real photos and sentences, and write a model folder fastclip (and fastembed) can load.",
-        epilog="Examples:\n  fastclip export openai/clip-vit-base-patch32 models/clip-b32\n"
-        "  fastclip export open_clip:ViT-H-14 models/h14 --pretrained laion2b_s32b_b79k --precision fp32,fp16,int8\n"
-        "  fastclip export open_clip:ViT-B-32 models/random-b32 --pretrained none   # random weights, for benchmarks",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("model", metavar="MODEL", help="Hugging Face id or local transformers folder, or open_clip:ARCH")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
-    p.add_argument("--pretrained", metavar="TAG|FILE|none", help="open_clip weights: a tag, a checkpoint file, or none (random)")
-    p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("info", help="show dims, precisions and verification figures of a model", description="Describe a model folder or hub repo.")
-    p.add_argument("model", metavar="MODEL", help="model folder or hub repo id")
-    p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
-    p.add_argument("--offline", action="store_true", help="use only models already cached")
-    p.set_defaults(func=cmd_info)
-    return parser
-
-
-# --- embed -------------------------------------------------------------------------------------
 
 
 def collect_paths(args_paths: list[str], stdin=None) -> list[str]:
@@ -146,15 +70,9 @@ def collect_texts(args) -> list[str]:
     return texts
 
 
-def _progress(total: int, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
-
-
 def cmd_embed(args) -> int:
-    from .embedding import ImageEmbedding, TextEmbedding
-    from .errors import ImageError
+    from ..embedding import ImageEmbedding, TextEmbedding
+    from ..errors import ImageError
 
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -177,7 +95,7 @@ def cmd_embed(args) -> int:
         inputs = collect_texts(args)
         model = TextEmbedding(args.model, **common)
         started = time.perf_counter()  # the rate counts embedding, not loading the model
-        bar = _progress(len(inputs), "text")
+        bar = progress(len(inputs), "text")
         rows = []
         for vector in model.embed(inputs, batch_size=args.batch_size or 256):
             rows.append(vector)
@@ -194,7 +112,7 @@ def cmd_embed(args) -> int:
         fast = "max" if args.fast_max else args.fast
         model = ImageEmbedding(args.model, fast=fast, exif_transpose=not args.no_exif, **common)
         started = time.perf_counter()
-        bar = _progress(len(inputs), "img")
+        bar = progress(len(inputs), "img")
 
         def report(error) -> None:
             failures.append((error.source, error.reason))
@@ -252,77 +170,3 @@ def write_output(out: Path, key: str, inputs: list[str], rows: list, dim: int) -
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
         pq.write_table(pa.table({key: pa.array(inputs, pa.string()), "vector": vectors}), tmp)
     os.replace(tmp, out)
-
-
-# --- export ------------------------------------------------------------------------------------
-
-
-def cmd_export(args) -> int:
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
-    if bad or not precisions:
-        raise UsageError(f"--precision takes a comma-separated list of fp32, fp16, int8 (got {args.precision!r})")
-    try:
-        from fastclip_export.api import export_model
-    except ImportError as exc:
-        print(
-            f"fastclip: error: export needs PyTorch and friends ({exc.name or exc} is missing): "
-            "pip install 'fastclip[export]'",
-            file=sys.stderr,
-        )
-        return 1
-    export_model(
-        args.model,
-        args.out_dir,
-        pretrained=args.pretrained,
-        precisions=precisions,
-        overwrite=args.overwrite,
-        external_data=True if args.external_data else None,
-        log=lambda message: print(message, file=sys.stderr),
-    )
-    return 0
-
-
-# --- info --------------------------------------------------------------------------------------
-
-
-def describe(manifest, folder: Path) -> Iterable[str]:
-    yield f"model folder: {folder}"
-    src = manifest.source
-    yield f"source: {src.get('kind', '?')} {src.get('model', '')} {('pretrained=' + str(src['pretrained'])) if src.get('pretrained') else ''}".rstrip()
-    yield f"architecture: {manifest.architecture}   embed_dim: {manifest.embed_dim}   logit_scale: {manifest.logit_scale:g}" + (
-        f"   logit_bias: {manifest.logit_bias:g}" if manifest.logit_bias is not None else ""
-    )
-    for name, spec in (("vision", manifest.vision), ("text", manifest.text)):
-        if spec is None:
-            continue
-        if name == "vision":
-            detail = f"{spec.image_size}px, {spec.resize_mode} side {spec.interpolation} + center crop"
-        else:
-            detail = f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ''}, cleaning {spec.cleaning}"
-        yield f"{name} tower: {detail}"
-        for precision, f in spec.files.items():
-            size = f"{f.bytes / 1e6:.1f} MB" if f.bytes else "size unknown"
-            line = f"  {precision}: {f.path} ({size})"
-            v = spec.verification.get(precision)
-            if v:
-                line += (
-                    f"  verified on {v.samples} inputs: min cosine {v.min_cosine:.7f} (threshold {v.threshold_cosine}),"
-                    f" max abs diff {v.max_abs_diff:.2e} ({v.max_abs_diff_rel:.2e} of the norm)"
-                )
-            else:
-                line += "  not verified by fastclip"
-            yield line
-
-
-def cmd_info(args) -> int:
-    from .model import load_manifest, resolve_folder
-
-    folder = resolve_folder(args.model, cache_dir=args.cache_dir, local_files_only=args.offline)
-    for line in describe(load_manifest(folder), folder):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

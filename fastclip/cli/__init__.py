@@ -1,0 +1,65 @@
+"""The `fastclip` command: export a model, embed files or texts, show what a model folder holds.
+
+One module per subcommand, each with `add_parser(sub)` and the command itself; this module assembles them.
+
+Exit codes: 0 success, 1 something failed (an image, the model, the export), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import embed, export, info
+from .common import UsageError
+
+DESCRIPTION = """\
+fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
+
+  fastclip embed photos/ --out vectors.npy        embed every image under photos/
+  fastclip embed --text "a dog" --out t.jsonl     embed texts instead
+  fastclip export openai/clip-vit-base-patch32 models/clip-b32
+                                                  turn a CLIP model into ONNX (needs fastclip[export])
+  fastclip info models/clip-b32                   dims, precisions and verification figures
+
+Vectors are L2-normalized: the dot product of two of them is their cosine similarity.
+Run `fastclip COMMAND --help` for each command's options.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Our own progress lines at INFO; other libraries' INFO chatter (open_clip's model loading,
+    # onnxruntime's quantizer, one line per tensor) stays hidden.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("fastclip").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from ..errors import FastClipError
+
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"fastclip: error: {exc}", file=sys.stderr)
+        return 2
+    except FastClipError as exc:
+        print(f"fastclip: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastclip: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastclip", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (embed, export, info):
+        command.add_parser(sub)
+    return parser
+
+
+__all__ = ["main", "build_parser", "UsageError"]

@@ -1,0 +1,52 @@
+"""`fastclip info`: dims, precisions and verification figures of a model folder or hub repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="show dims, precisions and verification figures of a model", description="Describe a model folder or hub repo.")
+    p.add_argument("model", metavar="MODEL", help="model folder or hub repo id")
+    p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
+    p.add_argument("--offline", action="store_true", help="use only models already cached")
+    p.set_defaults(func=cmd_info)
+
+
+def describe(manifest, folder: Path) -> Iterable[str]:
+    yield f"model folder: {folder}"
+    src = manifest.source
+    yield f"source: {src.get('kind', '?')} {src.get('model', '')} {('pretrained=' + str(src['pretrained'])) if src.get('pretrained') else ''}".rstrip()
+    yield f"architecture: {manifest.architecture}   embed_dim: {manifest.embed_dim}   logit_scale: {manifest.logit_scale:g}" + (
+        f"   logit_bias: {manifest.logit_bias:g}" if manifest.logit_bias is not None else ""
+    )
+    for name, spec in (("vision", manifest.vision), ("text", manifest.text)):
+        if spec is None:
+            continue
+        if name == "vision":
+            detail = f"{spec.image_size}px, {spec.resize_mode} side {spec.interpolation} + center crop"
+        else:
+            detail = f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ''}, cleaning {spec.cleaning}"
+        yield f"{name} tower: {detail}"
+        for precision, f in spec.files.items():
+            size = f"{f.bytes / 1e6:.1f} MB" if f.bytes else "size unknown"
+            line = f"  {precision}: {f.path} ({size})"
+            v = spec.verification.get(precision)
+            if v:
+                line += (
+                    f"  verified on {v.samples} inputs: min cosine {v.min_cosine:.7f} (threshold {v.threshold_cosine}),"
+                    f" max abs diff {v.max_abs_diff:.2e} ({v.max_abs_diff_rel:.2e} of the norm)"
+                )
+            else:
+                line += "  not verified by fastclip"
+            yield line
+
+
+def cmd_info(args) -> int:
+    from ..model import load_manifest, resolve_folder
+
+    folder = resolve_folder(args.model, cache_dir=args.cache_dir, local_files_only=args.offline)
+    for line in describe(load_manifest(folder), folder):
+        print(line)
+    return 0

@@ -211,9 +211,18 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _fault(step: str) -> None:
-    """Fault injection for the kill tests: FASTCLIP_FAULT=<step> kills this process (SIGKILL) at `step`."""
-    if os.environ.get("FASTCLIP_FAULT") == step:
+    """Fault injection for the kill tests (off unless FASTCLIP_FAULT is set): a comma-separated list of
+    steps at which this process kills itself with SIGKILL (e.g. "vectors-3": batch 3's vectors written,
+    its journal lines not; "checkpoint-3"; "finish-npy"; "rename-0"), and "slow", which sleeps 0.1 s after
+    every checkpoint so that a test can signal a run that is still busy."""
+    faults = os.environ.get("FASTCLIP_FAULT")
+    if not faults:
+        return
+    faults = faults.split(",")
+    if step in faults:
         os.kill(os.getpid(), signal.SIGKILL)
+    if "slow" in faults and step.startswith("checkpoint-"):
+        time.sleep(0.1)
 
 
 # The header fields that decide the vectors: a run may only be resumed by one that agrees on all of them.
@@ -251,6 +260,7 @@ class EmbeddingsWriter:
         self._closed = False
         self._vectors = self._journal = self._lock = None
         self._last_sync = time.monotonic()
+        self._batches = 0  # write() calls in this process, for fault injection
         if self.dir.exists():
             self._lock_dir()
             if not resume:
@@ -418,8 +428,11 @@ class EmbeddingsWriter:
             # Vectors first: a checkpoint line is only trusted when all of its rows are in the vectors file.
             self._vectors.write(vectors.tobytes())
             self._vectors.flush()
+            self._batches += 1
+            _fault(f"vectors-{self._batches}")
             self._journal.write(("\n".join(lines) + "\n").encode("ascii"))
             self._journal.flush()
+            _fault(f"checkpoint-{self._batches}")
             if time.monotonic() - self._last_sync >= SYNC_SECONDS:
                 os.fsync(self._vectors.fileno())
                 os.fsync(self._journal.fileno())

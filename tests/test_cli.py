@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import numpy as np
 import pytest
 
 from fastclip import ImageEmbedding, TextEmbedding
+from fastclip.manifest import tower_fingerprint
+from fastclip.sinks import errors_path, partial_dir, read_embeddings
 from photos import write_photos
 
 
-def fastclip(*args, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def fastclip(*args, stdin: str | None = None, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "fastclip.cli", *map(str, args)],
+        [sys.executable, "-m", "fastclip.cli", *(a if isinstance(a, bytes) else str(a) for a in args)],
         input=stdin,
         capture_output=True,
         text=True,
+        errors="backslashreplace",
         env=env,
         cwd=cwd,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -58,14 +62,19 @@ def test_embed_folder_rows_aligned_with_paths(tiny_openclip_export, photo_dir, t
     out = tmp_path / "vectors.npy"
     result = fastclip("embed", photo_dir, "--model", tiny_openclip_export, "--out", out, "--batch-size", 2)
     assert result.returncode == 0, result.stderr
-    matrix = np.load(out)
-    paths = Path(str(out) + ".paths.txt").read_text().splitlines()
-    assert matrix.shape == (5, ImageEmbedding(tiny_openclip_export).dim) and len(paths) == 5
-    assert paths == sorted(paths) and not any(p.endswith(".txt") for p in paths)
+    got = read_embeddings(out)
+    matrix, paths = got.vectors, got.items
     model = ImageEmbedding(tiny_openclip_export)
+    assert matrix.shape == (5, model.dim) and len(paths) == 5
+    assert paths == sorted(paths) and not any(p.endswith(".txt") for p in paths)
     for row, path in zip(matrix, paths):
         np.testing.assert_allclose(row, next(model.embed([path])), atol=1e-6)
     assert "5 images embedded, 0 failed" in result.stderr
+    meta = got.meta
+    assert meta["kind"] == "image" and meta["model"] == str(tiny_openclip_export) and meta["failed"] == 0
+    assert meta["fingerprint"] == tower_fingerprint(model.folder, model.spec) and meta["precision"] == "fp32"
+    assert meta["options"] == {"batch_size": 2, "fast": False, "exif_transpose": True}
+    assert not errors_path(out).exists() and not partial_dir(out).exists()
 
 
 def test_corrupt_file_without_skip_errors_fails_and_writes_nothing(tiny_openclip_export, album_with_corrupt, tmp_path):
@@ -74,15 +83,23 @@ def test_corrupt_file_without_skip_errors_fails_and_writes_nothing(tiny_openclip
     assert result.returncode == 1
     assert "01_zz_corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+    # The batches before the bad one are kept; with --skip-errors the same run completes from there.
+    again = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out, "--resume", "--skip-errors")
+    assert resumed.returncode == 1 and "5 images embedded, 1 failed" in resumed.stderr
+    assert len(read_embeddings(out).items) == 5
 
 
 def test_corrupt_file_with_skip_errors_is_left_out(tiny_openclip_export, album_with_corrupt, photo_dir, tmp_path):
     out = tmp_path / "vectors.npy"
     result = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out, "--skip-errors")
     assert result.returncode == 1  # something failed, even though the rest was written
-    paths = Path(str(out) + ".paths.txt").read_text().splitlines()
-    matrix = np.load(out)
-    assert len(paths) == matrix.shape[0] == 5
+    got = read_embeddings(out)
+    paths, matrix = got.items, got.vectors
+    assert len(paths) == matrix.shape[0] == 5 and got.meta["failed"] == 1
+    failed = [json.loads(line) for line in errors_path(out).read_text().splitlines()]
+    assert [f["path"] for f in failed] == [str(album_with_corrupt / "a" / "01_zz_corrupt.jpg")]
     assert not any("corrupt" in p for p in paths)
     assert "skipped" in result.stderr and "failed: " in result.stderr and "01_zz_corrupt.jpg" in result.stderr.splitlines()[-1]
     model = ImageEmbedding(tiny_openclip_export)
@@ -111,7 +128,8 @@ def test_texts_to_jsonl(tiny_openclip_export, tmp_path):
     text_file.write_text("a red car\nzwei Hunde im Schnee\n")
     result = fastclip("embed", "--text", "a dog", "--text-file", text_file, "--model", tiny_openclip_export, "--out", out)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    head, *rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert head["fastclip_embeddings"]["kind"] == "text" and head["fastclip_embeddings"]["rows"] == 3
     assert [r["text"] for r in rows] == ["a dog", "a red car", "zwei Hunde im Schnee"]
     want = np.stack(list(TextEmbedding(tiny_openclip_export).embed([r["text"] for r in rows])))
     np.testing.assert_allclose(np.array([r["vector"] for r in rows]), want, atol=1e-6)
@@ -157,3 +175,223 @@ def test_parquet_without_pyarrow_is_a_one_line_hint(tiny_openclip_export, photo_
     assert result.returncode == 2
     assert "pip install 'fastclip[parquet]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "v.parquet").exists()
+
+
+# ------------------------------------------------------------------ streaming, resume, exact names, signals
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    """240 small distinct images plus one corrupt file, so a run has 60 batches of 4 and a failure."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(240):
+        pixels = rng.integers(0, 256, (24 + i % 7, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    (folder / "100_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return folder
+
+
+def embed_many(model, folder, out, *, env=None):
+    return fastclip("embed", folder, "--model", model, "--out", out, "--batch-size", 4, "--skip-errors", env=env)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_openclip_export, many_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "v.npy"
+    result = embed_many(tiny_openclip_export, many_images, out)
+    assert result.returncode == 1 and "240 images embedded, 1 failed" in result.stderr, result.stderr
+    return out
+
+
+def assert_same_output(out, reference):
+    """Same rows, order and bits as the uninterrupted run; only the creation time may differ."""
+    got, want = read_embeddings(out), read_embeddings(reference)
+    assert got.items == want.items
+    assert out.read_bytes() == reference.read_bytes()  # the whole .npy, header included
+    assert {**got.meta, "created": None} == {**want.meta, "created": None}
+    assert errors_path(out).read_text() == errors_path(reference).read_text()
+    assert not partial_dir(out).exists()
+
+
+def checkpoints(out) -> int:
+    try:
+        return (partial_dir(out) / "rows.jsonl").read_bytes().count(b'{"next"')
+    except FileNotFoundError:
+        return 0
+
+
+def test_kill_mid_batch_twice_then_resume_is_identical(tiny_openclip_export, many_images, reference_run, tmp_path):
+    out = tmp_path / "v.npy"
+    # Killed after batch 9's vectors reached the file but before its journal lines did.
+    first = embed_many(tiny_openclip_export, many_images, out, env={"FASTCLIP_FAULT": "vectors-9"})
+    assert first.returncode == -9 and checkpoints(out) == 8 and not out.exists()
+    # The resumed run starts at input 32 (8 batches of 4) and is itself killed after 5 more checkpoints.
+    second = fastclip("embed", many_images, "--model", tiny_openclip_export, "--out", out, "--batch-size", 4,
+                      "--skip-errors", "--resume", env={"FASTCLIP_FAULT": "checkpoint-5"})
+    assert second.returncode == -9 and "32 of 241 inputs were done" in second.stderr and checkpoints(out) == 13
+    third = fastclip("embed", many_images, "--model", tiny_openclip_export, "--out", out, "--batch-size", 4,
+                     "--skip-errors", "--resume")
+    assert third.returncode == 1 and "52 of 241 inputs were done" in third.stderr, third.stderr
+    assert_same_output(out, reference_run)
+
+
+@pytest.mark.parametrize("step", ["finish-written", "rename-0"])
+def test_kill_while_finishing_then_resume_is_identical(tiny_openclip_export, many_images, reference_run, tmp_path, step):
+    out = tmp_path / "v.npy"
+    embed_many(tiny_openclip_export, many_images, out)  # a previous good output to protect
+    before = out.read_bytes()
+    killed = embed_many(tiny_openclip_export, many_images, tmp_path / "v.npy", env={"FASTCLIP_FAULT": step})
+    assert killed.returncode == -9
+    if step == "finish-written":
+        assert out.read_bytes() == before
+    resumed = fastclip("embed", many_images, "--model", tiny_openclip_export, "--out", out, "--batch-size", 4,
+                       "--skip-errors", "--resume")
+    assert resumed.returncode == 1, resumed.stderr
+    assert_same_output(out, reference_run)
+
+
+def start(model, folder, out, *extra, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastclip.cli", "embed", str(folder), "--model", str(model), "--out", str(out),
+         "--batch-size", "4", "--skip-errors", *extra],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_checkpoints(proc, out, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while checkpoints(out) < n:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_signal_mid_run_keeps_old_output_then_resume_is_identical(
+    tiny_openclip_export, many_images, reference_run, tmp_path, sig
+):
+    out = tmp_path / "v.npy"
+    out.write_bytes(b"previous output")
+    # "slow": 0.1 s after each of the 60 checkpoints, so the run is still busy when the signal lands.
+    proc = start(tiny_openclip_export, many_images, out, env={"FASTCLIP_FAULT": "slow"})
+    wait_for_checkpoints(proc, out, 5)
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    proc.wait(timeout=20)
+    stderr = proc.stderr.read()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and time.monotonic() - sent < 5, stderr
+        assert "interrupted" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    else:
+        assert proc.returncode == -9
+    assert out.read_bytes() == b"previous output" and checkpoints(out) >= 5
+    resumed = fastclip("embed", many_images, "--model", tiny_openclip_export, "--out", out, "--batch-size", 4,
+                       "--skip-errors", "--resume")
+    assert resumed.returncode == 1 and "resuming" in resumed.stderr, resumed.stderr
+    assert_same_output(out, reference_run)
+
+
+def test_resume_refuses_other_options_and_inputs(tiny_openclip_export, many_images, tmp_path):
+    out = tmp_path / "v.npy"
+    killed = embed_many(tiny_openclip_export, many_images, out, env={"FASTCLIP_FAULT": "checkpoint-2"})
+    assert killed.returncode == -9
+    other_batch = fastclip("embed", many_images, "--model", tiny_openclip_export, "--out", out, "--batch-size", 8,
+                           "--skip-errors", "--resume")
+    assert other_batch.returncode == 2 and "cannot resume" in other_batch.stderr and "options" in other_batch.stderr
+    other_inputs = fastclip("embed", many_images / "000.jpg", "--model", tiny_openclip_export, "--out", out,
+                            "--batch-size", 4, "--resume")
+    assert other_inputs.returncode == 2 and "inputs" in other_inputs.stderr
+    assert "Traceback" not in other_batch.stderr + other_inputs.stderr
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory, photo_dir):
+    """Photos whose names hold a non-UTF-8 byte and a newline, beside a plain one."""
+    folder = tmp_path_factory.mktemp("odd")
+    sources = sorted(photo_dir.rglob("*.jpg"))
+    names = [b"caf\xe9.jpg", b"two\nlines.jpg", b"plain.jpg"]
+    for name, src in zip(names, sources):
+        with open(os.path.join(os.fsencode(folder), name), "wb") as f:
+            f.write(src.read_bytes())
+    return folder, sorted(os.path.join(str(folder), os.fsdecode(n)) for n in names)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl", ".parquet"])
+def test_exact_names_in_every_format(tiny_openclip_export, odd_names, tmp_path, suffix):
+    folder, expected = odd_names
+    out = tmp_path / f"v{suffix}"
+    result = fastclip("embed", folder, "--model", tiny_openclip_export, "--out", out)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    got = read_embeddings(out)
+    assert got.items == expected
+    assert os.fsencode(got.items[0]).endswith(b"/caf\xe9.jpg") and "\n" in got.items[2]
+    model = ImageEmbedding(tiny_openclip_export)
+    np.testing.assert_allclose(got.vectors, np.stack(list(model.embed(expected))), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name] + ([out.name + ".jsonl"] if suffix == ".npy" else []))
+
+
+def test_stdin_nul_separated_names(tiny_openclip_export, odd_names, tmp_path):
+    folder, expected = odd_names
+    out = tmp_path / "v.npy"
+    listing = b"\0".join(os.fsencode(p) for p in expected) + b"\0"
+    result = subprocess.run([sys.executable, "-m", "fastclip.cli", "embed", "-", "-0", "--model", str(tiny_openclip_export),
+                             "--out", str(out)], input=listing, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert read_embeddings(out).items == expected
+
+
+def test_fifo_and_device_are_failures_not_hangs(tiny_openclip_export, photo_dir, tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    good = sorted(photo_dir.rglob("*.jpg"))[0]
+    out = tmp_path / "v.npy"
+    result = fastclip("embed", good, fifo, "/dev/zero", "--model", tiny_openclip_export, "--out", out, "--skip-errors",
+                      timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "FIFO" in result.stderr and "device" in result.stderr and "Traceback" not in result.stderr
+    assert read_embeddings(out).items == [str(good)]
+    strict = fastclip("embed", fifo, "--model", tiny_openclip_export, "--out", tmp_path / "w.npy", timeout=60)
+    assert strict.returncode == 1 and "pipe.jpg" in strict.stderr and "FIFO" in strict.stderr
+
+
+@pytest.mark.parametrize("case", ["directory", "parent-is-file", "interrupted-run"])
+def test_unusable_out_fails_before_embedding(photo_dir, tmp_path, case):
+    if case == "directory":
+        out = tmp_path / "v.npy"
+        out.mkdir()
+    elif case == "parent-is-file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "v.npy"
+    else:
+        out = tmp_path / "v.npy"
+        partial_dir(out).mkdir()
+    # A model that does not exist: reaching the model at all would exit 1 with "no such model folder".
+    result = fastclip("embed", photo_dir, "--model", tmp_path / "no-such-model", "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "no such model" not in result.stderr
+    assert {"directory": "is a directory", "parent-is-file": "cannot create the folder",
+            "interrupted-run": "Pass --resume"}[case] in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_out_folder_exit_2(tiny_openclip_export, photo_dir, tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    result = fastclip("embed", photo_dir, "--model", tiny_openclip_export, "--out", locked / "v.npy")
+    assert result.returncode == 2 and "cannot write" in result.stderr
+
+
+def test_text_arguments_and_files_must_be_utf8(tiny_openclip_export, tmp_path):
+    out = tmp_path / "t.npy"
+    argv = fastclip("embed", "--text", "fine", "--text", b"caf\xe9", "--model", tiny_openclip_export, "--out", out)
+    assert argv.returncode == 1 and "Traceback" not in argv.stderr
+    assert "text #1" in argv.stderr and "0xe9" in argv.stderr
+    bad = tmp_path / "texts.txt"
+    bad.write_bytes(b"a dog\nun caf\xe9\n")
+    from_file = fastclip("embed", "--text-file", bad, "--model", tiny_openclip_export, "--out", out)
+    assert from_file.returncode == 1 and "Traceback" not in from_file.stderr
+    assert "text #1" in from_file.stderr and "texts.txt line 2" in from_file.stderr and "0xe9" in from_file.stderr
+    assert not out.exists() and not partial_dir(out).exists()

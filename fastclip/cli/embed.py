@@ -69,10 +69,7 @@ def collect_paths(args_paths: list[str], stdin=None, *, null: bool = False) -> l
     out: list[str] = []
     for arg in args_paths:
         if arg == "-":
-            stream = stdin if stdin is not None else sys.stdin.buffer
-            data = stream.read()
-            sep = b"\0" if null else b"\n"
-            for raw in data.split(sep):
+            for raw in _records(stdin if stdin is not None else sys.stdin.buffer, b"\0" if null else b"\n"):
                 raw = raw if null else raw.rstrip(b"\r")
                 if raw.strip():
                     out.append(os.fsdecode(raw))
@@ -82,6 +79,16 @@ def collect_paths(args_paths: list[str], stdin=None, *, null: bool = False) -> l
         else:
             out.append(arg)  # a missing file is reported as that input's failure, by name
     return out
+
+
+def _records(stream, sep: bytes, block: int = 1 << 20) -> Iterator[bytes]:
+    """`sep`-separated records of a binary stream, read a block at a time (a million paths is ~100 MB)."""
+    rest = b""
+    while chunk := stream.read(block):
+        *records, rest = (rest + chunk).split(sep)
+        yield from records
+    if rest:
+        yield rest
 
 
 def _bad_utf8(text: str) -> str | None:
@@ -196,11 +203,19 @@ class Job:
         return model, {"batch_size": self.batch_size, "fast": fast, "exif_transpose": not a.no_exif}
 
     def run(self) -> int:
+        model, options = self._model()
+        try:
+            return self._run(model, options)
+        finally:
+            close = getattr(model, "close", None)  # runners with a lifetime (decode threads, worker processes)
+            if close is not None:
+                close()
+
+    def _run(self, model, options: dict) -> int:
         from ..errors import OutputError
         from ..manifest import tower_fingerprint
         from ..sinks import EmbeddingsWriter, make_header
 
-        model, options = self._model()
         fingerprint = getattr(model, "fingerprint", None) or tower_fingerprint(model.folder, model.spec)
         header = make_header(kind=self.kind, dim=model.dim, model=model.model_name, fingerprint=fingerprint,
                              precision=model.precision, normalized=True, options=options)
@@ -221,9 +236,13 @@ class Job:
                     loop(model, writer, start)
                 meta = writer.finish()
         except KeyboardInterrupt:
-            print(f"fastclip: interrupted after {writer.done} of {len(self.inputs)} inputs; {self.out} was not "
-                  f"touched. The finished work is kept in {writer.dir}: run the same command with --resume "
-                  f"to continue", file=sys.stderr)
+            if writer.finished:
+                print(f"fastclip: interrupted while replacing {self.out}: run the same command with --resume "
+                      f"to complete it", file=sys.stderr)
+            else:
+                print(f"fastclip: interrupted after {writer.done} of {len(self.inputs)} inputs; {self.out} was not "
+                      f"touched. The finished work is kept in {writer.dir}: run the same command with --resume "
+                      f"to continue", file=sys.stderr)
             return 130
         elapsed = time.perf_counter() - started
         done_now = len(self.inputs) - start

@@ -141,6 +141,7 @@ def test_texts_to_jsonl(tiny_openclip_export, tmp_path):
         ("embed", "x.jpg", "--out", "v.csv"),
         ("embed", "--out", "v.npy"),
         ("embed", "x.jpg", "--text", "a", "--out", "v.npy"),
+        ("embed", "x.jpg", "--out", "v.npy", "--parallel", "-1"),
         ("export", "m", "o", "--precision", "fp64"),
         ("frobnicate",),
     ],

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--fast", action="store_true", help="reduced JPEG decoding (>= 2x the crop): ~2.4x faster preprocessing, vectors within cosine ~3e-5 of exact")
     p.add_argument("--fast-max", action="store_true", help="reduced JPEG decoding down to the crop size: ~3.6x faster, vectors within cosine ~1e-4")
     p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (bit-parity with reference pipelines)")
+    p.add_argument("--parallel", type=int, metavar="N", help="embed in N worker processes (0: one per core; default: this process)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
@@ -163,6 +164,8 @@ def cmd_embed(args) -> int:
         raise UsageError("nothing to embed: give image PATHs, - for paths on stdin, or --text")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.parallel is not None and args.parallel < 0:
+        raise UsageError("--parallel must be 0 (one worker process per core) or more")
     try:
         out = check_output(args.out)  # before any model loading or embedding
     except OutputError as exc:
@@ -204,6 +207,15 @@ class Job:
 
     def run(self) -> int:
         model, options = self._model()
+        # Worker processes may round vectors differently from this process (max abs diff 1e-6), so the
+        # choice is one of the options a resumed run must repeat.
+        self.parallel = {} if self.args.parallel is None else {"parallel": self.args.parallel}
+        if self.parallel:
+            import inspect
+
+            if "parallel" not in inspect.signature(model.embed).parameters:
+                raise UsageError("--parallel is not available in this version of fastclip")
+            options["parallel"] = self.args.parallel
         try:
             return self._run(model, options)
         finally:
@@ -268,7 +280,7 @@ class Job:
         try:
             for begin in range(start, len(self.inputs), chunk):
                 texts = self.inputs[begin : begin + chunk]
-                vectors = np.stack(list(model.embed(texts, batch_size=self.batch_size)))
+                vectors = np.stack(list(model.embed(texts, batch_size=self.batch_size, **self.parallel)))
                 writer.write(texts, vectors, next_index=begin + len(texts))
                 bar.update(len(texts))
         finally:
@@ -298,7 +310,8 @@ class Job:
 
         bar = progress(len(self.inputs), "img")
         bar.update(start)
-        stream = model.embed(feed(), batch_size=self.batch_size, errors="skip" if skip else "raise", on_error=errors.append)
+        stream = model.embed(feed(), batch_size=self.batch_size, errors="skip" if skip else "raise",
+                             on_error=errors.append, **self.parallel)
         items: list[str] = []
         vectors: list = []
         failures: list[tuple[int, str, str]] = []

@@ -134,6 +134,12 @@ def partial_dir(out: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+def interrupted_run(out: str | os.PathLike) -> Path | None:
+    """The work folder of an interrupted run writing `out` that holds work to resume, else None."""
+    folder = partial_dir(out)
+    return folder if (folder / "job.json").exists() else None
+
+
 def output_files(out: str | os.PathLike) -> list[Path]:
     """Every file a finished run leaves for `out` (the side file for .npy, the errors file if any)."""
     out = Path(out)
@@ -265,13 +271,22 @@ class EmbeddingsWriter:
         self._batches = 0  # write() calls in this process, for fault injection
         if self.dir.exists():
             self._lock_dir()
-            if not resume:
+            try:
+                if not (self.dir / "job.json").exists():
+                    # Killed while creating the folder: job.json is written before any row, so nothing is lost.
+                    self._release()
+                    shutil.rmtree(self.dir)
+                    self._create()
+                    return
+                if not resume:
+                    raise OutputError(
+                        f"a previous run writing {self.out} was interrupted: its finished work is in {self.dir}. "
+                        f"Pass --resume (resume=True) to continue it, or delete that folder to start over"
+                    )
+                self._recover()
+            except BaseException:
                 self._release()
-                raise OutputError(
-                    f"a previous run writing {self.out} was interrupted: its finished work is in {self.dir}. "
-                    f"Pass --resume (resume=True) to continue it, or delete that folder to start over"
-                )
-            self._recover()
+                raise
         else:
             self._create()
 
@@ -728,5 +743,6 @@ def _read_parquet(path: Path) -> EmbeddingsFile:
 
 __all__ = [
     "EmbeddingsFile", "EmbeddingsWriter", "read_embeddings", "make_header", "check_output", "partial_dir",
+    "interrupted_run",
     "output_files", "errors_path", "exact_bytes", "FORMAT", "VERSION", "SUFFIXES",
 ]

@@ -369,6 +369,7 @@ def test_unusable_out_fails_before_embedding(photo_dir, tmp_path, case):
     else:
         out = tmp_path / "v.npy"
         partial_dir(out).mkdir()
+        (partial_dir(out) / "job.json").write_text("{}")
     # A model that does not exist: reaching the model at all would exit 1 with "no such model folder".
     result = fastclip("embed", photo_dir, "--model", tmp_path / "no-such-model", "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

@@ -281,3 +281,11 @@ def test_tower_fingerprint(tiny_openclip_export, tmp_path):
     external = replace(spec, files={"fp32": TowerFile(path=spec.files["fp32"].path, sha256=want,
                                                       external_data=("w.bin",), external_data_sha256={"w.bin": "00"})})
     assert tower_fingerprint(tiny_openclip_export, external) == hashlib.sha256(f"{want}\nw.bin 00".encode()).hexdigest()
+
+
+def test_work_folder_without_job_file_starts_over(tmp_path):
+    out = tmp_path / "v.npy"
+    partial_dir(out).mkdir()  # a run killed right after creating its folder: no job.json, no rows
+    (partial_dir(out) / "vectors.npy").write_bytes(b"junk")
+    write(out, ["a.jpg"], vectors(1))
+    assert read_embeddings(out).items == ["a.jpg"]

@@ -155,7 +155,7 @@ def _not_regular(path: str) -> str | None:
 
 def cmd_embed(args) -> int:
     from ..errors import OutputError
-    from ..sinks import check_output, partial_dir
+    from ..sinks import check_output, interrupted_run
 
     texts_mode = bool(args.text or args.text_file)
     if texts_mode and args.paths:
@@ -170,9 +170,10 @@ def cmd_embed(args) -> int:
         out = check_output(args.out)  # before any model loading or embedding
     except OutputError as exc:
         raise UsageError(str(exc)) from None
-    if partial_dir(out).exists() and not args.resume:
+    leftover = interrupted_run(out)
+    if leftover is not None and not args.resume:
         raise UsageError(
-            f"a previous run writing {out} was interrupted; its finished work is in {partial_dir(out)}. "
+            f"a previous run writing {out} was interrupted; its finished work is in {leftover}. "
             f"Pass --resume to continue it, or delete that folder to start over"
         )
     if texts_mode:

@@ -20,7 +20,7 @@ from .errors import ImageError, ModelError, TextError
 from .images import ImagePreprocessor
 from .manifest import Manifest, Tower
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
-from .session import LoadedTower, open_tower
+from .session import LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
 ERRORS = ("raise", "skip")
@@ -68,7 +68,7 @@ class _TowerModel:
             self.folder, self.spec, name=self.tower_name, providers=providers, threads=threads,
             precision=precision, verify=verify, allow_spinning=_allow_spinning,
         )
-        _check_graph(self._tower, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
+        check_graph(self._tower, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
 
     @property
     def dim(self) -> int:
@@ -81,23 +81,6 @@ class _TowerModel:
     @property
     def device(self) -> str:
         return self._tower.device
-
-
-def _check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:
-    """Names and dims the manifest promises must be what the graph has: fail before any work."""
-    inputs = {i.name: i.shape for i in loaded.session.get_inputs()}
-    outputs = {o.name: o.shape for o in loaded.session.get_outputs()}
-    if spec.input_name not in inputs:
-        raise ModelError(f"{where}: graph has no input {spec.input_name!r} (inputs: {list(inputs)})")
-    if spec.output_name not in outputs:
-        raise ModelError(f"{where}: graph has no output {spec.output_name!r} (outputs: {list(outputs)})")
-    dim = outputs[spec.output_name][-1]
-    if isinstance(dim, int) and dim != embed_dim:
-        raise ModelError(f"{where}: graph output has dim {dim}, the manifest says embed_dim {embed_dim}")
-    size = getattr(spec, "image_size", None)
-    shape = inputs[spec.input_name]
-    if size is not None and len(shape) == 4 and isinstance(shape[-1], int) and shape[-1] != size:
-        raise ModelError(f"{where}: graph takes {shape[-1]}px images, the manifest says {size}")
 
 
 def _check_common(batch_size: int, errors: str) -> None:

@@ -56,7 +56,7 @@ _MAX_WORD = 1 << 12  # a "word" (no ASCII whitespace) longer than this is cut in
 _FLOOD = 64
 # ASCII whitespace: whitespace to Python's str.split, to the tokenizers' regex \s and to CLIP's split.
 # A "word" match stops after _MAX_WORD characters, so no scan runs unbounded inside one giant word.
-_WORD = re.compile(r"[^ \t\n\r\x0b\x0c]{1,%d}" % _MAX_WORD)
+_WORD = re.compile(r"[^ \t\n\r\x0b\x0c]{1,%d}" % _MAX_WORD)  # noqa: UP031 - braces of the regex
 
 
 def _shorten(text: str, start: int, end: int) -> str:
@@ -120,6 +120,11 @@ class TextTokenizer:
             tok = Tokenizer.from_str(self._json)
         except Exception as exc:  # OSError, UnicodeDecodeError, or the plain Exception tokenizers raises
             raise ModelError(f"{path}: cannot load tokenizer ({exc})") from None
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        for what in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if not 0 <= getattr(spec, what) < vocab:
+                raise ModelError(f"{path}: the manifest's {what} {getattr(spec, what)} is outside the tokenizer's "
+                                 f"vocabulary of {vocab} tokens")
         self._clean = open_clip_clean if spec.cleaning == "open_clip" else None
         if self._clean is not None:
             tok.normalizer = None  # see module doc: Python already did all of open_clip's cleaning

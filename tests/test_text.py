@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastclip_export.tokenizer_files import (
+    read_open_clip_bpe,
+    write_open_clip_tokenizer,
+)
 
-from fastclip.errors import TextError
+from fastclip.errors import ModelError, TextError
 from fastclip.manifest import TextSpec
 from fastclip.text import HEAD_CHARS, TextTokenizer, open_clip_clean
-from fastclip_export.tokenizer_files import read_open_clip_bpe, write_open_clip_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clip-tokenizer"
 
@@ -391,3 +394,8 @@ def test_lone_surrogate_names_the_text(hf_fixture_tokenizer, oc_tokenizer, open_
     # open_clip's own cleaning (ftfy) turns it into U+FFFD: we follow, with the reference's ids.
     ours = oc_tokenizer.encode_batch(["bad \udc80 text"])[0].tolist()
     assert ours == open_clip_tok(["bad \udc80 text"])[0].tolist()[: len(ours)]
+
+
+def test_special_token_ids_outside_the_vocabulary_are_refused(oc_dir):
+    with pytest.raises(ModelError, match=r"eos_token_id 70000 is outside the tokenizer's vocabulary of 49408"):
+        TextTokenizer(oc_dir / "tokenizer.json", spec(cleaning="open_clip", eos_token_id=70000))

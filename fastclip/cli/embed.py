@@ -208,19 +208,26 @@ class Job:
 
     def run(self) -> int:
         model, options = self._model()
-        # Worker processes may round vectors differently from this process (max abs diff 1e-6), so the
-        # choice is one of the options a resumed run must repeat.
-        self.parallel = {} if self.args.parallel is None else {"parallel": self.args.parallel}
-        if self.parallel:
-            import inspect
-
-            if "parallel" not in inspect.signature(model.embed).parameters:
-                raise UsageError("--parallel is not available in this version of fastclip")
-            options["parallel"] = self.args.parallel
+        pool = None
         try:
+            if self.args.parallel is None:
+                self.embed = model.embed
+            else:
+                try:
+                    from ..bulk.pool import EmbeddingPool
+                except ImportError:
+                    raise UsageError("--parallel is not available in this version of fastclip") from None
+                # Worker processes may round vectors differently from this process (max abs diff 1e-6),
+                # so the choice is one of the options a resumed run must repeat.
+                options["parallel"] = self.args.parallel
+                # One pool for the whole run: the workers start once (1-3 s each), not once per chunk.
+                pool = EmbeddingPool(model, self.args.parallel, threads=self.args.threads)
+                self.embed = pool.embed
             return self._run(model, options)
         finally:
-            close = getattr(model, "close", None)  # runners with a lifetime (decode threads, worker processes)
+            if pool is not None:
+                pool.close()
+            close = getattr(model, "close", None)  # runners with a lifetime (decode threads, text sessions)
             if close is not None:
                 close()
 
@@ -281,7 +288,7 @@ class Job:
         try:
             for begin in range(start, len(self.inputs), chunk):
                 texts = self.inputs[begin : begin + chunk]
-                vectors = np.stack(list(model.embed(texts, batch_size=self.batch_size, **self.parallel)))
+                vectors = np.stack(list(self.embed(texts, batch_size=self.batch_size)))
                 writer.write(texts, vectors, next_index=begin + len(texts))
                 bar.update(len(texts))
         finally:
@@ -311,8 +318,8 @@ class Job:
 
         bar = progress(len(self.inputs), "img")
         bar.update(start)
-        stream = model.embed(feed(), batch_size=self.batch_size, errors="skip" if skip else "raise",
-                             on_error=errors.append, **self.parallel)
+        stream = self.embed(feed(), batch_size=self.batch_size, errors="skip" if skip else "raise",
+                            on_error=errors.append)
         items: list[str] = []
         vectors: list = []
         failures: list[tuple[int, str, str]] = []

@@ -416,3 +416,51 @@ def test_texts_resume_after_kill_is_identical(tiny_openclip_export, tmp_path):
     assert got.items == want.items and len(got.items) == 2500
     assert np.array_equal(got.vectors, want.vectors)  # bit for bit
     assert out.read_text().splitlines()[1:] == reference.read_text().splitlines()[1:]
+
+
+def test_parallel_matches_serial_and_resumes_bit_identical(tiny_openclip_export, many_images, reference_run, tmp_path):
+    pytest.importorskip("fastclip.bulk.pool")
+    args = ("embed", many_images, "--model", tiny_openclip_export, "--batch-size", 4, "--skip-errors", "--parallel", 2)
+    whole = tmp_path / "whole.npy"
+    assert fastclip(*args, "--out", whole).returncode == 1
+    got, serial = read_embeddings(whole), read_embeddings(reference_run)
+    assert got.items == serial.items and got.meta["options"]["parallel"] == 2
+    assert np.abs(got.vectors - serial.vectors).max() <= 1e-6
+    out = tmp_path / "v.npy"
+    assert fastclip(*args, "--out", out, env={"FASTCLIP_FAULT": "checkpoint-10"}).returncode == -9
+    refused = fastclip(*args[:-2], "--out", out, "--resume")  # the same run without --parallel
+    assert refused.returncode == 2 and "options" in refused.stderr
+    resumed = fastclip(*args, "--out", out, "--resume")
+    assert resumed.returncode == 1 and "40 of 241 inputs were done" in resumed.stderr, resumed.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert read_embeddings(out).items == got.items
+
+
+def test_parallel_ctrl_c_leaves_no_worker(tiny_openclip_export, many_images, tmp_path):
+    pytest.importorskip("fastclip.bulk.pool")
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "v.npy"
+    proc = start(tiny_openclip_export, many_images, out, "--parallel", "2", env={"FASTCLIP_FAULT": "slow"})
+    wait_for_checkpoints(proc, out, 3)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    proc.wait(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - sent < 10, proc.stderr.read()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive
+
+
+def test_parallel_texts_match_serial(tiny_openclip_export, tmp_path):
+    pytest.importorskip("fastclip.bulk.pool")
+    from photos import SENTENCES
+
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("\n".join(f"{SENTENCES[i % len(SENTENCES)]} {i}" for i in range(600)) + "\n")
+    args = ("embed", "--text-file", text_file, "--model", tiny_openclip_export, "--batch-size", 64)
+    assert fastclip(*args, "--out", tmp_path / "s.npy").returncode == 0
+    assert fastclip(*args, "--out", tmp_path / "p.npy", "--parallel", 2).returncode == 0
+    serial, parallel = read_embeddings(tmp_path / "s.npy"), read_embeddings(tmp_path / "p.npy")
+    assert parallel.items == serial.items and len(serial.items) == 600
+    assert np.abs(parallel.vectors - serial.vectors).max() <= 1e-6

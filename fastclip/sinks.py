@@ -137,7 +137,17 @@ def partial_dir(out: str | os.PathLike) -> Path:
 def interrupted_run(out: str | os.PathLike) -> Path | None:
     """The work folder of an interrupted run writing `out` that holds work to resume, else None."""
     folder = partial_dir(out)
-    return folder if (folder / "job.json").exists() else None
+    return folder if _holds_work(folder) else None
+
+
+def _holds_work(folder: Path) -> bool:
+    # job.json is written before any row, and a checkpoint line after each batch's rows.
+    if (folder / "finalizing.json").exists():
+        return True
+    try:
+        return (folder / "job.json").exists() and (folder / "rows.jsonl").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def output_files(out: str | os.PathLike) -> list[Path]:
@@ -272,8 +282,8 @@ class EmbeddingsWriter:
         if self.dir.exists():
             self._lock_dir()
             try:
-                if not (self.dir / "job.json").exists():
-                    # Killed while creating the folder: job.json is written before any row, so nothing is lost.
+                if not _holds_work(self.dir):
+                    # Killed while creating the folder, or before its first checkpoint: nothing to lose.
                     self._release()
                     shutil.rmtree(self.dir)
                     self._create()

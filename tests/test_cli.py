@@ -79,15 +79,17 @@ def test_embed_folder_rows_aligned_with_paths(tiny_openclip_export, photo_dir, t
 
 def test_corrupt_file_without_skip_errors_fails_and_writes_nothing(tiny_openclip_export, album_with_corrupt, tmp_path):
     out = tmp_path / "vectors.npy"
-    result = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out)
+    args = ("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out, "--batch-size", 1)
+    result = fastclip(*args)
     assert result.returncode == 1
     assert "01_zz_corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
+    assert "the 2 inputs before its batch are kept" in result.stderr
     assert not out.exists()
     # The batches before the bad one are kept; with --skip-errors the same run completes from there.
-    again = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out)
+    again = fastclip(*args)
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = fastclip("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out, "--resume", "--skip-errors")
-    assert resumed.returncode == 1 and "5 images embedded, 1 failed" in resumed.stderr
+    resumed = fastclip(*args, "--resume", "--skip-errors")
+    assert resumed.returncode == 1 and "resuming" in resumed.stderr and "5 images embedded, 1 failed" in resumed.stderr
     assert len(read_embeddings(out).items) == 5
 
 
@@ -370,6 +372,7 @@ def test_unusable_out_fails_before_embedding(photo_dir, tmp_path, case):
         out = tmp_path / "v.npy"
         partial_dir(out).mkdir()
         (partial_dir(out) / "job.json").write_text("{}")
+        (partial_dir(out) / "rows.jsonl").write_text('{"next": 32, "rows": 32}\n')
     # A model that does not exist: reaching the model at all would exit 1 with "no such model folder".
     result = fastclip("embed", photo_dir, "--model", tmp_path / "no-such-model", "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

@@ -20,6 +20,7 @@ from fastclip.sinks import (
     check_output,
     errors_path,
     exact_bytes,
+    interrupted_run,
     make_header,
     partial_dir,
     read_embeddings,
@@ -283,9 +284,19 @@ def test_tower_fingerprint(tiny_openclip_export, tmp_path):
     assert tower_fingerprint(tiny_openclip_export, external) == hashlib.sha256(f"{want}\nw.bin 00".encode()).hexdigest()
 
 
-def test_work_folder_without_job_file_starts_over(tmp_path):
+def test_work_folder_without_work_starts_over(tmp_path):
     out = tmp_path / "v.npy"
     partial_dir(out).mkdir()  # a run killed right after creating its folder: no job.json, no rows
     (partial_dir(out) / "vectors.npy").write_bytes(b"junk")
+    assert interrupted_run(out) is None
     write(out, ["a.jpg"], vectors(1))
     assert read_embeddings(out).items == ["a.jpg"]
+    # A run that stopped before its first checkpoint (e.g. its worker processes failed to start) holds
+    # nothing either: a run with other inputs and options starts over without --resume.
+    EmbeddingsWriter(out, header(), job={"inputs": 1}).close()
+    assert interrupted_run(out) is None
+    with EmbeddingsWriter(out, header(batch_size=8), job={"inputs": 2}) as w:
+        w.write(["b.jpg", "c.jpg"], vectors(2))
+        assert interrupted_run(out) == partial_dir(out)
+        w.finish()
+    assert read_embeddings(out).items == ["b.jpg", "c.jpg"]

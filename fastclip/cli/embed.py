@@ -164,8 +164,13 @@ def cmd_embed(args) -> int:
         raise UsageError("nothing to embed: give image PATHs, - for paths on stdin, or --text")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if args.parallel is not None and args.parallel < 0:
-        raise UsageError("--parallel must be 0 (one worker process per core) or more")
+    if args.parallel is not None:
+        if args.parallel < 0:
+            raise UsageError("--parallel must be 0 (one worker process per core) or more")
+        try:
+            from ..bulk import pool  # noqa: F401
+        except ImportError:
+            raise UsageError("--parallel is not available in this version of fastclip") from None
     try:
         out = check_output(args.out)  # before any model loading or embedding
     except OutputError as exc:
@@ -208,28 +213,27 @@ class Job:
 
     def run(self) -> int:
         model, options = self._model()
-        pool = None
+        self.embed = model.embed
+        self.pool = None
+        if self.args.parallel is not None:
+            # Worker processes may round vectors differently from this process (max abs diff 1e-6),
+            # so the choice is one of the options a resumed run must repeat.
+            options["parallel"] = self.args.parallel
         try:
-            if self.args.parallel is None:
-                self.embed = model.embed
-            else:
-                try:
-                    from ..bulk.pool import EmbeddingPool
-                except ImportError:
-                    raise UsageError("--parallel is not available in this version of fastclip") from None
-                # Worker processes may round vectors differently from this process (max abs diff 1e-6),
-                # so the choice is one of the options a resumed run must repeat.
-                options["parallel"] = self.args.parallel
-                # One pool for the whole run: the workers start once (1-3 s each), not once per chunk.
-                pool = EmbeddingPool(model, self.args.parallel, threads=self.args.threads)
-                self.embed = pool.embed
             return self._run(model, options)
         finally:
-            if pool is not None:
-                pool.close()
+            if self.pool is not None:
+                self.pool.close()
             close = getattr(model, "close", None)  # runners with a lifetime (decode threads, text sessions)
             if close is not None:
                 close()
+
+    def _start_pool(self, model) -> None:
+        from ..bulk.pool import EmbeddingPool
+
+        # One pool for the whole run: the workers start once (1-3 s each), not once per chunk.
+        self.pool = EmbeddingPool(model, self.args.parallel, threads=self.args.threads)
+        self.embed = self.pool.embed
 
     def _run(self, model, options: dict) -> int:
         from ..errors import OutputError
@@ -252,6 +256,8 @@ class Job:
         try:
             with writer:
                 if not writer.finished:
+                    if self.args.parallel is not None:
+                        self._start_pool(model)  # after the writer: a refused --resume starts no worker
                     loop = self._texts if self.kind == "text" else self._images
                     loop(model, writer, start)
                 meta = writer.finish()
@@ -345,7 +351,8 @@ class Job:
                     items, vectors, failures = [], [], []
         except ImageError as exc:
             i, source, reason = explain(exc)
-            raise ImageError(i, source, f"{reason} (--skip-errors leaves unreadable images out; the {writer.done} "
-                             f"inputs before its batch are kept: rerun with --resume)") from None
+            kept = (f"; the {writer.done} inputs before its batch are kept: add --resume to continue"
+                    if writer.done else "")
+            raise ImageError(i, source, f"{reason} (--skip-errors leaves unreadable images out{kept})") from None
         finally:
             bar.close()

@@ -32,7 +32,8 @@ whose header is fixed-width and rewritten at the end) and a journal (``rows.json
 lines, and after each batch a checkpoint line ``{"next": inputs done, "rows": rows so far}``). Both files are
 flushed to the OS after every batch, so a killed process loses only the batch in flight, and fsynced every
 few seconds, so a machine crash loses only those seconds. Resuming truncates both files to the last
-checkpoint whose rows are all in the vectors file. Finishing writes the final files inside the work folder,
+checkpoint whose rows are all in the vectors file (a folder without any checkpoint holds no work and
+is started over). Finishing writes the final files inside the work folder,
 records the renames still to do (``finalizing.json``), then renames: a kill between two renames is
 completed by the next resume, and a reader meanwhile sees the .npy / side-file mismatch through
 ``npy_sha256``. A previous OUT is replaced only by a complete new one.

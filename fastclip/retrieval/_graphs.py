@@ -85,18 +85,22 @@ def scores_graph() -> bytes:
 
 
 def topk_graph() -> bytes:
-    """The k best of a (n, d) @ b (m, d)^T per row: values and indices, best first.
+    """The k best of a (n, d) @ b (m, d)^T per row: values and indices, best first; and sum(b).
 
     ONNX TopK breaks ties by index (the lower index comes first), which keeps results deterministic.
+    onnxruntime's TopK silently passes over NaN scores, so the sum of b (NaN or inf when any entry
+    is) lets the caller refuse a non-finite corpus row for the price of one threaded reduction.
     """
     return _model(
         [
             _node("Gemm", ["a", "b"], ["scores"], [_attr_int("transB", 1)]),
             _node("TopK", ["scores", "k"], ["values", "indices"],
                   [_attr_int("axis", -1), _attr_int("largest", 1), _attr_int("sorted", 1)]),
+            _node("ReduceSum", ["b"], ["total"], [_attr_int("keepdims", 0)]),
         ],
         [_value_info("a", FLOAT, ["n", "d"]), _value_info("b", FLOAT, ["m", "d"]), _value_info("k", INT64, [1])],
-        [_value_info("values", FLOAT, ["n", "kk"]), _value_info("indices", INT64, ["n", "kk"])],
+        [_value_info("values", FLOAT, ["n", "kk"]), _value_info("indices", INT64, ["n", "kk"]),
+         _value_info("total", FLOAT, [])],
         "fastclip_topk",
     )
 

@@ -12,10 +12,11 @@ is what clip_benchmark scores). Both directions are read from the same score mat
 reads ``scores`` and ``scores.T``, computed once, a block of captions at a time, so memory stays
 bounded (about 64 MB of scores at a time by default) for any number of captions.
 
-Ties: an image (or caption) whose score equals the correct one's is ranked ahead of it when its
-index is lower. This is what ``torch.topk`` does on CPU whenever it selects by partial sort, i.e.
-whenever k * 64 <= the number of candidates (every real dataset: 5,000 images and K = 10 give 640);
-for tiny candidate sets torch switches to nth_element, whose order among equal scores is unspecified.
+Ties: an image (or caption) whose score equals the correct one's exactly is ranked ahead of it when
+its index is lower, always. clip_benchmark's ``torch.topk`` keeps whichever of equal scores its
+selection heap happens to hold (measured, torch 2.13 CPU: pairs of duplicated images split at the K
+boundary went either way, ~55/45), so on data with exact ties (duplicate images or captions) its
+numbers can differ from ours within the span the ties allow; without exact ties they are equal.
 
 Why ranks are never computed from a re-computed score: the score of a correct pair recomputed with
 another summation order (an einsum, a float64 dot) differs from the matrix's in the last bit, and a
@@ -85,7 +86,7 @@ def retrieval_ranks(image_vectors, text_vectors, text_image_index, *, chunk_byte
 
     Returns (caption_ranks, image_ranks): caption_ranks[j] is where caption j's image comes among all
     images for caption j (text -> image); image_ranks[i] is where image i's best-placed caption comes
-    among all captions for image i (image -> text). Ties: lower index first (see the module doc).
+    among all captions for image i (image -> text). Exact ties: lower index first (see the module doc).
     """
     images = _as_matrix(image_vectors, "image_vectors")
     texts = _as_matrix(text_vectors, "text_vectors")

@@ -93,6 +93,7 @@ def cmd_eval_retrieval(args) -> int:
         text_model = TextEmbedding(args.model, precision=precision, **common)
         model_name = text_model.model_name
         actual[precision] = text_model.precision
+        log(f"embedding {len(data.captions)} captions ({actual[precision]})")
         bar = progress(len(data.captions), "caption")
         rows = []
         for vector in text_model.embed(data.captions):

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from clip_benchmark_ref import evaluate, normalized
+
 from fastclip.retrieval import datasets, metrics, recall_at_k, retrieval_ranks, search
 from fastclip.retrieval._graphs import session
 
@@ -218,7 +218,7 @@ def test_search_memory_mapped_file_and_single_query(tmp_path):
 
 def test_search_k_and_errors():
     corpus = np.eye(4, dtype=np.float32)
-    i, s = search(np.ones((2, 4), np.float32), corpus, 10)
+    i, _ = search(np.ones((2, 4), np.float32), corpus, 10)
     assert i.shape == (2, 4) and i[0].tolist() == [0, 1, 2, 3]  # all tie: corpus order
     with pytest.raises(ValueError, match="k must be a positive"):
         search(corpus, corpus, 0)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from clip_benchmark_ref import evaluate, normalized
 from conftest import FIXTURES
+from photos import photo_array
+from PIL import Image
+from test_cli import fastclip
+
 from fastclip import ImageEmbedding, TextEmbedding
 from fastclip.manifest import tower_fingerprint
 from fastclip.retrieval import recall_at_k, search
 from fastclip.retrieval.datasets import load_captions
-from photos import photo_array
-from test_cli import fastclip
 
 CAPTIONS = FIXTURES / "retrieval" / "captions.csv"
 

@@ -79,9 +79,12 @@ def cmd_eval_retrieval(args) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     data = load_captions(args.dataset, images_root=args.images, split=args.split)
-    log = lambda message: print(f"fastclip: {message}", file=sys.stderr)  # noqa: E731
+
+    def log(message: str) -> None:
+        print(f"fastclip: {message}", file=sys.stderr)
+
     log(f"{data.source}: {len(data.images)} images, {len(data.captions)} captions")
-    common: dict[str, Any] = dict(cache_dir=args.cache_dir, local_files_only=args.offline, threads=args.threads)
+    common: dict[str, Any] = {"cache_dir": args.cache_dir, "local_files_only": args.offline, "threads": args.threads}
 
     # Text vectors do not depend on the JPEG decoding mode: one text pass per precision.
     texts: dict[Any, np.ndarray] = {}
@@ -108,7 +111,7 @@ def cmd_eval_retrieval(args) -> int:
             log(f"embedding {len(data.images)} images ({label})")
             bar = progress(len(data.images), "img")
 
-            def report(error: ImageError) -> None:
+            def report(error: ImageError, bar=bar) -> None:
                 if error.index not in failed:
                     failed[error.index] = error.reason
                     bar.write(f"fastclip: unreadable image {error.source}: {error.reason}", file=sys.stderr)
@@ -181,7 +184,7 @@ def table(results: list[dict], ks) -> list[str]:
     """One table: a row per configuration (deltas against the first under it), both directions side by side."""
     dirs = (("image_retrieval", "text -> image"), ("text_retrieval", "image -> text"))
     cols = [f"R@{k}" for k in ks] + ["mean", "median", "MRR"]
-    head1 = f"{'':<20}" + "".join(f"| {name:<{8 * len(cols) - 1}}" for _, name in dirs) + f"| gap i->t minus t->i"
+    head1 = f"{'':<20}" + "".join(f"| {name:<{8 * len(cols)}}" for _, name in dirs) + "| gap i->t minus t->i"
     head2 = f"{'configuration':<20}" + ("| " + "".join(f"{c:>8}" for c in cols)[1:] + " ") * 2 + "| " + "".join(
         f"{'R@' + str(k):>8}" for k in ks)[1:]
     lines = [head1, head2, "-" * len(head2)]

@@ -69,8 +69,11 @@ def cmd_search(args) -> int:
 
 
 def _printable(item: str) -> str:
-    # one result per line: a text holding newlines is shown with them escaped
-    return item.encode("unicode_escape").decode("ascii") if any(c in item for c in "\r\n\t") else item
+    """One result per line, printable on any terminal: a text's newlines are shown escaped, and a path
+    whose bytes are not UTF-8 (carried as surrogateescape, see fastclip.sinks) shows them as \\xNN."""
+    if any(c in item for c in "\r\n\t"):
+        item = item.encode("unicode_escape", "surrogateescape").decode("ascii", "backslashreplace")
+    return item.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def query_model(meta: dict, query_kind: str, args):
@@ -78,13 +81,18 @@ def query_model(meta: dict, query_kind: str, args):
     from ..embedding import ImageEmbedding, TextEmbedding
     from ..errors import ModelError
     from ..manifest import tower_fingerprint
-    from ..model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
+    from ..model import (
+        DEFAULT_TEXT_REPO,
+        DEFAULT_VISION_REPO,
+        load_manifest,
+        resolve_folder,
+    )
 
     recorded = meta.get("model")
     name = args.model or recorded
     if not name:
         raise UsageError(f"{args.embeddings}: the file records no model: give --model")
-    hub = dict(cache_dir=args.cache_dir, local_files_only=args.offline)
+    hub = {"cache_dir": args.cache_dir, "local_files_only": args.offline}
     file_tower = "vision" if meta["kind"] == "image" else "text"
     query_tower = "vision" if query_kind == "image" else "text"
     # fastembed publishes the two towers of its default model as two repos: either name stands for both
@@ -134,11 +142,12 @@ def _thumbnail(path: str) -> str | None:
 
 
 def _figure(kind: str, item: str) -> str:
+    shown = html.escape(_printable(item))
     if kind == "text":
-        return f'<div class="text">{html.escape(item)}</div>'
+        return f'<div class="text">{shown}</div>'
     uri = _thumbnail(item)
-    img = f'<img src="{uri}" alt="{html.escape(item)}">' if uri else '<div class="missing">image not readable</div>'
-    return img + f'<div class="path">{html.escape(item)}</div>'
+    img = f'<img src="{uri}" alt="{shown}">' if uri else '<div class="missing">image not readable</div>'
+    return img + f'<div class="path">{shown}</div>'
 
 
 def write_html(out: Path, query_kind: str, query: str, kind: str, results: list[tuple[str, float]],
@@ -165,7 +174,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; background: #fafafa; c
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <div class="query"><strong>Query:</strong> {_figure(query_kind, query) if query_kind == "image" else
-    '<span class="text">' + html.escape(query) + '</span>'}</div>
+    '<span class="text">' + html.escape(_printable(query)) + '</span>'}</div>
 <p class="meta">{len(results)} best of {meta.get("rows")} {html.escape(kind)} vectors in {html.escape(str(source))}
 (model {html.escape(str(meta.get("model")))}, {html.escape(str(meta.get("precision")))}); score = cosine similarity.</p>
 <div class="results">

@@ -10,4 +10,4 @@ No model is needed to call these. The runtime (embedding, session, ...) never im
 from .metrics import DEFAULT_KS, recall_at_k, retrieval_ranks, summarize
 from .search import search
 
-__all__ = ["search", "recall_at_k", "retrieval_ranks", "summarize", "DEFAULT_KS"]
+__all__ = ["DEFAULT_KS", "recall_at_k", "retrieval_ranks", "search", "summarize"]

@@ -125,4 +125,4 @@ def session(name: str, threads: int | None = None):
         return _sessions[key]
 
 
-__all__ = ["scores_graph", "topk_graph", "session"]
+__all__ = ["scores_graph", "session", "topk_graph"]

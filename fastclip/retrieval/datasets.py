@@ -37,7 +37,7 @@ class CaptionDataset:
     text_image_index: np.ndarray  # (n_captions,) index into images
     source: str
 
-    def without_images(self, failed: set[int]) -> "CaptionDataset":
+    def without_images(self, failed: set[int]) -> CaptionDataset:
         """The dataset without some images and their captions (indices renumbered)."""
         keep = [i for i in range(len(self.images)) if i not in failed]
         renumber = np.full(len(self.images), -1, np.int64)
@@ -155,4 +155,4 @@ def _karpathy(path: Path, split: str) -> list[tuple[str, str]]:
     return pairs
 
 
-__all__ = ["CaptionDataset", "DatasetError", "load_captions", "FORMATS"]
+__all__ = ["FORMATS", "CaptionDataset", "DatasetError", "load_captions"]

@@ -26,7 +26,7 @@ below is between entries of the one score matrix.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -238,4 +238,4 @@ def recall_at_k(image_vectors, text_vectors, text_image_index, ks: Iterable[int]
     return summarize(caption_ranks, image_ranks, ks)
 
 
-__all__ = ["recall_at_k", "retrieval_ranks", "summarize", "DEFAULT_KS"]
+__all__ = ["DEFAULT_KS", "recall_at_k", "retrieval_ranks", "summarize"]

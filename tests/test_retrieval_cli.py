@@ -230,3 +230,17 @@ def test_search_refuses_another_models_vectors(tiny_openclip_export, tiny_hf_exp
     assert result.returncode == 1
     assert str(tiny_openclip_export) in result.stderr and str(tiny_hf_export) in result.stderr
     assert "fingerprint" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [("eval", "retrieval"), ("search",)])
+def test_help(args):
+    result = fastclip(*args, "--help")
+    assert result.returncode == 0 and "usage: fastclip" in result.stdout
+
+
+def test_search_prints_names_that_are_not_utf8_or_hold_newlines():
+    from fastclip.cli.search import _printable
+
+    name = b"photos/caf\xe9.jpg".decode("utf-8", "surrogateescape")  # as fastclip.sinks carries it
+    assert _printable(name) == "photos/caf\\xe9.jpg"
+    assert _printable("two\nlines") == "two\\nlines" and _printable("plain é") == "plain é"

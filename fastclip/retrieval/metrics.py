@@ -167,22 +167,25 @@ def retrieval_ranks(image_vectors, text_vectors, text_image_index, *, chunk_byte
         image_ranks += np.bincount(bi[ahead], minlength=n_images)
     outside = np.flatnonzero((best < lo[0]) | (best > hi[0]))
     if len(outside):  # never observed: an exact second pass over those images' columns
-        image_ranks[outside] = _recount(texts, images, idx, outside, scorer, rows)
+        image_ranks[outside] = _recount(texts, images, idx, outside, scorer, rows, chunk_bytes)
     return caption_ranks, image_ranks
 
 
-def _recount(texts, images, idx, which, scorer, rows) -> np.ndarray:
+def _recount(texts, images, idx, which, scorer, rows, chunk_bytes) -> np.ndarray:
     """Ranks of images `which` from their full columns, computed in the same blocks as the main pass."""
-    columns = np.concatenate([
-        scorer.run(None, {"a": texts[s : s + rows], "b": images})[0][:, which] for s in range(0, len(texts), rows)
-    ])
     ranks = np.empty(len(which), np.int64)
-    for n, i in enumerate(which):
-        column = columns[:, n]
-        own = np.flatnonzero(idx == i)
-        top = column[own].max()
-        first = own[column[own] == top][0]
-        ranks[n] = np.count_nonzero(column > top) + np.count_nonzero(column[:first] == top) + 1
+    group = max(1, chunk_bytes // (4 * len(texts)))  # columns held at once
+    for g in range(0, len(which), group):
+        part = which[g : g + group]
+        columns = np.concatenate([
+            scorer.run(None, {"a": texts[s : s + rows], "b": images})[0][:, part] for s in range(0, len(texts), rows)
+        ])
+        for n, i in enumerate(part):
+            column = columns[:, n]
+            own = np.flatnonzero(idx == i)
+            top = column[own].max()
+            first = own[column[own] == top][0]
+            ranks[g + n] = np.count_nonzero(column > top) + np.count_nonzero(column[:first] == top) + 1
     return ranks
 
 

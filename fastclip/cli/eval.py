@@ -104,6 +104,7 @@ def cmd_eval_retrieval(args) -> int:
             bar.update(1)
         bar.close()
         texts[precision] = np.stack(rows)
+        text_model.close()  # one model's sessions and threads at a time
         for fast in fasts:
             image_model = ImageEmbedding(args.model, precision=precision, fast=FAST[fast or "off"],
                                          exif_transpose=not args.no_exif, **common)
@@ -129,6 +130,7 @@ def cmd_eval_retrieval(args) -> int:
                                  "and their captions out)") from None
             finally:
                 bar.close()
+                image_model.close()
             images[(precision, fast)] = vectors
 
     # An unreadable image leaves with its captions, in every configuration, so that all of them are

@@ -283,3 +283,14 @@ def test_dataset_errors_name_file_and_row(tmp_path):
         datasets.load_captions(tmp_path / "y.csv")
     with pytest.raises(datasets.DatasetError, match="unknown dataset format"):
         datasets.load_captions(tmp_path / "y.txt")
+
+
+def test_dataset_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"caption": ["a cat", "a dog", "a small cat"], "image": ["a.jpg", "b.jpg", "a.jpg"],
+                             "extra": [1, 2, 3]}), tmp_path / "d.parquet")
+    d = datasets.load_captions(tmp_path / "d.parquet", images_root="/imgs")
+    assert d.images == ["/imgs/a.jpg", "/imgs/b.jpg"] and d.text_image_index.tolist() == [0, 1, 0]
+    assert d.captions == ["a cat", "a dog", "a small cat"]

@@ -220,8 +220,8 @@ def compare(task: str, systems: tuple[str, str], rounds: int) -> list[str]:
             runs[s].append(spawn(task, s))
             print(f"  {task} round {r + 1}: {s} {runs[s][-1]['seconds']:.2f} s (load {load()})", file=sys.stderr)
     base = systems[0]
-    lines = [f"| {task} | seconds: median (rounds) | extra RSS MB (max) | extra anonymous MB (max) "
-             f"| peak RSS MB (max) | time / {base}'s (median) |",
+    lines = [(f"| {task} | seconds: median (rounds) | extra RSS MB (max) | extra anonymous MB (max) "
+              f"| peak RSS MB (max) | time / {base}'s (median) |"),
              "|---|---|---|---|---|---|"]
     for s in systems:
         secs = [x["seconds"] for x in runs[s]]

@@ -78,19 +78,8 @@ class System:
 
 class FastClip(System):
     def __init__(self, model, fast=False, precision=None, workers=None, threads=None, ort=None, spin=None):
-        from fastclip import ImageEmbedding
+        from fastclip import ImageEmbedding, Tuning
         from fastclip.images import ImagePreprocessor
-
-        if spin is not None:  # lever experiments: force onnxruntime's intra-op spin-waiting on or off
-            import fastclip.embedding as fe
-
-            real = fe.open_tower
-
-            def forced(*args, **kw):
-                kw["allow_spinning"] = spin == "on"
-                return real(*args, **kw)
-
-            fe.open_tower = forced
 
         if ort is not None:
             # Lever experiments: fastclip opens its session with these options (open_tower then applies
@@ -103,7 +92,9 @@ class FastClip(System):
 
             fs.ort = types.SimpleNamespace(**{k: getattr(rt, k) for k in dir(rt) if not k.startswith("__")})
             fs.ort.SessionOptions = lambda: ort_options(ort)
-        self.emb = ImageEmbedding(model, fast=fast, precision=precision, workers=workers, threads=threads)
+        # spin: lever experiments force onnxruntime's intra-op spin-waiting on or off (None: fastclip's choice)
+        tuning = Tuning(decode_workers=workers, allow_spinning=None if spin is None else spin == "on")
+        self.emb = ImageEmbedding(model, fast=fast, precision=precision, threads=threads, tuning=tuning)
         self.pre = ImagePreprocessor(self.emb.spec, fast=fast)
         self.session = self.emb._tower.session
         self.inp, self.outp = self.emb.spec.input_name, self.emb.spec.output_name

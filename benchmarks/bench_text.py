@@ -38,13 +38,11 @@ LABELS = {
 
 class FastClip:
     def __init__(self, model, bucket=True, precision=None, run_rows=None, concurrent_runs=None):
-        from fastclip import TextEmbedding
+        from fastclip import TextEmbedding, Tuning
 
-        self.emb = TextEmbedding(model, precision=precision, concurrent_runs=concurrent_runs)
-        if not bucket:
-            self.emb._bucket_window = 0  # attribute read by TextEmbedding._embed (0 = input order)
-        if run_rows:
-            self.emb._run_rows = run_rows  # texts per onnxruntime run inside a sorted window
+        tuning = Tuning(text_bucket_window=8 if bucket else 0,  # 0: input-order batches, no sorting
+                        text_run_rows=run_rows or Tuning.text_run_rows, concurrent_runs=concurrent_runs)
+        self.emb = TextEmbedding(model, precision=precision, tuning=tuning)
         self.spec = self.emb.spec
 
     def embed(self, texts, bs):

@@ -6,6 +6,7 @@
 
 from .embedding import CLIP, ImageEmbedding, TextEmbedding, l2_normalize
 from .errors import ExportError, FastClipError, ImageError, ModelError, TextError
+from .runner import ImageBatch, Tuning
 
 __version__ = "0.1.0"
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "ImageEmbedding",
     "TextEmbedding",
     "l2_normalize",
+    "ImageBatch",
+    "Tuning",
     "FastClipError",
     "ImageError",
     "ModelError",

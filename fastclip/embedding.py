@@ -1,29 +1,39 @@
 """The public classes: ImageEmbedding, TextEmbedding and CLIP.
 
 Each one reads top-down: resolve the model → read its manifest → open the session → preprocess
-→ batch → run → L2-normalize → yield. `embed` consumes its input lazily and yields one vector per
+→ batch → run → L2-normalize → yield. One batch-level call, `embed_batch`, does preprocess → run →
+normalize for one list of inputs; the lazy `embed` generators, the process pool (fastclip.bulk) and
+the Ray integration are loops around it. `embed` consumes its input lazily and yields one vector per
 input, in input order, so memory stays flat on an unbounded stream.
+
+The threads an object uses (image decoding, concurrent text runs) and its second text session belong
+to it: `close()` (or leaving a `with` block) ends them; dropping or closing a generator mid-stream
+cancels the decodes it had queued.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
+import logging
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ImageError, ModelError, TextError
+from .errors import FastClipError, ImageError, ModelError, TextError
 from .images import ImagePreprocessor
 from .manifest import Manifest, Tower
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
-from .session import LoadedTower, check_graph, open_tower
+from .runner import ImageBatch, Tuning, available_cores
+from .session import CPU, CUDA, LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
 ERRORS = ("raise", "skip")
+log = logging.getLogger("fastclip")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -32,12 +42,36 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.finfo(x.dtype).tiny)
 
 
+def _providers(providers: list | None, cuda: Any, device_ids: list[int] | None) -> tuple[list | None, bool]:
+    """fastembed's `cuda=` / `device_ids=` turned into onnxruntime providers; (providers, CUDA required)."""
+    mode = getattr(cuda, "value", cuda)  # fastembed's Device enum ("auto", "cuda", "cpu") or a bool
+    if mode in (None, "auto"):
+        if device_ids and providers is None:
+            providers = [(CUDA, {"device_id": int(device_ids[0])}), CPU]  # used only if CUDA really works
+        return providers, False
+    if providers is not None:
+        raise ValueError("pass either providers= or cuda=, not both")
+    if mode is True or mode == "cuda":
+        return [(CUDA, {"device_id": int(device_ids[0]) if device_ids else 0}), CPU], True
+    if mode is False or mode == "cpu":
+        return [CPU], False
+    raise ValueError(f"cuda must be True, False or 'auto', got {cuda!r}")
+
+
 class _TowerModel:
     """What both embedding classes share: resolve the model, read its manifest, open one tower.
 
     Options (keyword-only, for both classes): cache_dir, local_files_only, revision (hub
     resolution); providers, threads (onnxruntime); precision ("fp32", "fp16", "int8": pins a
-    variant, default fp32 on CPU and fp16 on GPU when present); verify (check the file's sha256).
+    variant, default fp32 on CPU and fp16 on GPU when present); verify (check the file's sha256);
+    tuning (a fastclip.Tuning: scheduling knobs, see there).
+
+    fastembed's constructor keywords work as there: cuda (True: CUDA or a ModelError, False: CPU,
+    "auto"/None: CUDA when it really works), device_ids (GPU ids: the first for this process, spread
+    round-robin over the workers of `parallel=`), lazy_load (open the onnxruntime session on first
+    use instead of now: with `parallel=`, this process never loads the model at all), and
+    specific_model_path (a local folder to load instead of `model_name`).
+    The object owns its threads and sessions: close() ends them, as does leaving a `with` block.
     """
 
     tower_name = ""
@@ -48,30 +82,73 @@ class _TowerModel:
         model_name: str | Path | None = None,
         *,
         cache_dir: str | Path | None = None,
+        threads: int | None = None,
+        providers: list | None = None,
+        cuda: Any = None,
+        device_ids: list[int] | None = None,
+        lazy_load: bool = False,
         local_files_only: bool = False,
         revision: str | None = None,
-        providers: list | None = None,
-        threads: int | None = None,
         precision: str | None = None,
         verify: bool = False,
-        _allow_spinning: bool = True,
+        tuning: Tuning | None = None,
+        specific_model_path: str | Path | None = None,
     ):
         self.model_name = str(model_name or self.default_repo)
-        self.folder = resolve_folder(
+        self.tuning = tuning if tuning is not None else Tuning()
+        self.folder = Path(specific_model_path) if specific_model_path is not None else resolve_folder(
             self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision
         )
         self.manifest: Manifest = load_manifest(self.folder)
         self.spec = getattr(self.manifest, self.tower_name)
         if self.spec is None:
             raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower")
-        self._tower = open_tower(
-            self.folder, self.spec, name=self.tower_name, providers=providers, threads=threads,
-            precision=precision, verify=verify, allow_spinning=_allow_spinning,
-        )
-        check_graph(self._tower, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
+        self.threads = threads
+        self.device_ids = list(device_ids) if device_ids else None
+        self._providers, self._cuda_required = _providers(providers, cuda, self.device_ids)
+        self._requested_precision = precision
+        self._verify = verify
+        # Everything a worker process needs to open this very tower again without resolving the name.
+        self._worker_options = {"precision": precision, "verify": verify, "tuning": self.tuning}
+        self._lock = threading.Lock()
+        self._loaded: LoadedTower | None = None
+        self._closed = False
+        if not lazy_load:
+            self._load()
+
+    # ------------------------------------------------------------------------------------- session
+
+    def _allow_spinning(self) -> bool:
+        return True if self.tuning.allow_spinning is None else self.tuning.allow_spinning
+
+    def _load(self) -> LoadedTower:
+        with self._lock:
+            if self._closed:
+                raise FastClipError(f"{type(self).__name__}({self.model_name!r}) is closed")
+            if self._loaded is None:
+                loaded = open_tower(
+                    self.folder, self.spec, name=self.tower_name, providers=self._providers, threads=self.threads,
+                    precision=self._requested_precision, verify=self._verify, allow_spinning=self._allow_spinning(),
+                )
+                check_graph(loaded, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
+                if self._cuda_required and loaded.device != "cuda":
+                    raise ModelError(f"{self.folder} ({self.tower_name} tower): cuda=True, but onnxruntime runs it "
+                                     "on CPU here (see the log line above for why); pass cuda=False or cuda='auto'")
+                self._loaded = loaded
+            return self._loaded
+
+    @property
+    def _tower(self) -> LoadedTower:
+        loaded = self._loaded
+        return loaded if loaded is not None else self._load()
 
     @property
     def dim(self) -> int:
+        return self.manifest.embed_dim
+
+    @property
+    def embedding_size(self) -> int:
+        """fastembed's name for `dim`."""
         return self.manifest.embed_dim
 
     @property
@@ -82,6 +159,49 @@ class _TowerModel:
     def device(self) -> str:
         return self._tower.device
 
+    # ------------------------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """End this object's threads and release its sessions; later calls raise FastClipError."""
+        with self._lock:
+            self._closed = True
+            self._loaded = None
+        self._close_runners()
+
+    def _close_runners(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FastClipError(f"{type(self).__name__}({self.model_name!r}) is closed")
+
+    # --------------------------------------------------------------------------------- fastembed
+
+    @classmethod
+    def list_supported_models(cls) -> list[dict[str, Any]]:
+        """The hub repos fastclip knows by name, as fastembed lists them (model, dim, description, ...).
+
+        Any folder written by `fastclip export` (any open_clip or transformers CLIP model) and any
+        fastembed-style tower folder load too; they are not listed because they are not names.
+        """
+        return [dict(entry, sources=dict(entry["sources"])) for entry in cls._supported]
+
+    @classmethod
+    def get_embedding_size(cls, model_name: str) -> int:
+        """fastembed's classmethod: the dim of a listed model, without loading it."""
+        for entry in cls._supported:
+            if entry["model"].lower() == str(model_name).lower():
+                return entry["dim"]
+        raise ValueError(f"{model_name} is not a listed model; load it and read .dim (or .embedding_size)")
+
+    _supported: tuple[dict[str, Any], ...] = ()
+
 
 def _check_common(batch_size: int, errors: str) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -90,10 +210,38 @@ def _check_common(batch_size: int, errors: str) -> None:
         raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
 
 
+def _check_parallel(parallel: Any) -> None:
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 0):
+        raise ValueError(f"parallel must be None (this process), 0 (one process per core) or a positive integer, "
+                         f"got {parallel!r}")
+
+
 def _run(loaded: LoadedTower, spec: Tower, feeds: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
     out = loaded.session.run([spec.output_name], feeds)[0]
     out = np.asarray(out, dtype=np.float32)  # fp16 graphs may return half precision
     return l2_normalize(out) if normalize else out
+
+
+class _PendingImages:
+    """One batch of images being decoded, each straight into its row of one (n, 3, S, S) array."""
+
+    def __init__(self, start: int, pixels: np.ndarray, results: list):
+        self.start = start
+        self.pixels = pixels
+        self.results = results  # per input: None (ok), an ImageError, or a Future of either
+
+    def collect(self) -> tuple[np.ndarray, dict[int, ImageError]]:
+        """(pixels of the good images, {failed index: ImageError}), waiting for the decodes."""
+        outcome = [r.result() if isinstance(r, Future) else r for r in self.results]
+        failures = {self.start + j: e for j, e in enumerate(outcome) if e is not None}
+        if not failures:
+            return self.pixels, failures
+        keep = np.array([e is None for e in outcome])
+        return self.pixels[keep], failures
+
+    def cancel(self) -> int:
+        """Cancel the decodes that have not started; returns how many were cancelled."""
+        return sum(1 for r in self.results if isinstance(r, Future) and r.cancel())
 
 
 class ImageEmbedding(_TowerModel):
@@ -106,12 +254,19 @@ class ImageEmbedding(_TowerModel):
     fast: True decodes JPEGs at reduced size (at least twice the crop) before the bicubic resize:
     ~2.4x faster preprocessing, vectors within a cosine of ~3e-5 of exact on the benchmark photos.
     "max" reduces down to the crop size: ~3.6x faster, within ~1e-4. Off by default.
-    workers: threads that decode and preprocess the next images while the model runs (0 = inline).
+    workers: threads that decode and preprocess the next images while the model runs (0 = inline);
+    the same as tuning=Tuning(decode_workers=...), which it overrides.
     Other options: see _TowerModel.
     """
 
     tower_name = "vision"
     default_repo = DEFAULT_VISION_REPO
+    _supported = ({
+        "model": DEFAULT_VISION_REPO, "dim": 512,
+        "description": "CLIP ViT-B/32 vision tower (OpenAI weights, fastembed's ONNX export); fastclip's default",
+        "license": "mit", "size_in_GB": 0.34, "sources": {"hf": DEFAULT_VISION_REPO}, "model_file": "model.onnx",
+        "additional_files": [], "tasks": {},
+    },)
 
     def __init__(
         self,
@@ -120,15 +275,28 @@ class ImageEmbedding(_TowerModel):
         exif_transpose: bool = True,
         fast: bool | str = False,
         workers: int | None = None,
+        tuning: Tuning | None = None,
         **options: Any,
     ):
-        self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+        tuning = tuning if tuning is not None else Tuning()
+        if workers is not None:
+            tuning = replace(tuning, decode_workers=int(workers))
+        if tuning.decode_workers is None:
+            tuning = replace(tuning, decode_workers=min(4, available_cores()))
+        self.workers = tuning.decode_workers
+        self._preprocess_options = {"exif_transpose": exif_transpose, "fast": fast}
+        super().__init__(model_name, tuning=tuning, **options)
+        self._worker_options.update(self._preprocess_options)
+        self._preprocess = ImagePreprocessor(self.spec, exif_transpose=exif_transpose, fast=fast)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _allow_spinning(self) -> bool:
+        if self.tuning.allow_spinning is not None:
+            return self.tuning.allow_spinning
         # Decode threads share the cores with onnxruntime, whose idle threads would otherwise spin-wait
         # between operators. Measured on 2 cores, ViT-B/32: not spinning gives fp32 +5-7 % img/s at
         # batch 32 and +20 % at batch 1; int8's shorter operators lose ~3 % to the wake-up latency.
-        spin = self.workers == 0 or options.get("precision") == "int8"
-        super().__init__(model_name, _allow_spinning=spin, **options)
-        self._preprocess = ImagePreprocessor(self.spec, exif_transpose=exif_transpose, fast=fast)
+        return self.workers == 0 or self._requested_precision == "int8"
 
     def embed(
         self,
@@ -147,57 +315,94 @@ class ImageEmbedding(_TowerModel):
         default raises ImageError naming the image's index and source.
         """
         _check_common(batch_size, errors)
+        self._check_open()
+        if isinstance(images, (str, Path)):
+            images = [images]  # one path, not a stream of characters
         return self._embed(images, batch_size, normalize, errors, on_error)
 
-    def _embed(self, images, batch_size, normalize, errors, on_error) -> Iterator[np.ndarray | None]:
-        for indices, pixels, failed in self._batches(images, batch_size, errors):
-            vectors = iter(_run(self._tower, self.spec, {self.spec.input_name: pixels}, normalize) if len(pixels) else ())
-            for i in indices:
-                if i in failed:
-                    if on_error is not None:
-                        on_error(failed[i])
-                    yield None
-                else:
-                    yield next(vectors)
+    def embed_batch(self, images: Sequence[Any], *, start_index: int = 0, normalize: bool = True) -> ImageBatch:
+        """Embed one list of images at once: decode + preprocess (on the decode threads), one run, normalize.
 
-    def _prepare(self, item: Any, index: int, errors: str) -> np.ndarray | ImageError:
-        try:
-            return self._preprocess(item, index)
-        except ImageError as exc:
-            if errors == "skip":
-                return exc  # reported in input order by the consuming thread, not from a worker
-            raise
-
-    def _batches(self, images: Iterable[Any], batch_size: int, errors: str):
-        """(input indices, stacked pixels of the good ones, {failed index: ImageError}) per batch.
-
-        With workers, up to two batches of images are decoded ahead in threads (Pillow and numpy
-        release the GIL) while the model runs on the current one; the bound keeps memory flat.
+        Never raises for an image that cannot be read: it lands in the result's `failures` (keyed by
+        start_index + its position) and has no row in `vectors`. Indices in errors count from start_index.
         """
-        numbered = enumerate(images)
+        self._check_open()
+        images = list(images)
+        pool = self._decode_pool() if len(images) > 1 else None  # one image: no thread hop
+        pixels, failures = self._start(images, start_index, pool).collect()
+        return self._run_images(start_index, len(images), pixels, failures, normalize)
+
+    def _embed(self, images, batch_size, normalize, errors, on_error) -> Iterator[np.ndarray | None]:
+        for batch in self._stream(images, batch_size, normalize, errors):
+            for index, row in zip(itertools.count(batch.start_index), batch.rows()):
+                if row is None and on_error is not None:
+                    on_error(batch.failures[index])
+                yield row
+
+    def _stream(self, images: Iterable[Any], batch_size: int, normalize: bool, errors: str) -> Iterator[ImageBatch]:
+        """embed_batch over consecutive batches, with the next `read_ahead` batches decoded in the
+        decode threads (Pillow and numpy release the GIL) while the model runs on the current one;
+        the bound keeps memory flat. Closing the generator cancels the decodes not yet started."""
+        numbered = iter(images)
+        pool = self._decode_pool()
+        depth = 1 + (self.tuning.read_ahead if pool is not None else 0)
+        pending: deque[_PendingImages] = deque()
+        start = 0
+        try:
+            while True:
+                while len(pending) < depth and (chunk := list(itertools.islice(numbered, batch_size))):
+                    pending.append(self._start(chunk, start, pool))
+                    start += len(chunk)
+                if not pending:
+                    return
+                current = pending.popleft()
+                pixels, failures = current.collect()
+                if errors == "raise" and failures:
+                    raise failures[min(failures)]
+                yield self._run_images(current.start, len(current.results), pixels, failures, normalize)
+        finally:
+            for batch in pending:
+                batch.cancel()
+
+    def _start(self, items: list[Any], start: int, pool: ThreadPoolExecutor | None) -> _PendingImages:
+        size = self.spec.image_size
+        pixels = np.empty((len(items), 3, size, size), dtype=np.float32)
+        if pool is None:
+            results = [self._decode_into(item, start + j, pixels[j]) for j, item in enumerate(items)]
+        else:
+            results = [pool.submit(self._decode_into, item, start + j, pixels[j]) for j, item in enumerate(items)]
+        return _PendingImages(start, pixels, results)
+
+    def _decode_into(self, item: Any, index: int, out: np.ndarray) -> ImageError | None:
+        try:
+            self._preprocess(item, index, out=out)
+        except ImageError as exc:
+            return exc  # reported in input order by the consuming thread, not from a decode thread
+        return None
+
+    def _run_images(self, start: int, count: int, pixels: np.ndarray, failures: dict, normalize: bool) -> ImageBatch:
+        if len(pixels):
+            vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, normalize)
+        else:
+            vectors = np.empty((0, self.dim), dtype=np.float32)
+        return ImageBatch(start_index=start, count=count, vectors=vectors, failures=failures)
+
+    def _decode_pool(self) -> ThreadPoolExecutor | None:
         if self.workers <= 0:
-            while chunk := list(itertools.islice(numbered, batch_size)):
-                yield self._assemble([(i, self._prepare(item, i, errors)) for i, item in chunk])
-            return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="fastclip-decode") as pool:
-            pending: deque = deque()
+            return None
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                self._check_open()
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastclip-decode")
+                pool = self._pool
+        return pool
 
-            def fill() -> None:
-                for i, item in itertools.islice(numbered, 2 * batch_size - len(pending)):
-                    pending.append((i, pool.submit(self._prepare, item, i, errors)))
-
-            fill()
-            while pending:
-                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                fill()  # queue the next images before waiting on this batch
-                yield self._assemble([(i, future.result()) for i, future in chunk])
-
-    @staticmethod
-    def _assemble(done: list[tuple[int, np.ndarray | ImageError]]):
-        good = [a for _, a in done if isinstance(a, np.ndarray)]
-        failed = {i: a for i, a in done if isinstance(a, ImageError)}
-        pixels = np.stack(good) if good else np.empty((0,), np.float32)
-        return [i for i, _ in done], pixels, failed
+    def _close_runners(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class TextEmbedding(_TowerModel):
@@ -207,26 +412,50 @@ class TextEmbedding(_TowerModel):
     session with one onnxruntime thread, run that many at a time (default: one per core; 1 = off).
     Same vectors; the second session is opened on the first large job and costs the model's size
     in memory again (~250 MB for ViT-B/32). Short jobs keep the multi-threaded session and its latency.
+    The same as tuning=Tuning(concurrent_runs=...), which it overrides.
     Other options: see _TowerModel.
     """
 
     tower_name = "text"
     default_repo = DEFAULT_TEXT_REPO
+    _supported = ({
+        "model": DEFAULT_TEXT_REPO, "dim": 512,
+        "description": "CLIP ViT-B/32 text tower (OpenAI weights, fastembed's ONNX export), 77 tokens; "
+                       "fastclip's default",
+        "license": "mit", "size_in_GB": 0.25, "sources": {"hf": DEFAULT_TEXT_REPO}, "model_file": "model.onnx",
+        "additional_files": [], "tasks": {},
+    },)
 
-    def __init__(self, model_name: str | Path | None = None, *, concurrent_runs: int | None = None, **options: Any):
-        super().__init__(model_name, **options)
+    def __init__(
+        self,
+        model_name: str | Path | None = None,
+        *,
+        concurrent_runs: int | None = None,
+        tuning: Tuning | None = None,
+        **options: Any,
+    ):
+        tuning = tuning if tuning is not None else Tuning()
+        if concurrent_runs is not None:
+            tuning = replace(tuning, concurrent_runs=max(1, int(concurrent_runs)))
+        if tuning.concurrent_runs is None:
+            tuning = replace(tuning, concurrent_runs=max(1, int(options.get("threads") or available_cores())))
+        self.concurrent_runs = tuning.concurrent_runs
+        super().__init__(model_name, tuning=tuning, **options)
         self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec)
-        if concurrent_runs is None:
-            concurrent_runs = options.get("threads") or os.cpu_count() or 1
-        self.concurrent_runs = max(1, int(concurrent_runs))
         self._bulk: tuple[LoadedTower, ThreadPoolExecutor] | None = None
+        self._bulk_lock = threading.Lock()
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> np.ndarray:
         """The int64 token ids the model sees, padded to the longest text (or the context length)."""
         return self._tokenizer.encode_batch(list(texts), truncate=truncate)
 
     def embed(
-        self, texts: Iterable[str] | str, batch_size: int = 256, *, normalize: bool = True, truncate: bool = True
+        self,
+        texts: Iterable[str] | str,
+        batch_size: int = 256,
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
     ) -> Iterator[np.ndarray]:
         """Yield one float32 vector of shape (dim,) per text, in input order.
 
@@ -234,33 +463,70 @@ class TextEmbedding(_TowerModel):
         tokenizers do); truncate=False raises TextError naming the text's index instead.
         """
         _check_common(batch_size, "raise")
+        self._check_open()
         if isinstance(texts, str):
             texts = [texts]  # one sentence, not a stream of characters
         return self._embed(texts, batch_size, normalize, truncate)
 
-    # Length bucketing: texts are tokenized `_bucket_window` batches at a time, sorted by token count
-    # and run `_run_rows` at a time (at most batch_size), so each run is padded to about its own
-    # texts' length rather than to the longest text of an input-order batch. The vectors are the
-    # same (the causal mask, or the attention mask, keeps padding out of the real tokens) and come
-    # out in input order. Measured on ViT-B/32, 2 cores, 3-20 word texts: sorting ~1.5x, and runs of
-    # 32 sorted texts ~1.2x more than runs of 256 (smaller activations stay in cache).
-    # _bucket_window 0 or 1: input-order batches of batch_size, as a plain loop would run them.
-    _bucket_window = 8
-    _run_rows = 32
-
+    # Length bucketing: texts are tokenized `tuning.text_bucket_window` batches at a time, sorted by
+    # token count and run `tuning.text_run_rows` at a time (at most batch_size), so each run is padded
+    # to about its own texts' length rather than to the longest text of an input-order batch. The
+    # vectors are the same (the causal mask, or the attention mask, keeps padding out of the real
+    # tokens) and come out in input order. Measured on ViT-B/32, 2 cores, 3-20 word texts: sorting
+    # ~1.5x, and runs of 32 sorted texts ~1.2x more than runs of 256 (smaller activations stay in cache).
     def _embed(self, texts, batch_size, normalize, truncate) -> Iterator[np.ndarray]:
         numbered = iter(texts)
         start = 0
-        bucketing = self.spec.dynamic_length and self._bucket_window > 1
-        window = batch_size * self._bucket_window if bucketing else batch_size
-        # Small runs pay on CPU; a GPU wants the whole batch in one run.
-        rows = batch_size if self.device == "cuda" else min(batch_size, self._run_rows)
+        window = batch_size * self.tuning.text_bucket_window if self._bucketing() else batch_size
         while chunk := list(itertools.islice(numbered, window)):
-            if bucketing and len(chunk) > rows:
-                yield from self._embed_bucketed(chunk, start, batch_size, rows, normalize, truncate)
-            else:
-                yield from _run(self._tower, self.spec, self._feeds(chunk, start, truncate), normalize)
+            try:
+                vectors = self.embed_batch(chunk, start_index=start, normalize=normalize, truncate=truncate,
+                                           batch_size=batch_size)
+            except TextError:
+                if len(chunk) <= batch_size:
+                    raise
+                # Raise where batch-by-batch processing would: after the vectors of the batches before it.
+                for i in range(0, len(chunk), batch_size):
+                    yield from self.embed_batch(chunk[i : i + batch_size], start_index=start + i,
+                                                normalize=normalize, truncate=truncate, batch_size=batch_size)
+                raise AssertionError("unreachable: the window's TextError did not recur batch by batch") from None
+            yield from vectors
             start += len(chunk)
+
+    def embed_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        start_index: int = 0,
+        normalize: bool = True,
+        truncate: bool = True,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """float32 (len(texts), dim): tokenize → run → normalize for one list of texts, in input order.
+
+        With a dynamic-length graph and more texts than one run takes (batch_size, at most
+        tuning.text_run_rows on CPU), the texts are sorted by length and run in groups (see above);
+        otherwise they run in input-order batches of batch_size. Indices in errors count from start_index.
+        """
+        self._check_open()
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        # Small runs pay on CPU; a GPU wants the whole batch in one run.
+        rows = batch_size if self.device == "cuda" else min(batch_size, self.tuning.text_run_rows)
+        if self._bucketing() and len(texts) > rows:
+            return self._run_sorted(self._feeds(texts, start_index, truncate), rows, normalize)
+        if len(texts) <= batch_size:
+            return _run(self._tower, self.spec, self._feeds(texts, start_index, truncate), normalize)
+        return np.concatenate([
+            _run(self._tower, self.spec, self._feeds(texts[i : i + batch_size], start_index + i, truncate), normalize)
+            for i in range(0, len(texts), batch_size)
+        ])
+
+    def _bucketing(self) -> bool:
+        return self.spec.dynamic_length and self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
         if self.spec.attention_mask_input:
@@ -268,21 +534,14 @@ class TextEmbedding(_TowerModel):
             return {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
         return {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
 
-    def _embed_bucketed(self, chunk, start, batch_size, rows, normalize, truncate) -> Iterator[np.ndarray]:
-        try:
-            feeds = self._feeds(chunk, start, truncate)
-        except TextError:
-            # Raise where batch-by-batch processing would: after the vectors of the batches before it.
-            for i in range(0, len(chunk), batch_size):
-                yield from _run(self._tower, self.spec, self._feeds(chunk[i : i + batch_size], start + i, truncate), normalize)
-            raise AssertionError("unreachable: the window's TextError did not recur batch by batch")
+    def _run_sorted(self, feeds: dict[str, np.ndarray], rows: int, normalize: bool) -> np.ndarray:
         ids = feeds[self.spec.input_name]
         if self.spec.attention_mask_input:
             lengths = feeds[self.spec.attention_mask_input].sum(axis=1)
         else:  # real tokens run up to and including the first end token
             lengths = np.argmax(ids == self.spec.eos_token_id, axis=1) + 1
         order = np.argsort(lengths, kind="stable")
-        runs = [order[b : b + rows] for b in range(0, len(chunk), rows)]
+        runs = [order[b : b + rows] for b in range(0, len(ids), rows)]
 
         def run(picked: np.ndarray, tower: LoadedTower = self._tower) -> np.ndarray:
             width = max(int(lengths[picked].max()), 1)
@@ -294,12 +553,10 @@ class TextEmbedding(_TowerModel):
         else:
             tower, pool = bulk
             results = pool.map(lambda picked: run(picked, tower), runs)
-        out = None
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
         for picked, vectors in zip(runs, results):
-            if out is None:
-                out = np.empty((len(chunk), vectors.shape[1]), dtype=np.float32)
             out[picked] = vectors
-        yield from out
+        return out
 
     # Why a second session: onnxruntime splits every operator of a run across its threads and waits
     # for the slowest, so on small text runs the cores idle at each of the ~400 barriers, and more so
@@ -313,18 +570,40 @@ class TextEmbedding(_TowerModel):
     def _bulk_runner(self) -> tuple[LoadedTower, ThreadPoolExecutor] | None:
         if self.concurrent_runs < 2 or self.device != "cpu":
             return None
-        if self._bulk is None:
-            tower = open_tower(self.folder, self.spec, name=self.tower_name, providers=["CPUExecutionProvider"],
-                               threads=1, precision=self.precision, announce=False)
-            self._bulk = (tower, ThreadPoolExecutor(self.concurrent_runs, thread_name_prefix="fastclip-text"))
-        return self._bulk
+        bulk = self._bulk
+        if bulk is None:
+            # Under a lock: threads starting large jobs together must open ONE second session, not one each.
+            with self._bulk_lock:
+                self._check_open()
+                if self._bulk is None:
+                    self._bulk = (self._open_bulk_tower(),
+                                  ThreadPoolExecutor(self.concurrent_runs, thread_name_prefix="fastclip-text"))
+                bulk = self._bulk
+        return bulk
+
+    def _open_bulk_tower(self) -> LoadedTower:
+        """The second, one-thread session: the very model bytes the first one verified where the
+        loaded tower can reopen itself, else the same file opened again."""
+        tower = self._tower
+        reopen = getattr(tower, "reopen", None)
+        if callable(reopen):
+            return reopen(threads=1)
+        return open_tower(self.folder, self.spec, name=self.tower_name, providers=[CPU], threads=1,
+                          precision=self.precision, announce=False)
+
+    def _close_runners(self) -> None:
+        with self._bulk_lock:
+            bulk, self._bulk = self._bulk, None
+        if bulk is not None:
+            bulk[1].shutdown(wait=True, cancel_futures=True)
 
 
 class CLIP:
     """Both towers of one model, with similarity and zero-shot classification.
 
     model_name: one fastclip folder or repo holding both towers. With no model named, fastembed's
-    published CLIP ViT-B/32 vision and text repos are used together.
+    published CLIP ViT-B/32 vision and text repos are used together. close() (or a `with` block)
+    ends both towers' threads.
     """
 
     def __init__(
@@ -351,6 +630,16 @@ class CLIP:
     @property
     def dim(self) -> int:
         return self.images.dim
+
+    def close(self) -> None:
+        self.images.close()
+        self.texts.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def embed_images(self, images: Iterable[Any], batch_size: int = 32, **kw: Any) -> Iterator[np.ndarray | None]:
         return self.images.embed(images, batch_size, **kw)

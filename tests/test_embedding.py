@@ -248,3 +248,153 @@ def test_newer_manifest_and_dim_mismatch_are_refused(tiny_openclip_export, tmp_p
     (folder / "fastclip.json").unlink()
     with pytest.raises(ModelError, match="no manifest|neither"):
         ImageEmbedding(folder)
+
+
+# ----------------------------------------------------------------------------- batch call, tuning, lifetime
+
+def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files, tmp_path):
+    """The batch call under the generators: vectors of the good images, failures by input index."""
+    from fastclip import ImageBatch
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    model = ImageEmbedding(tiny_openclip_export)
+    items = [photo_files[0], bad, photo_files[1], photo_files[2]]
+    batch = model.embed_batch(items, start_index=10)
+    assert isinstance(batch, ImageBatch) and batch.count == 4 and batch.vectors.shape == (3, model.dim)
+    assert list(batch.ok) == [True, False, True, True] and list(batch.indices) == [10, 12, 13]
+    assert set(batch.failures) == {11} and str(bad) in str(batch.failures[11]) and batch.failures[11].index == 11
+    streamed = list(model.embed(items, batch_size=3, errors="skip"))
+    rows = list(batch.rows())
+    assert rows[1] is None and streamed[1] is None
+    for a, b in zip(rows, streamed):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    raw = model.embed_batch(items[:1], normalize=False).vectors
+    assert abs(np.linalg.norm(raw) - 1) > 1e-3
+
+    text = TextEmbedding(tiny_openclip_export)
+    vectors = text.embed_batch(SENTENCES, start_index=5)
+    assert vectors.shape == (len(SENTENCES), text.dim) and vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors, np.stack(list(text.embed(SENTENCES))))
+    with pytest.raises(TextError, match="#6"):
+        text.embed_batch(["short", "word " * 200], start_index=5, truncate=False)
+
+
+def test_tuning_is_public_and_old_arguments_still_work(tiny_openclip_export):
+    from fastclip import Tuning
+
+    texts = [" ".join(SENTENCES[i % len(SENTENCES)].split()[: 1 + i % 9]) for i in range(300)]
+    default = TextEmbedding(tiny_openclip_export, concurrent_runs=1)
+    unsorted = TextEmbedding(tiny_openclip_export, tuning=Tuning(text_bucket_window=0, concurrent_runs=1))
+    small_runs = TextEmbedding(tiny_openclip_export, tuning=Tuning(text_run_rows=8, concurrent_runs=1))
+    ref = np.stack(list(default.embed(texts, batch_size=64)))
+    for other in (unsorted, small_runs):
+        np.testing.assert_allclose(np.stack(list(other.embed(texts, batch_size=64))), ref, rtol=0, atol=1e-6)
+    assert ImageEmbedding(tiny_openclip_export, workers=0).tuning.decode_workers == 0
+    assert ImageEmbedding(tiny_openclip_export, tuning=Tuning(decode_workers=3)).workers == 3
+    assert TextEmbedding(tiny_openclip_export, tuning=Tuning(concurrent_runs=3)).concurrent_runs == 3
+    with pytest.raises(ValueError, match="text_run_rows"):
+        Tuning(text_run_rows=0)
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        Tuning().text_run_rows = 4
+
+
+def test_close_ends_threads_and_refuses_later_calls(tiny_openclip_export, photo_files):
+    import threading
+
+    from fastclip import FastClipError
+
+    before = {t.ident for t in threading.enumerate()}
+    with ImageEmbedding(tiny_openclip_export, workers=2) as model:
+        assert len(list(model.embed(photo_files, batch_size=2))) == len(photo_files)
+    texts = [f"a photo of {i} dogs" for i in range(300)]
+    with TextEmbedding(tiny_openclip_export, concurrent_runs=2) as text:
+        list(text.embed(texts, batch_size=32))
+        assert text._bulk is not None
+    left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("fastclip")]
+    assert left == []
+    with pytest.raises(FastClipError, match="closed"):
+        list(model.embed(photo_files))
+    with pytest.raises(FastClipError, match="closed"):
+        text.embed_batch(["a dog"])
+
+
+class _SlowImage(io.BytesIO):
+    """An in-memory image whose decode takes `delay` seconds; counts how many decodes started."""
+
+    started = 0
+
+    def __init__(self, data: bytes, delay: float):
+        super().__init__(data)
+        self.delay = delay
+        self.first = True
+
+    def read(self, *args):
+        if self.first:
+            self.first = False
+            type(self).started += 1
+            import time
+
+            time.sleep(self.delay)
+        return super().read(*args)
+
+
+def test_closing_a_stream_early_cancels_queued_decodes_and_returns_promptly(tiny_openclip_export, photo_files):
+    import time
+
+    data = photo_files[0].read_bytes()
+    model = ImageEmbedding(tiny_openclip_export, workers=2)
+    _SlowImage.started = 0
+    stream = model.embed((_SlowImage(data, 0.2) for _ in range(100)), batch_size=8)
+    next(stream)  # batch 1 done, batches 2 and 3 (16 images, 1.6 s of decoding on 2 threads) queued
+    t = time.perf_counter()
+    stream.close()
+    closed_in = time.perf_counter() - t
+    time.sleep(0.5)  # let the decodes that had already started finish
+    started = _SlowImage.started
+    assert started <= 8 + 2 + 2  # batch 1, plus at most a few started on the 2 threads; the rest cancelled
+    assert closed_in < 5.0  # hang guard only; it does not wait for started decodes
+    time.sleep(0.5)
+    assert _SlowImage.started == started  # nothing else runs later
+    model.close()
+
+
+def test_second_text_session_opens_once_under_concurrent_large_jobs(tiny_openclip_export, monkeypatch):
+    import threading
+
+    text = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
+    opened = []
+    real = text._open_bulk_tower
+
+    def counting():
+        opened.append(1)
+        import time
+
+        time.sleep(0.2)  # widen the race window
+        return real()
+
+    monkeypatch.setattr(text, "_open_bulk_tower", counting)
+    texts = [f"a photo of {i} cats on a mat" for i in range(300)]
+    results = [None] * 4
+
+    def job(k):
+        results[k] = np.stack(list(text.embed(texts, batch_size=32)))
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 1
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    text.close()
+
+
+def test_lazy_load_defers_the_session(tiny_openclip_export, photo_files):
+    lazy = ImageEmbedding(tiny_openclip_export, lazy_load=True)
+    assert lazy._loaded is None and lazy.embedding_size == lazy.dim == 32
+    vector = next(lazy.embed(photo_files[:1]))
+    assert lazy._loaded is not None
+    np.testing.assert_array_equal(vector, next(ImageEmbedding(tiny_openclip_export).embed(photo_files[:1])))

@@ -23,12 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZING = ROOT / "tests" / "fuzzing.py"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzzing import KINDS, case_count  # noqa: E402
+from fuzzing import KINDS, case_count
 
 
 def tiny_model(folder: Path) -> Path:
     import torch
-
     from conftest import SEED, TINY_OPEN_CLIP_CONFIG, TINY_OPEN_CLIP_NAME
     from fastclip_export.api import export_model
     from fastclip_export.torchvision_compat import import_open_clip
@@ -44,7 +43,7 @@ def run_chunk(kind: str, start: int, stop: int, seed: int, model: Path, timeout:
     cmd = [sys.executable, str(FUZZING), "--kind", kind, "--start", str(start), "--stop", str(stop),
            "--seed", str(seed), "--model", str(model)]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ})
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ})
     except subprocess.TimeoutExpired:
         return {}, [], f"chunk timed out after {timeout:.0f} s"
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
@@ -77,7 +76,7 @@ def main() -> int:
                 print("FINDING", json.dumps(f), flush=True)
             if crash:  # re-run the chunk one case at a time to name the case that takes the process down
                 for i in range(start, stop):
-                    s, f1, c1 = run_chunk(kind, i, i + 1, args.seed, model, timeout=60)
+                    s, _, c1 = run_chunk(kind, i, i + 1, args.seed, model, timeout=60)
                     if c1:
                         counts["crash"] += 1
                         print("CRASH", json.dumps({"kind": kind, "case": i, "seed": args.seed, "why": c1}), flush=True)

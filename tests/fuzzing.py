@@ -155,7 +155,7 @@ def mutate_manifest(manifest: dict, rng: np.random.Generator):
 
 
 def manifest_case(model_dir: Path, data, index: int, full_load: bool) -> str:
-    from fastclip.errors import FastClipError, ModelError
+    from fastclip.errors import ModelError
     from fastclip.manifest import parse
 
     try:
@@ -261,13 +261,14 @@ def texts_case(rng: np.random.Generator, index: int) -> str:
 
 @lru_cache(maxsize=1)
 def _text_tokenizers():
+    from fastclip_export.tokenizer_files import write_open_clip_tokenizer
+
     from fastclip.manifest import TextSpec
     from fastclip.text import TextTokenizer
-    from fastclip_export.tokenizer_files import write_open_clip_tokenizer
 
     folder = Path(tempfile.mkdtemp())
     write_open_clip_tokenizer(folder, 77)
-    base = dict(input_name="input_ids", output_name="text_embeds", files={}, dynamic_length=True)
+    base = {"input_name": "input_ids", "output_name": "text_embeds", "files": {}, "dynamic_length": True}
     return (TextTokenizer(folder / "tokenizer.json", TextSpec(**base, cleaning="open_clip", pad_token_id=0)),
             TextTokenizer(FIXTURE, TextSpec(**base, cleaning="none", pad_token_id=49407)))
 
@@ -346,7 +347,7 @@ def main(argv=None) -> int:
         except Hang:
             outcome = "finding"
             print(json.dumps({"kind": args.kind, "case": i, "seed": args.seed, "finding": f"hang > {PER_CASE_SECONDS} s"}), flush=True)
-        except BaseException as exc:  # noqa: BLE001 - every other outcome is what we are looking for
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             outcome = "finding"

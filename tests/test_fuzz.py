@@ -31,7 +31,7 @@ SHARE = [
 def test_fuzz_share_ends_in_results_or_fastclip_errors(kind, stop, step, tiny_openclip_export):
     cmd = [sys.executable, str(FUZZING), "--kind", kind, "--stop", str(stop), "--step", str(step), "--seed", "0",
            "--model", str(tiny_openclip_export), "--full-load-every", "40"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ})
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env={**os.environ})
     assert result.returncode == 0, f"{kind}: exit {result.returncode} (a crash?)\n{result.stderr[-3000:]}"
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     findings = [line for line in lines if "summary" not in line]

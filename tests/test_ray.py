@@ -91,6 +91,20 @@ def test_bytes_column_matches_in_process_and_corrupt_file_is_an_error_row(cluste
     assert np.isnan(vector).all()
 
 
+def test_image_column_from_read_images(cluster, album, model):
+    """Ray decodes these itself; for files without EXIF rotation, palette or alpha the pixels are the same,
+    gray ones included (Ray pads them to (1, H, W) in a mixed batch)."""
+    _, photos, _ = album
+    ds = ray.data.read_images([str(p) for p in photos], include_paths=True)
+    out = ds.map_batches(ImageEmbedder, fn_constructor_kwargs={"model": str(model)}, batch_size=8,
+                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    assert set(out.columns()) == {"path", "embedding", "error"}
+    rows = {"/" + k.lstrip("/"): v for k, v in rows_by(out, "path").items()}  # Ray drops the leading "/"
+    for path, vector in exact(model, photos).items():
+        got, error = rows[path]
+        assert error == "" and np.abs(got - vector).max() <= TOL, path
+
+
 def test_helper_on_paths_pyarrow_parquet_ready(cluster, album, model, tmp_path):
     folder, photos, corrupt = album
     missing = folder / "gone.jpg"

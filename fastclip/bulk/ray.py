@@ -143,15 +143,25 @@ def _columns(batch: Any, kind: str) -> list[str]:
 def _column_values(batch: Any, kind: str, name: str) -> list[Any]:
     """One column as a list of Python values (bytes, str) or uint8 arrays (an `image` tensor column)."""
     if kind == "numpy":
-        return list(batch[name])
-    if kind == "pandas":
-        return list(batch[name].to_numpy())
-    column = batch.column(name)
-    if isinstance(column.type, __import__("pyarrow").ExtensionType):  # Ray's tensor column (read_images)
-        from ray.data.block import BlockAccessor
+        values = list(batch[name])
+    elif kind == "pandas":
+        values = list(batch[name].to_numpy())
+    else:
+        column = batch.column(name)
+        if not isinstance(column.type, __import__("pyarrow").ExtensionType):
+            return column.to_pylist()
+        from ray.data.block import BlockAccessor  # Ray's tensor column (read_images)
 
-        return list(BlockAccessor.for_block(batch.select([name])).to_batch_format("numpy")[name])
-    return column.to_pylist()
+        values = list(BlockAccessor.for_block(batch.select([name])).to_batch_format("numpy")[name])
+    return [_unpad(v) for v in values] if name == "image" else values
+
+
+def _unpad(image: Any) -> Any:
+    # A read_images batch mixing gray (H, W) and color (H, W, 3) images comes back from Ray's
+    # variable-shaped tensor column with the gray ones as (1, H, W) (measured, Ray 2.60).
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] == 1 and image.shape[2] not in (3, 4):
+        return image[0]
+    return image
 
 
 def _output(batch: Any, kind: str, drop: str | None, vectors: np.ndarray, errors: list[str], header: dict) -> Any:

@@ -19,6 +19,12 @@ from .bulk.ray import (
 )
 
 __all__ = [
-    "ImageEmbedder", "TextEmbedder", "embed_images", "embed_texts", "plan_resources", "map_batches_kwargs",
-    "embed_to_parquet", "EmbedSummary",
+    "EmbedSummary",
+    "ImageEmbedder",
+    "TextEmbedder",
+    "embed_images",
+    "embed_texts",
+    "embed_to_parquet",
+    "map_batches_kwargs",
+    "plan_resources",
 ]

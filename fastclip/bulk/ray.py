@@ -34,17 +34,24 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import FastClipError, ImageError, ModelError, OutputError, TextError
 
 __all__ = [
-    "ImageEmbedder", "TextEmbedder", "embed_images", "embed_texts", "plan_resources", "map_batches_kwargs",
-    "embed_to_parquet", "EmbedSummary",
+    "EmbedSummary",
+    "ImageEmbedder",
+    "TextEmbedder",
+    "embed_images",
+    "embed_texts",
+    "embed_to_parquet",
+    "map_batches_kwargs",
+    "plan_resources",
 ]
 
 IMAGE_COLUMNS = ("bytes", "image", "path")  # in order of preference when a batch has several
@@ -62,7 +69,7 @@ def _node() -> str:
         import ray
 
         ip = ray.util.get_node_ip_address()
-    except Exception:  # not inside Ray (a plain call in tests or a notebook)
+    except Exception:  # noqa: BLE001 - only a label for a message: never fail over it
         ip = "?"
     return f"{socket.gethostname()} ({ip})"
 
@@ -315,7 +322,7 @@ class TextEmbedder(_Embedder):
 def _ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise FastClipError("the Ray integration needs Ray Data: pip install 'fastclip[ray]'") from None
     return ray

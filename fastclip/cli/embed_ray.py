@@ -32,8 +32,8 @@ def cmd_embed_ray(args) -> int:
         if not inputs:
             raise UsageError(f"no images found in {' '.join(args.paths)}")
         kind, unit = "image", "images"
-    options: dict[str, Any] = dict(cache_dir=args.cache_dir, local_files_only=args.offline, precision=args.precision,
-                                   threads=args.threads)
+    options: dict[str, Any] = {"cache_dir": args.cache_dir, "local_files_only": args.offline,
+                               "precision": args.precision, "threads": args.threads}
     if kind == "image":
         options.update(fast="max" if args.fast_max else args.fast, exif_transpose=not args.no_exif)
     bar = progress(len(inputs), "text" if texts_mode else "img")

@@ -73,6 +73,20 @@ def test_plan_never_reserves_every_cpu():
     assert (gpu["actors"], gpu["num_gpus"]) == (2, 1)
 
 
+def test_fastclip_ray_imports_without_ray_and_leaves_ray_the_real_package():
+    code = ("import sys, fastclip, fastclip.ray; assert 'ray' not in sys.modules, 'ray imported eagerly'; "
+            "import ray; print(ray.__file__)")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).parts[-2:] == ("ray", "__init__.py"), proc.stdout
+
+
+def test_plan_warns_when_asked_to_reserve_every_cpu(caplog):
+    with caplog.at_level("WARNING", logger="fastclip"):
+        plan_resources(concurrency=2, num_cpus=1, nodes=[{"Alive": True, "Resources": {"CPU": 2.0}}])
+    assert "stalls" in caplog.text
+
+
 def test_bytes_column_matches_in_process_and_corrupt_file_is_an_error_row(cluster, album, model):
     folder, photos, corrupt = album
     ds = ray.data.read_binary_files(str(folder), include_paths=True)

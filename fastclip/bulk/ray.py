@@ -4,7 +4,7 @@
     from fastclip.ray import ImageEmbedder
     ds = ray.data.read_binary_files("s3://bucket/photos/", include_paths=True)
     ds = ds.map_batches(ImageEmbedder, fn_constructor_kwargs={"model": "models/clip-b32"}, batch_size=32,
-                        compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
+                        compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)  # 2 x 1 CPU: needs >= 3 CPUs
     ds.write_parquet("s3://bucket/embeddings/")        # columns: path, embedding, error
 
 Each actor loads the model once and runs `ImageEmbedding.embed_batch` / `TextEmbedding.embed_batch`, the
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -59,6 +60,7 @@ TEXT_COLUMNS = ("text",)
 PAYLOADS = ("bytes", "image")  # dropped from the output: a dataset of embeddings should stay small
 ERRORS = ("skip", "raise")
 _HUB_OPTIONS = ("cache_dir", "local_files_only", "revision")
+log = logging.getLogger("fastclip")
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -380,6 +382,10 @@ def plan_resources(
     if num_cpus is None:
         # Rounded down to 1/100 CPU so a node never ends up with 0.999 free by float error.
         num_cpus = max(0.01, math.floor(min(float(threads), (smallest - 1) / min(per_node)) * 100) / 100)
+    if actors * num_cpus > sum(cpus) - 1:
+        log.warning("fastclip.ray: %d actors x num_cpus=%g reserve %g of the cluster's %g CPUs and may leave none "
+                    "for Ray Data's read tasks (the job then stalls without an error); lower concurrency or num_cpus",
+                    actors, num_cpus, actors * num_cpus, sum(cpus))
     return {"actors": actors, "num_cpus": num_cpus, "num_gpus": None, "threads": threads}
 
 

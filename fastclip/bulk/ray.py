@@ -483,7 +483,8 @@ def embed_texts(
 
 
 class EmbedSummary(dict):
-    """rows, failed, seconds (embedding, after the cluster is up), files (Parquet parts written)."""
+    """rows, embedded, failed, seconds (from submitting the job, once Ray is up: actor start included),
+    files (Parquet parts written)."""
 
 
 def _write_part(out_dir: Path, number: int, tables: list, header: dict) -> Path:
@@ -552,6 +553,7 @@ def embed_to_parquet(
         started_here = True
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr already
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per job stage otherwise
         helper = embed_images if kind == "image" else embed_texts
         ds = helper(list(inputs), model, batch_size=batch_size or (32 if kind == "image" else 256),
                     errors="skip", batch_format="pyarrow", **options)

@@ -57,6 +57,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs fastclip[ray]); --out is then a folder of Parquet files (path|text, embedding, error)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (e.g. auto, ray://head:10001); default: a local Ray on this machine")
     p.set_defaults(func=cmd_embed)
 
 
@@ -154,6 +156,10 @@ def _not_regular(path: str) -> str | None:
 
 
 def cmd_embed(args) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from .embed_ray import cmd_embed_ray
+
+        return cmd_embed_ray(args)
     from ..errors import OutputError
     from ..sinks import check_output, interrupted_run
 

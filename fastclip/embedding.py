@@ -319,6 +319,7 @@ class ImageEmbedding(_TowerModel):
         self,
         images: Iterable[Any],
         batch_size: int = 32,
+        parallel: int | None = None,
         *,
         normalize: bool = True,
         errors: str = "raise",
@@ -330,11 +331,20 @@ class ImageEmbedding(_TowerModel):
         HWC uint8 arrays, mixed freely. errors="skip" yields None for an image that cannot be read
         (outputs stay aligned with inputs) and passes its ImageError to on_error, if given; the
         default raises ImageError naming the image's index and source.
+        parallel (as in fastembed): None embeds in this process; N > 0 in N worker processes, 0 in
+        one per core (fastclip.bulk.EmbeddingPool, started for this call and ended with it): same
+        vectors, same order, same error handling; open file objects are read here and sent as bytes.
         """
         _check_common(batch_size, errors)
+        _check_parallel(parallel)
         self._check_open()
         if isinstance(images, (str, Path)):
             images = [images]  # one path, not a stream of characters
+        if parallel is not None:
+            from .bulk.pool import pooled_embed  # the process machinery is imported only when used
+
+            return pooled_embed(self, images, batch_size, parallel, normalize=normalize, errors=errors,
+                                on_error=on_error)
         return self._embed(images, batch_size, normalize, errors, on_error)
 
     def embed_batch(self, images: Sequence[Any], *, start_index: int = 0, normalize: bool = True) -> ImageBatch:
@@ -470,6 +480,7 @@ class TextEmbedding(_TowerModel):
         self,
         texts: Iterable[str] | str,
         batch_size: int = 256,
+        parallel: int | None = None,
         *,
         normalize: bool = True,
         truncate: bool = True,
@@ -478,11 +489,17 @@ class TextEmbedding(_TowerModel):
 
         Texts longer than the context are cut with the end token kept last (as the reference
         tokenizers do); truncate=False raises TextError naming the text's index instead.
+        parallel: as for ImageEmbedding.embed (None: this process; N: N worker processes; 0: one per core).
         """
         _check_common(batch_size, "raise")
+        _check_parallel(parallel)
         self._check_open()
         if isinstance(texts, str):
             texts = [texts]  # one sentence, not a stream of characters
+        if parallel is not None:
+            from .bulk.pool import pooled_embed  # the process machinery is imported only when used
+
+            return pooled_embed(self, texts, batch_size, parallel, normalize=normalize, truncate=truncate)
         return self._embed(texts, batch_size, normalize, truncate)
 
     # Length bucketing: texts are tokenized `tuning.text_bucket_window` batches at a time, sorted by
@@ -658,11 +675,13 @@ class CLIP:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def embed_images(self, images: Iterable[Any], batch_size: int = 32, **kw: Any) -> Iterator[np.ndarray | None]:
-        return self.images.embed(images, batch_size, **kw)
+    def embed_images(self, images: Iterable[Any], batch_size: int = 32, parallel: int | None = None,
+                     **kw: Any) -> Iterator[np.ndarray | None]:
+        return self.images.embed(images, batch_size, parallel, **kw)
 
-    def embed_texts(self, texts: Iterable[str] | str, batch_size: int = 256, **kw: Any) -> Iterator[np.ndarray]:
-        return self.texts.embed(texts, batch_size, **kw)
+    def embed_texts(self, texts: Iterable[str] | str, batch_size: int = 256, parallel: int | None = None,
+                    **kw: Any) -> Iterator[np.ndarray]:
+        return self.texts.embed(texts, batch_size, parallel, **kw)
 
     @staticmethod
     def similarity(a: Any, b: Any) -> np.ndarray:

@@ -472,6 +472,14 @@ class TextEmbedding(_TowerModel):
         self._bulk: tuple[LoadedTower, ThreadPoolExecutor] | None = None
         self._bulk_lock = threading.Lock()
 
+    def query_embed(self, query: str | Iterable[str], **kw: Any) -> Iterator[np.ndarray]:
+        """fastembed's name for embedding search queries; CLIP uses no query prefix, so this is `embed`."""
+        return self.embed(query, **kw)
+
+    def passage_embed(self, texts: Iterable[str], **kw: Any) -> Iterator[np.ndarray]:
+        """fastembed's name for embedding documents; CLIP uses no passage prefix, so this is `embed`."""
+        return self.embed(texts, **kw)
+
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> np.ndarray:
         """The int64 token ids the model sees, padded to the longest text (or the context length)."""
         return self._tokenizer.encode_batch(list(texts), truncate=truncate)

@@ -32,3 +32,7 @@ class TextError(FastClipError):
 
 class ExportError(FastClipError):
     """The export failed: unknown model, no network, not a CLIP checkpoint, or parity not reached."""
+
+
+class OutputError(FastClipError):
+    """An embeddings output file cannot be written, resumed or read back (see fastclip.sinks)."""

@@ -1,0 +1,283 @@
+"""Embeddings files: every format round-trips exact names and bit-identical vectors; interrupted writes
+never replace a good file and are detected or resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fastclip.errors import OutputError
+from fastclip.manifest import TowerFile, load, tower_fingerprint
+from fastclip.sinks import (
+    EmbeddingsWriter,
+    check_output,
+    errors_path,
+    exact_bytes,
+    make_header,
+    partial_dir,
+    read_embeddings,
+)
+
+FORMATS = (".npy", ".jsonl", ".parquet")
+# A newline, a non-UTF-8 byte (0xe9 as surrogateescape gives it), a valid accent, a quote and a backslash.
+NAMES = ["a.jpg", "caf\udce9.jpg", "two\nlines.jpg", "\u00e9t\u00e9.png", 'q"uote\\.jpg', "tab\there.jpg"]
+DIM = 8
+
+
+def header(kind="image", **options):
+    return make_header(kind=kind, dim=DIM, model="tiny", fingerprint="ab" * 32, precision="fp32",
+                       options={"batch_size": 2, **options})
+
+
+def vectors(n, seed=0):
+    # Values with full float32 mantissas (not round decimals) so any lossy text round trip would show.
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def write(out, items, vecs, *, kind="image", failures=(), job=None, batch=2):
+    with EmbeddingsWriter(out, header(kind), job=job or {"inputs": len(items)}) as w:
+        for i in range(0, len(items), batch):
+            w.write(items[i : i + batch], vecs[i : i + batch])
+        if failures:
+            w.write([], np.zeros((0, DIM), np.float32), failures=failures)
+        return w.finish()
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_round_trip_exact_names_and_bits(tmp_path, suffix):
+    out = tmp_path / f"v{suffix}"
+    vecs = vectors(len(NAMES))
+    meta = write(out, NAMES, vecs, failures=[(len(NAMES), "gone\udcff.jpg", "file not found")])
+    got = read_embeddings(out)
+    assert got.items == NAMES
+    assert [exact_bytes(i) for i in got.items][1] == b"caf\xe9.jpg"
+    assert got.vectors.dtype == np.float32 and np.array_equal(got.vectors, vecs)
+    assert got.kind == "image" and got.meta["rows"] == len(NAMES) and got.meta["failed"] == 1
+    assert got.meta["fingerprint"] == "ab" * 32 and got.meta["options"] == {"batch_size": 2}
+    assert meta["rows"] == len(NAMES)
+    errors = [json.loads(line) for line in errors_path(out).read_text().splitlines()]
+    assert errors == [{"index": len(NAMES), "path": "gone\udcff.jpg", "error": "file not found"}]
+    assert not partial_dir(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, errors_path(out).name] + ([out.name + ".jsonl"] if suffix == ".npy" else []))
+
+
+def test_npy_side_file_is_one_ascii_line_per_row(tmp_path):
+    out = tmp_path / "v.npy"
+    write(out, NAMES, vectors(len(NAMES)))
+    raw = (tmp_path / "v.npy.jsonl").read_bytes()
+    raw.decode("ascii")  # ensure_ascii: no raw non-UTF-8 or newline bytes inside a row
+    lines = raw.splitlines()
+    assert len(lines) == 1 + len(NAMES)
+    assert json.loads(lines[2]) == {"path": "caf\udce9.jpg"} and b"\\udce9" in lines[2]
+    assert np.load(out).shape == (len(NAMES), DIM)
+    assert json.loads(lines[0])["npy_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert read_embeddings(tmp_path / "v.npy.jsonl").items == NAMES  # the side file leads to its .npy
+
+
+def test_parquet_bytes_column_only_when_needed(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write(tmp_path / "utf8.parquet", ["a.jpg", "\u00e9.jpg"], vectors(2))
+    assert pq.read_table(tmp_path / "utf8.parquet").column_names == ["path", "vector"]
+    write(tmp_path / "raw.parquet", ["a.jpg", "caf\udce9.jpg"], vectors(2))
+    table = pq.read_table(tmp_path / "raw.parquet")
+    assert table.column("path").to_pylist() == ["a.jpg", "caf\ufffd.jpg"]
+    assert table.column("path_bytes").to_pylist() == [None, b"caf\xe9.jpg"]
+    kind = table.schema.field("vector").type
+    assert pa.types.is_fixed_size_list(kind) and kind.list_size == DIM and kind.value_type == pa.float32()
+
+
+def test_texts_kind(tmp_path):
+    texts = ["a dog", "", "multi\nline \u00fc", "emoji \U0001f436"]
+    write(tmp_path / "t.jsonl", texts, vectors(4), kind="text")
+    got = read_embeddings(tmp_path / "t.jsonl")
+    assert got.kind == "text" and got.items == texts
+
+
+def test_empty_run(tmp_path):
+    write(tmp_path / "e.npy", [], np.zeros((0, DIM), np.float32))
+    got = read_embeddings(tmp_path / "e.npy")
+    assert got.vectors.shape == (0, DIM) and got.items == []
+
+
+def test_mismatched_pair_is_detected(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    write(a / "v.npy", NAMES, vectors(len(NAMES), seed=1))
+    write(b / "v.npy", NAMES, vectors(len(NAMES), seed=2))  # same rows, other vectors
+    os.replace(b / "v.npy", a / "v.npy")  # new .npy beside the old side file
+    with pytest.raises(OutputError, match="do not belong together.*sha256"):
+        read_embeddings(a / "v.npy")
+    assert read_embeddings(a / "v.npy", verify=False).vectors.shape == (len(NAMES), DIM)
+    write(b / "v.npy", NAMES[:3], vectors(3))
+    os.replace(b / "v.npy", a / "v.npy")  # other row count
+    with pytest.raises(OutputError, match=r"shape \(3, 8\).*6 rows"):
+        read_embeddings(a / "v.npy", verify=False)
+
+
+def test_reader_refuses_foreign_and_truncated_files(tmp_path):
+    np.save(tmp_path / "plain.npy", vectors(2))
+    with pytest.raises(OutputError, match="no side file"):
+        read_embeddings(tmp_path / "plain.npy")
+    (tmp_path / "x.jsonl").write_text('{"hello": 1}\n')
+    with pytest.raises(OutputError, match="not a fastclip embeddings file"):
+        read_embeddings(tmp_path / "x.jsonl")
+    write(tmp_path / "t.jsonl", NAMES, vectors(len(NAMES)))
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    (tmp_path / "t.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(OutputError, match="truncated"):
+        read_embeddings(tmp_path / "t.jsonl")
+    with pytest.raises(OutputError, match="cannot read"):
+        read_embeddings(tmp_path / "missing.parquet")
+
+
+def test_interrupted_run_keeps_old_output_and_resumes_to_identical_file(tmp_path):
+    out = tmp_path / "v.npy"
+    write(out, ["old.jpg"], vectors(1, seed=9))
+    old = out.read_bytes(), (tmp_path / "v.npy.jsonl").read_bytes()
+    items, vecs = [f"{i}.jpg" for i in range(10)], vectors(10)
+    job = {"inputs": 10}
+    w = EmbeddingsWriter(out, header(), job=job)
+    for i in range(0, 6, 2):
+        w.write(items[i : i + 2], vecs[i : i + 2])
+    w.close()  # as after Ctrl-C: the work folder stays
+    assert (out.read_bytes(), (tmp_path / "v.npy.jsonl").read_bytes()) == old
+    # A kill in the middle of the next batch: half its vectors, half a journal line.
+    with open(partial_dir(out) / "vectors.npy", "ab") as f:
+        f.write(vecs[6].tobytes() + b"\x00" * 5)
+    with open(partial_dir(out) / "rows.jsonl", "ab") as f:
+        f.write(b'{"path": "6.jpg"}\n{"path": "7.j')
+    with pytest.raises(OutputError, match="interrupted.*--resume"):
+        EmbeddingsWriter(out, header(), job=job)
+    with EmbeddingsWriter(out, header(), job=job, resume=True) as w:
+        assert (w.done, w.rows, w.failed) == (6, 6, 0)
+        for i in range(w.done, 10, 2):
+            w.write(items[i : i + 2], vecs[i : i + 2])
+        w.finish()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write(fresh / "v.npy", items, vecs)
+    assert out.read_bytes() == (fresh / "v.npy").read_bytes()
+    side = [json.loads(line) for line in (tmp_path / "v.npy.jsonl").read_text().splitlines()]
+    fresh_side = [json.loads(line) for line in (fresh / "v.npy.jsonl").read_text().splitlines()]
+    assert side[1:] == fresh_side[1:] and side[0]["npy_sha256"] == fresh_side[0]["npy_sha256"]
+
+
+def test_vectors_behind_the_journal_roll_back_to_their_checkpoint(tmp_path):
+    out = tmp_path / "v.jsonl"
+    vecs = vectors(6)
+    w = EmbeddingsWriter(out, header(), job={})
+    w.write(["0", "1"], vecs[:2], failures=[(2, "2", "bad")], next_index=3)
+    w.write(["3", "4"], vecs[3:5], next_index=5)
+    w.close()
+    with open(partial_dir(out) / "vectors.npy", "r+b") as f:  # the last batch's vectors never landed
+        f.truncate(128 + 3 * 4 * DIM)
+    with EmbeddingsWriter(out, header(), job={}, resume=True) as w:
+        assert (w.done, w.rows, w.failed) == (3, 2, 1)
+        w.write(["3", "4"], vecs[3:5], next_index=5)
+        w.finish()
+    got = read_embeddings(out)
+    assert got.items == ["0", "1", "3", "4"] and np.array_equal(got.vectors, vecs[[0, 1, 3, 4]])
+    assert got.meta["failed"] == 1
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [({"job": {"inputs": 99}}, "inputs"), ({"fingerprint": "cd" * 32}, "fingerprint"),
+     ({"options": {"batch_size": 4}}, "options"), ({"precision": "int8"}, "precision")],
+)
+def test_resume_refuses_other_inputs_model_or_options(tmp_path, change, what):
+    out = tmp_path / "v.npy"
+    w = EmbeddingsWriter(out, header(), job={"inputs": 4})
+    w.write(["a", "b"], vectors(2))
+    w.close()
+    job = change.pop("job", {"inputs": 4})
+    with pytest.raises(OutputError, match=f"cannot resume.*{what}"):
+        EmbeddingsWriter(out, {**header(), **change}, job=job, resume=True)
+    with EmbeddingsWriter(out, header(), job={"inputs": 4}, resume=True) as w:
+        assert w.done == 2  # the refusal left the work folder as it was
+
+
+def test_second_writer_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "v.npy"
+    with EmbeddingsWriter(out, header(), job={}):
+        with pytest.raises(OutputError, match="another fastclip run"):
+            EmbeddingsWriter(out, header(), job={}, resume=True)
+
+
+# Steps of finish() where a kill is injected (see sinks._fault): after the final .npy is hashed, after all
+# final files are written, and between the two renames of the .npy pair.
+KILL_SCRIPT = """
+import sys, numpy as np
+from fastclip.sinks import EmbeddingsWriter, make_header
+out, resume = sys.argv[1], sys.argv[2] == "resume"
+h = make_header(kind="image", dim=8, model="tiny", fingerprint="ab" * 32, precision="fp32")
+vecs = np.arange(40, dtype=np.float32).reshape(5, 8) / 7
+with EmbeddingsWriter(out, h, job={"n": 5}, resume=resume) as w:
+    for i in range(w.done, 5):
+        w.write([f"{i}\\n.jpg"], vecs[i : i + 1])
+    w.finish()
+"""
+
+
+@pytest.mark.parametrize("step", ["finish-npy", "finish-written", "rename-0"])
+def test_kill_during_finish_then_resume(tmp_path, step):
+    out = tmp_path / "v.npy"
+    write(out, ["old.jpg"], vectors(1))
+    env = {**os.environ, "FASTCLIP_FAULT": step}
+    run = [sys.executable, "-c", KILL_SCRIPT, str(out)]
+    killed = subprocess.run([*run, "fresh"], env=env, capture_output=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    if step == "rename-0":  # the new side file is in place, the old .npy still beside it
+        with pytest.raises(OutputError, match="do not belong together"):
+            read_embeddings(out)
+    else:
+        assert read_embeddings(out).items == ["old.jpg"]
+    env.pop("FASTCLIP_FAULT")
+    done = subprocess.run([*run, "resume"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = read_embeddings(out)
+    assert got.items == [f"{i}\n.jpg" for i in range(5)]
+    assert np.array_equal(got.vectors, np.arange(40, dtype=np.float32).reshape(5, 8) / 7)
+    assert not partial_dir(out).exists()
+
+
+def test_check_output_fails_early(tmp_path):
+    (tmp_path / "dir.npy").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output(tmp_path / "dir.npy")
+    with pytest.raises(OutputError, match="must end in"):
+        check_output(tmp_path / "v.csv")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="cannot create the folder"):
+        check_output(tmp_path / "file" / "sub" / "v.npy")
+    assert check_output(tmp_path / "new" / "deeper" / "v.npy").parent.is_dir()
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(OutputError, match="cannot write in"):
+            check_output(locked / "v.npy")
+    assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))  # the probe file is gone
+
+
+def test_tower_fingerprint(tiny_openclip_export, tmp_path):
+    manifest = load(tiny_openclip_export)
+    spec = manifest.vision
+    fp32 = tiny_openclip_export / spec.files["fp32"].path
+    want = hashlib.sha256(fp32.read_bytes()).hexdigest()
+    assert tower_fingerprint(tiny_openclip_export, spec) == want
+    unrecorded = replace(spec, files={"fp32": replace(spec.files["fp32"], sha256=None)})
+    assert tower_fingerprint(tiny_openclip_export, unrecorded) == want
+    assert tower_fingerprint(tiny_openclip_export, manifest.text) != want
+    external = replace(spec, files={"fp32": TowerFile(path=spec.files["fp32"].path, sha256=want,
+                                                      external_data=("w.bin",), external_data_sha256={"w.bin": "00"})})
+    assert tower_fingerprint(tiny_openclip_export, external) == hashlib.sha256(f"{want}\nw.bin 00".encode()).hexdigest()

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import FastClipError, ImageError, ModelError, TextError
 from .images import ImagePreprocessor
-from .manifest import Manifest, Tower
+from .manifest import Manifest, Tower, tower_fingerprint
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
 from .runner import ImageBatch, Tuning, available_cores
 from .session import CPU, CUDA, LoadedTower, open_tower
@@ -150,6 +150,11 @@ class _TowerModel:
     def embedding_size(self) -> int:
         """fastembed's name for `dim`."""
         return self.manifest.embed_dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Which weights this tower holds (manifest.tower_fingerprint): embeddings files record it."""
+        return tower_fingerprint(self.folder, self.spec)
 
     @property
     def precision(self) -> str:
@@ -378,6 +383,15 @@ class ImageEmbedding(_TowerModel):
         try:
             while True:
                 while len(pending) < depth and (chunk := list(itertools.islice(numbered, batch_size))):
+                    if pool is not None and len(chunk) == 1 and not pending:
+                        # One image with nothing queued (a web request, the first of a batch-size-1 stream):
+                        # when it is also the last, decode it here; a decode thread would only add a hop.
+                        after = list(itertools.islice(numbered, batch_size))
+                        pending.append(self._start(chunk, start, pool if after else None))
+                        start += 1
+                        if not after:
+                            break
+                        chunk = after
                     pending.append(self._start(chunk, start, pool))
                     start += len(chunk)
                 if not pending:

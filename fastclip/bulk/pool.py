@@ -122,9 +122,13 @@ def _worker_main(conn, kind: str, folder: str, options: dict) -> None:
                 result: Any = (batch.vectors, failures)
             else:
                 result = model.embed_batch(items, start_index=start, **kw)
-            conn.send(("ok", task_id, result))
+            message = ("ok", task_id, result)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it in input order
-            conn.send(("error", task_id, _pack_error(exc)))
+            message = ("error", task_id, _pack_error(exc))
+        try:
+            conn.send(message)
+        except OSError:  # the parent closed the pool (or died) while we were running: nothing to report to
+            os._exit(0)
 
 
 # ------------------------------------------------------------------------------------------- parent

@@ -29,7 +29,7 @@ from .images import ImagePreprocessor
 from .manifest import Manifest, Tower, tower_fingerprint
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
 from .runner import ImageBatch, Tuning, available_cores
-from .session import CPU, CUDA, LoadedTower, open_tower
+from .session import CPU, CUDA, LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
 ERRORS = ("raise", "skip")
@@ -130,7 +130,7 @@ class _TowerModel:
                     self.folder, self.spec, name=self.tower_name, providers=self._providers, threads=self.threads,
                     precision=self._requested_precision, verify=self._verify, allow_spinning=self._allow_spinning(),
                 )
-                _check_graph(loaded, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
+                check_graph(loaded, self.spec, self.manifest.embed_dim, f"{self.folder} ({self.tower_name} tower)")
                 if self._cuda_required and loaded.device != "cuda":
                     raise ModelError(f"{self.folder} ({self.tower_name} tower): cuda=True, but onnxruntime runs it "
                                      "on CPU here (see the log line above for why); pass cuda=False or cuda='auto'")
@@ -170,8 +170,10 @@ class _TowerModel:
         """End this object's threads and release its sessions; later calls raise FastClipError."""
         with self._lock:
             self._closed = True
-            self._loaded = None
+            loaded, self._loaded = self._loaded, None
         self._close_runners()
+        if loaded is not None and hasattr(loaded, "close"):
+            loaded.close()  # the model files held open for reopen()
 
     def _close_runners(self) -> None:
         pass
@@ -206,23 +208,6 @@ class _TowerModel:
         raise ValueError(f"{model_name} is not a listed model; load it and read .dim (or .embedding_size)")
 
     _supported: tuple[dict[str, Any], ...] = ()
-
-
-def _check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:
-    """Names and dims the manifest promises must be what the graph has: fail before any work."""
-    inputs = {i.name: i.shape for i in loaded.session.get_inputs()}
-    outputs = {o.name: o.shape for o in loaded.session.get_outputs()}
-    if spec.input_name not in inputs:
-        raise ModelError(f"{where}: graph has no input {spec.input_name!r} (inputs: {list(inputs)})")
-    if spec.output_name not in outputs:
-        raise ModelError(f"{where}: graph has no output {spec.output_name!r} (outputs: {list(outputs)})")
-    dim = outputs[spec.output_name][-1]
-    if isinstance(dim, int) and dim != embed_dim:
-        raise ModelError(f"{where}: graph output has dim {dim}, the manifest says embed_dim {embed_dim}")
-    size = getattr(spec, "image_size", None)
-    shape = inputs[spec.input_name]
-    if size is not None and len(shape) == 4 and isinstance(shape[-1], int) and shape[-1] != size:
-        raise ModelError(f"{where}: graph takes {shape[-1]}px images, the manifest says {size}")
 
 
 def _check_common(batch_size: int, errors: str) -> None:
@@ -652,6 +637,8 @@ class TextEmbedding(_TowerModel):
             bulk, self._bulk = self._bulk, None
         if bulk is not None:
             bulk[1].shutdown(wait=True, cancel_futures=True)
+            if hasattr(bulk[0], "close"):
+                bulk[0].close()
 
 
 class CLIP:

@@ -21,6 +21,11 @@ class ImageError(FastClipError):
         super().__init__(f"image #{index} ({source}): {reason}")
 
 
+class ImageTypeError(ImageError, TypeError):
+    """An input is not of a type `embed` can read (None, an int...). An ImageError, so errors="skip"
+    yields None for it like for any unreadable image; a TypeError, since that is what it is."""
+
+
 class TextError(FastClipError):
     """A text could not be tokenized as asked (e.g. too long with truncate=False)."""
 

@@ -22,7 +22,9 @@ the way to be exact is to make the same Pillow calls with the same arguments, in
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,10 +32,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTypeError
 from .manifest import VisionSpec
 
-__all__ = ["load_image", "decode", "Geometry", "preprocess", "resize_crop", "normalize_lut", "ImagePreprocessor"]
+__all__ = [
+    "load_image", "decode", "Geometry", "preprocess", "resize_crop", "normalize_lut", "ImagePreprocessor", "image_error",
+    "MAX_RESIZED_PIXELS",
+]
 
 _ORIENTATION = 0x0112  # EXIF tag
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO (multi-picture JPEG from cameras) decodes through the JPEG plugin
@@ -53,22 +58,57 @@ def _describe(item: Any) -> str:
     return name if isinstance(name, str) else "<file object>"
 
 
-def _open(item: Any, index: int) -> tuple[Image.Image, bool]:
-    """Return (image, owned). `owned` is False for a caller's PIL image, which we must not modify."""
+def _open(item: Any, index: int) -> tuple[Image.Image, bool, Any]:
+    """Return (image, owned, file we opened or None). `owned` is False for a caller's PIL image, which
+    we must not modify."""
     if isinstance(item, Image.Image):
-        return item, False
+        return item, False, None
     if isinstance(item, np.ndarray):
-        return _from_array(item, index), True
+        return _from_array(item, index), True, None
     if isinstance(item, (str, os.PathLike)):
-        return Image.open(item), True
+        f = _open_regular_file(item, index)
+        try:
+            return Image.open(f), True, f
+        except BaseException:
+            f.close()
+            raise
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(item)), True
+        return Image.open(io.BytesIO(item)), True, None
     if hasattr(item, "read"):
-        return Image.open(item), True
-    raise TypeError(
-        f"image #{index}: expected a path, bytes, a binary file object, a PIL.Image or a numpy array; "
-        f"got {type(item).__module__}.{type(item).__qualname__}"
+        return Image.open(item), True, None
+    raise ImageTypeError(
+        index,
+        f"<{type(item).__module__}.{type(item).__qualname__}>",
+        "expected a path, bytes, a binary file object, a PIL.Image or a numpy array; "
+        f"got {type(item).__module__}.{type(item).__qualname__}",
     )
+
+
+_FILE_KINDS = {stat.S_ISFIFO: "FIFO", stat.S_ISCHR: "character device", stat.S_ISBLK: "block device",
+               stat.S_ISSOCK: "socket"}
+
+
+def _open_regular_file(path: Any, index: int):
+    """A binary file object for a path that is a regular file, never blocking on anything else.
+
+    open() on a FIFO blocks until a writer appears (forever, for a stray named pipe in a photo folder),
+    and /dev/zero or /dev/urandom never end. O_NONBLOCK makes the open itself return at once whatever
+    the path is; fstat on the descriptor we hold (not a stat of the path before opening, which a swap
+    could defeat) then says what it is. On a regular file O_NONBLOCK changes nothing.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(path)
+            kind = next((name for test, name in _FILE_KINDS.items() if test(mode)), "special file")
+            raise ImageError(index, os.fspath(path), f"not a regular file ({kind}); only image files are read")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _from_array(arr: np.ndarray, index: int) -> Image.Image:
@@ -82,6 +122,60 @@ def _from_array(arr: np.ndarray, index: int) -> Image.Image:
             f"got {arr.dtype} {arr.shape}",
         )
     return Image.fromarray(arr)  # mode L / RGB / RGBA from the shape
+
+
+def image_error(index: int, source: str, exc: BaseException) -> ImageError:
+    """The one translation of any failure while reading one input into that input's ImageError.
+
+    Pillow's plugins raise whatever their parser trips on (OSError, ValueError, SyntaxError, EOFError,
+    struct.error, IndexError, ZeroDivisionError... found by fuzzing), and a large allocation can raise
+    MemoryError: none of those may escape errors="skip" and end a stream, so anything unexpected is
+    the input's error too, with its exception type named.
+    """
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(index, source, "file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError(index, source, "is a directory, not an image file")
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageError(index, source, "not a recognised image format (or the file is corrupt)")
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        # The warning arrives here only when warnings are turned into errors; treat it the same way.
+        return ImageError(index, source, _bomb_reason(str(exc)))
+    if isinstance(exc, MemoryError):
+        return ImageError(index, source, "out of memory while decoding (MemoryError)")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (OSError, ValueError, SyntaxError, EOFError)):
+        # Pillow reports truncated/corrupt data as OSError, and some plugins as ValueError/SyntaxError.
+        reason = reason or type(exc).__name__
+        if "truncated" in reason and not ImageFile.LOAD_TRUNCATED_IMAGES:
+            reason += " (set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True to accept truncated files)"
+        return ImageError(index, source, f"cannot decode: {reason}")
+    return ImageError(index, source, f"cannot decode ({type(exc).__name__}{': ' + reason if reason else ''})")
+
+
+def _bomb_reason(detail: str) -> str:
+    return (
+        f"refused as a possible decompression bomb ({detail}). If the image is trusted, raise the "
+        f"limit: PIL.Image.MAX_IMAGE_PIXELS = <pixels> (or None to disable the check)"
+    )
+
+
+def _check_pixels(img: Image.Image) -> None:
+    """Refuse images over Pillow's MAX_IMAGE_PIXELS before decoding, where Pillow itself only warns.
+
+    Pillow raises above twice its limit and only warns between 1x and 2x (89.5 M to 179 M pixels by
+    default): a 179 M pixel RGB image decodes to 716 MB. Holding the limit itself keeps one decoded
+    image at <= 358 MB (4 bytes per pixel, Pillow's RGB layout), inside the ~500 MB budget per input.
+    The user moves both checks with the same setting.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit and w * h > limit:
+        raise Image.DecompressionBombError(
+            f"{w}x{h} = {w * h} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS = {limit}"
+        )
 
 
 def load_image(
@@ -117,8 +211,10 @@ def decode(
     source = _describe(item)
     geometry = None
     try:
-        img, owned = _open(item, index)
+        img, owned, fh = _open(item, index)
         try:
+            if owned:
+                _check_pixels(img)
             if draft_min_size and owned and img.format in _JPEG_FORMATS:
                 full_size = img.size
                 # Pillow picks the largest DCT scale 1/k (k in 8, 4, 2) with width // min_size >= k and
@@ -127,37 +223,17 @@ def decode(
                 if drafted is not None:
                     geometry = Geometry(box=drafted[1], full_size=full_size)
             img.load()
-        except BaseException:
+        finally:
             if owned:
-                _close_file(img)  # not img.close(): that would also close a caller's file object
-            raise
-        if owned:
-            # The pixels are in memory; release the file handle now rather than at garbage collection.
-            _close_file(img)
-    except (TypeError, ImageError):
-        raise
-    except FileNotFoundError:
-        raise ImageError(index, source, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(index, source, "is a directory, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageError(index, source, "not a recognised image format (or the file is corrupt)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # The warning arrives here only when warnings are turned into errors; treat it the same way.
-        raise ImageError(
-            index,
-            source,
-            f"refused as a possible decompression bomb ({exc}). If the image is trusted, raise the "
-            f"limit: PIL.Image.MAX_IMAGE_PIXELS = <pixels> (or None to disable the check)",
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Pillow reports truncated/corrupt data as OSError, and some plugins as ValueError/SyntaxError.
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason and not ImageFile.LOAD_TRUNCATED_IMAGES:
-            reason += " (set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True to accept truncated files)"
-        raise ImageError(index, source, f"cannot decode: {reason}") from None
-    if exif_transpose:
-        img, geometry = _apply_exif_orientation(img, owned, geometry)
+                # The pixels are in memory (or decoding failed); release the file handle now rather
+                # than at garbage collection. Not img.close(): that would also close a caller's file.
+                _close_file(img)
+            if fh is not None:
+                fh.close()
+        if exif_transpose:
+            img, geometry = _apply_exif_orientation(img, owned, geometry)
+    except Exception as exc:  # see image_error: any failure of this one input is its ImageError
+        raise image_error(index, source, exc) from None
     return img, geometry
 
 
@@ -224,6 +300,15 @@ def _apply_exif_orientation(
     return ImageOps.exif_transpose(img), geometry
 
 
+# The exact path resizes the whole image, as torchvision does, then crops: its cost is the resized size,
+# S * S * aspect ratio when the short side is scaled up. A 1 x 60000 PNG (320 bytes) becomes 224 x 13.4 M
+# pixels there: 46 s and 12.3 GB. Past this many resized pixels, only the crop window is resampled
+# (`_resize_window`). 2**22 pixels (16 MB as RGB, ~0.1 s) keeps the exact path for aspect ratios up to
+# ~83:1 at 224 px (37:1 at 336 px), far beyond panoramas and banners, while bounding what any one
+# image can cost in resampling.
+MAX_RESIZED_PIXELS = 1 << 22
+
+
 def resize_crop(image: Image.Image, size: int, geometry: Geometry | None = None) -> Image.Image:
     """torchvision's Resize(size, BICUBIC) then CenterCrop(size) on a PIL image; mode unchanged.
 
@@ -236,16 +321,61 @@ def resize_crop(image: Image.Image, size: int, geometry: Geometry | None = None)
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
+    # torchvision.transforms.functional.center_crop; new_w, new_h >= size, so no padding case.
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    if geometry is None and new_w * new_h > MAX_RESIZED_PIXELS:
+        return _resize_window(image, (new_w, new_h), (left, top), size)
     if geometry is not None:
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, box=geometry.box)
     elif (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    # torchvision.transforms.functional.center_crop; new_w, new_h >= size, so no padding case.
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
     if (left, top, new_w, new_h) != (0, 0, size, size):
         image = image.crop((left, top, left + size, top + size))
     return image
+
+
+_PREMULTIPLIED = {"LA": "La", "RGBA": "RGBa"}
+
+
+def _resize_window(image: Image.Image, resized: tuple[int, int], offset: tuple[int, int], size: int) -> Image.Image:
+    """The size x size window at `offset` of `image.resize(resized, BICUBIC)`, resampling only that window.
+
+    Pillow's resize is separable: a horizontal pass over the source rows the vertical pass needs, then
+    a vertical pass (that order whenever the short side is scaled up, the only case that reaches here:
+    a short side >= size means the resized image is no larger than the decoded one). Each output pixel
+    reads at most 2 * max(1, scale) + 1 source pixels either side of its centre. So: crop the source to
+    the rows and columns the window reads (integer crop, exact), then run the two passes as two 1-D
+    resizes with a box that maps exactly the window, in the same order as the full resize. Cost: the
+    window plus the filter support, whatever the aspect ratio (1 x 60000: 12.3 GB -> a few MB).
+
+    Pixels: the horizontal pass of a narrow image (box = the full width) is the full resize's own; the
+    pass along the long side gets its box as float32 (Pillow's C API), which moves filter centres by
+    ~1e-7 px and can flip the last bit of a fixed-point weight: at most 1 uint8 level on rare pixels
+    (measured in tests/test_hostile.py). "P" and "1" images are resized with NEAREST by Pillow (and by
+    the reference); there the box decides which source pixel is picked at exact ties.
+    """
+    w, h = image.size
+    new_w, new_h = resized
+    left, top = offset
+    sx, sy = w / new_w, h / new_h
+    bx0, bx1 = left * sx, (left + size) * sx
+    by0, by1 = top * sy, (top + size) * sy
+    mx, my = 2 * max(sx, 1.0) + 2, 2 * max(sy, 1.0) + 2  # bicubic support (2 output px) + rounding
+    x0, x1 = max(0, math.floor(bx0 - mx)), min(w, math.ceil(bx1 + mx))
+    y0, y1 = max(0, math.floor(by0 - my)), min(h, math.ceil(by1 + my))
+    region = image.crop((x0, y0, x1, y1))
+    box = (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+    if image.mode in ("P", "1"):
+        return region.resize((size, size), Image.Resampling.NEAREST, box=box)
+    mode = image.mode
+    if mode in _PREMULTIPLIED:  # as Image.resize does, once around both passes
+        region = region.convert(_PREMULTIPLIED[mode])
+    rows = region.height
+    # One pass each: the other axis has its full extent and size, so Pillow skips it.
+    region = region.resize((size, rows), Image.Resampling.BICUBIC, box=(box[0], 0, box[2], rows))
+    region = region.resize((size, size), Image.Resampling.BICUBIC, box=(0, box[1], size, box[3]))
+    return region.convert(mode) if mode in _PREMULTIPLIED else region
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -316,14 +446,17 @@ class ImagePreprocessor:
         self._lut = normalize_lut(tuple(spec.mean), tuple(spec.std))
 
     def __call__(self, item: Any, index: int, *, out: np.ndarray | None = None) -> np.ndarray:
-        img, geometry = decode(
-            item, index, exif_transpose=self.exif_transpose, draft_min_size=self._draft_min_size
-        )
         try:
-            rgb = _to_rgb(resize_crop(img, self.size, geometry))
-        except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert
-            raise ImageError(index, _describe(item), f"cannot preprocess mode {img.mode!r}: {exc}") from None
-        return _normalize(np.asarray(rgb), self._lut, out)
+            img, geometry = decode(
+                item, index, exif_transpose=self.exif_transpose, draft_min_size=self._draft_min_size
+            )
+            try:
+                rgb = _to_rgb(resize_crop(img, self.size, geometry))
+            except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert
+                raise ImageError(index, _describe(item), f"cannot preprocess mode {img.mode!r}: {exc}") from None
+            return _normalize(np.asarray(rgb), self._lut, out)
+        except Exception as exc:  # MemoryError and the like: this input's error, never the stream's
+            raise image_error(index, _describe(item), exc) from None
 
     def batch(self, items: list[Any], start_index: int = 0) -> np.ndarray:
         """(B, 3, S, S) float32 for `items`, written straight into one array."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import ModelError
@@ -33,6 +34,58 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #                SimpleTokenizer does this; tokenizer.json alone does not).
 #   "none":      nothing; transformers' fast CLIP tokenizer is the reference.
 CLEANINGS = ("open_clip", "none")
+
+# Bounds on what a manifest may ask for. Image sizes of published CLIP-family models run 224-448 (a few
+# at 512-1024); 4096 px is 200 MB per preprocessed image, past any sensible use. Context lengths run 64-
+# 256 (CLIP 77, SigLIP 64, long-context variants 248); 4096 tokens keeps an absurd value from sizing
+# every batch's allocation.
+MAX_IMAGE_SIZE = 4096
+MAX_CONTEXT_LENGTH = 4096
+
+
+def safe_relative_path(value: Any, what: str, origin: str) -> str:
+    """`value` as a path inside the model folder, checked lexically, or ModelError.
+
+    Lexical on purpose: a hub snapshot folder is made of symlinks into ../../blobs, so resolving links
+    would refuse every hub model. What a manifest (possibly from a repo someone else controls) may not
+    do is name a file outside its folder: absolute paths, drive or UNC anchors, ".." parts, on either
+    separator, since the same manifest is read on POSIX and Windows.
+    """
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ModelError(f"{origin}: {what} must be a non-empty relative path string, got {value!r}")
+    for pure in (PurePosixPath(value), PureWindowsPath(value)):
+        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+            raise ModelError(
+                f"{origin}: {what} {value!r} points outside the model folder (absolute, anchored or with "
+                "'..'); a model folder may only name files inside itself"
+            )
+    if value.strip("/\\. ") == "":
+        raise ModelError(f"{origin}: {what} {value!r} names the folder itself, not a file")
+    return value
+
+
+def _int(value: Any, what: str, origin: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ModelError(f"{origin}: {what} must be an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ModelError(f"{origin}: {what} must be {bound}, got {value}")
+    return value
+
+
+def _triple(value: Any, what: str, origin: str, positive: bool) -> tuple[float, float, float]:
+    """mean/std: exactly one finite float per RGB channel (a 1-value list would broadcast silently)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ModelError(f"{origin}: {what} must list exactly 3 values (R, G, B), got {value!r}")
+    out = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise ModelError(f"{origin}: {what} values must be finite numbers, got {value!r}")
+        if positive and x <= 0:
+            raise ModelError(f"{origin}: {what} values must be > 0 (they divide the pixels), got {value!r}")
+        out.append(float(x))
+    return tuple(out)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -107,26 +160,44 @@ class Manifest:
 
 
 def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ModelError(f"{where}: tower entry must be an object, got {type(d).__name__}")
+    if not isinstance(d.get("files"), dict):
+        raise ModelError(f"{where}: \"files\" must be an object of precision -> file")
     files = {}
     for precision, f in d["files"].items():
         if precision not in PRECISIONS:
             raise ModelError(f"{where}: unknown precision {precision!r} (expected one of {PRECISIONS})")
+        if not isinstance(f, dict):
+            raise ModelError(f"{where}: files.{precision} must be an object, got {type(f).__name__}")
+        external = f.get("external_data", ())
+        hashes = f.get("external_data_sha256", {})
+        if not isinstance(external, (list, tuple)) or not isinstance(hashes, dict):
+            raise ModelError(f"{where}: files.{precision}: external_data must be a list, external_data_sha256 an object")
+        size = f.get("bytes")
         files[precision] = TowerFile(
-            path=f["path"],
+            path=safe_relative_path(f.get("path"), f"files.{precision}.path", where),
             sha256=f.get("sha256"),
-            bytes=f.get("bytes"),
-            external_data=tuple(f.get("external_data", ())),
-            external_data_sha256=dict(f.get("external_data_sha256", {})),
+            bytes=None if size is None else _int(size, f"files.{precision}.bytes", where, 0),
+            external_data=tuple(safe_relative_path(e, f"files.{precision}.external_data", where) for e in external),
+            external_data_sha256={
+                safe_relative_path(k, f"files.{precision}.external_data_sha256", where): v for k, v in hashes.items()
+            },
             disabled_optimizers=tuple(f.get("disabled_optimizers", ())),
         )
-    if "fp32" not in files and not files:
+    if not files:
         raise ModelError(f"{where}: no model files listed")
     verification = {p: Verification(**v) for p, v in d.get("verification", {}).items()}
+    for name in ("input_name", "output_name"):
+        if not isinstance(d.get(name), str) or not d[name]:
+            raise ModelError(f"{where}: {name} must be a non-empty string, got {d.get(name)!r}")
     return dict(input_name=d["input_name"], output_name=d["output_name"], files=files, verification=verification)
 
 
 def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
     """Validate a manifest dict and return a Manifest; raise ModelError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{origin}: a manifest is a JSON object, got a JSON {type(data).__name__}")
     if data.get("format") != "fastclip":
         raise ModelError(f"{origin}: not a fastclip manifest (missing \"format\": \"fastclip\")")
     version = data.get("format_version")
@@ -143,11 +214,11 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             v = data["vision"]
             vision = VisionSpec(
                 **_tower_kwargs(v, f"{origin} vision"),
-                image_size=int(v["image_size"]),
+                image_size=_int(v["image_size"], "vision.image_size", origin, 1, MAX_IMAGE_SIZE),
                 resize_mode=v.get("resize_mode", "shortest"),
                 interpolation=v.get("interpolation", "bicubic"),
-                mean=tuple(v["mean"]),
-                std=tuple(v["std"]),
+                mean=_triple(v["mean"], "vision.mean", origin, positive=False),
+                std=_triple(v["std"], "vision.std", origin, positive=True),
             )
         if data.get("text"):
             t = data["text"]
@@ -156,13 +227,14 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 raise ModelError(f"{origin}: unknown text cleaning {cleaning!r} (expected one of {CLEANINGS})")
             text = TextSpec(
                 **_tower_kwargs(t, f"{origin} text"),
-                tokenizer=t["tokenizer"],
+                tokenizer=safe_relative_path(t["tokenizer"], "text.tokenizer", origin),
                 cleaning=cleaning,
-                context_length=int(t["context_length"]),
+                # >= 3: the start token, one content token, the end token.
+                context_length=_int(t["context_length"], "text.context_length", origin, 3, MAX_CONTEXT_LENGTH),
                 dynamic_length=bool(t.get("dynamic_length", False)),
-                bos_token_id=int(t["bos_token_id"]),
-                eos_token_id=int(t["eos_token_id"]),
-                pad_token_id=int(t["pad_token_id"]),
+                bos_token_id=_int(t["bos_token_id"], "text.bos_token_id", origin, 0),
+                eos_token_id=_int(t["eos_token_id"], "text.eos_token_id", origin, 0),
+                pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0),
                 pooling=t.get("pooling", "eos"),
                 attention_mask_input=t.get("attention_mask_input"),
             )
@@ -176,16 +248,22 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             format_version=version,
             source=dict(data.get("source", {})),
             architecture=str(data.get("architecture", "unknown")),
-            embed_dim=int(data["embed_dim"]),
-            logit_scale=float(data.get("logit_scale", 100.0)),
-            logit_bias=None if data.get("logit_bias") is None else float(data["logit_bias"]),
+            embed_dim=_int(data["embed_dim"], "embed_dim", origin, 1),
+            logit_scale=_finite(data.get("logit_scale", 100.0), "logit_scale", origin),
+            logit_bias=None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin),
             opset=data.get("opset"),
             vision=vision,
             text=text,
             raw=data,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelError(f"{origin}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _finite(value: Any, what: str, origin: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelError(f"{origin}: {what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def load(folder: str | Path) -> Manifest:

@@ -69,7 +69,11 @@ def load_manifest(folder: Path) -> Manifest:
     if (folder / manifest_mod.MANIFEST_NAME).is_file():
         return manifest_mod.load(folder)
     if (folder / "model.onnx").is_file():
-        return manifest_mod.parse(_derive_single_tower(folder), origin=str(folder))
+        try:
+            derived = _derive_single_tower(folder)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # config files of unexpected shape
+            raise ModelError(f"{folder}: malformed tower folder files ({type(exc).__name__}: {exc})") from None
+        return manifest_mod.parse(derived, origin=str(folder))
     raise ModelError(
         f"{folder}: neither a fastclip model folder (fastclip.json) nor a tower folder (model.onnx); "
         "export one with `fastclip export`"
@@ -78,11 +82,14 @@ def load_manifest(folder: Path) -> Manifest:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object, got a JSON {type(data).__name__}")
+    return data
 
 
 def _graph_io(model_path: Path) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:

@@ -11,15 +11,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import logging
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
-from .manifest import Tower, sha256
+from .manifest import TextSpec, Tower, TowerFile
 
 log = logging.getLogger("fastclip")
 
@@ -74,12 +77,107 @@ def default_providers() -> tuple[list[str], str]:
     return [CUDA, CPU], f"{count} CUDA device(s) found"
 
 
+class HeldFile:
+    """A model file kept open from the moment it is checked, so later sessions read the same bytes.
+
+    The descriptor follows the file it opened: if the path is later replaced (rename over it, as
+    atomic writers and hub downloads do), the held file still has the original bytes; if the file is
+    rewritten in place, its size or modification time changes and `unchanged()` says so.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "rb")  # noqa: SIM115 - lives as long as the tower
+        st = os.fstat(self.file.fileno())
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def unchanged(self) -> bool:
+        st = os.fstat(self.file.fileno())
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self.identity
+
+    def path_still_names_it(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self.identity
+
+    def read(self) -> bytes:
+        self.file.seek(0)
+        return self.file.read()
+
+    def sha256(self) -> str:
+        """Streamed (model files run to gigabytes) from the held descriptor, not the path."""
+        digest = hashlib.sha256()
+        self.file.seek(0)
+        for block in iter(lambda: self.file.read(1 << 22), b""):
+            digest.update(block)
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class LoadedTower:
     session: ort.InferenceSession
     precision: str
     device: str  # "cuda" or "cpu": what the session really runs on
     path: Path
+    # What `reopen` needs to open the same bytes again (set by open_tower).
+    folder: Path | None = None
+    tower: Tower | None = None
+    name: str = ""
+    verify: bool = False
+    held: list[HeldFile] = field(default_factory=list, repr=False)
+
+    def reopen(self, *, threads: int | None = 1, providers: list | None = None, allow_spinning: bool = True) -> "LoadedTower":
+        """Another session of exactly the model bytes this one loaded (and verified), or ModelError.
+
+        One object must run one model. If the file was replaced on disk since (renamed over), the new
+        session is built from the bytes still held open; if it was rewritten in place, or an external
+        data file changed, there is no way back to the old bytes and this raises instead of silently
+        mixing two models' vectors (cosine 0.07-0.20 between them, measured). With verify=True the
+        bytes are hashed again. The returned tower holds its own files; close() releases them.
+        """
+        where = f"{self.folder} ({self.name} tower)"
+        if self.tower is None or not self.held:
+            raise ModelError(f"{where}: this session was not opened by open_tower; cannot reopen it")
+        main, extras = self.held[0], self.held[1:]
+        for held in self.held:
+            if not held.unchanged():
+                raise ModelError(
+                    f"{where}: {held.path} was modified in place since the model was loaded; this object "
+                    "cannot open another session of the model it runs. Create a new one to load the new file"
+                )
+        if all(h.path_still_names_it() for h in self.held):
+            source: str | bytes = str(main.path)
+        elif extras:
+            raise ModelError(
+                f"{where}: {main.path} or its external data was replaced on disk since the model was loaded; "
+                "create a new object to load the new files"
+            )
+        else:
+            source = main.read()  # the held descriptor still reads the replaced file's original bytes
+        entry = self.tower.files[self.precision]
+        if self.verify:
+            _verify(entry, self.folder, self.held, where)
+        if providers is None:
+            providers = ([CUDA, CPU] if self.device == "cuda" else [CPU])
+        session = _session(source, entry, providers, threads, allow_spinning, where, main.path)
+        if isinstance(source, str) and not all(h.unchanged() and h.path_still_names_it() for h in self.held):
+            raise ModelError(f"{where}: {main.path} changed on disk while a session was being opened")
+        got = session.get_providers()
+        held = [HeldFile(h.path) if h.path_still_names_it() else h for h in self.held]
+        # A replaced file stays shared with this tower (same bytes); reopening by path gives fresh handles.
+        return LoadedTower(session=session, precision=self.precision, device="cuda" if got and got[0] == CUDA else "cpu",
+                           path=self.path, folder=self.folder, tower=self.tower, name=self.name, verify=self.verify,
+                           held=held)
+
+    def close(self) -> None:
+        """Release the model files held open for `reopen`."""
+        for held in self.held:
+            held.close()
 
 
 def pick_precision(tower: Tower, device: str, requested: str | None, where: str) -> str:
@@ -112,6 +210,38 @@ def _check_file(folder: Path, rel: str, expected_bytes: int | None, where: str) 
     return path
 
 
+def _verify(entry: TowerFile, folder: Path, held: list[HeldFile], where: str) -> None:
+    """sha256 of the bytes held open (those the session reads) against the manifest."""
+    expected = {folder / entry.path: entry.sha256, **{folder / rel: h for rel, h in entry.external_data_sha256.items()}}
+    for file in held:
+        want = expected.get(file.path)
+        if want and file.sha256() != want:
+            raise ModelError(f"{where}: {file.path} does not match the sha256 in the manifest; export or download it again")
+
+
+def _session(source: str | bytes, entry: TowerFile, providers: list, threads: int | None, allow_spinning: bool,
+             where: str, path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Quiet onnxruntime's own warnings (e.g. about providers); we log the outcome ourselves.
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            source,
+            sess_options=options,
+            providers=providers,
+            # The export stage lists graph transformers known to break this file (e.g. on fp16 graphs).
+            disabled_optimizers=list(entry.disabled_optimizers) or None,
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{where}: onnxruntime could not load {path}: {first}") from None
+
+
 def open_tower(
     folder: Path,
     tower: Tower,
@@ -128,7 +258,8 @@ def open_tower(
 
     allow_spinning=False stops onnxruntime's idle intra-op threads from spin-waiting between
     operators, leaving the cores to other threads of the process (image decoding). announce=False
-    skips the one log line (for a second session of a tower already announced).
+    skips the one log line (for a second session of a tower already announced). The model files stay
+    open in the returned tower, so `LoadedTower.reopen` can open more sessions of the same bytes.
     """
     where = f"{folder} ({name} tower)"
     if providers is None:
@@ -140,32 +271,18 @@ def open_tower(
     entry = tower.files[chosen]
     path = _check_file(folder, entry.path, entry.bytes, where)
     extras = [_check_file(folder, extra, None, where) for extra in entry.external_data]
-    if verify:
-        expected = {path: entry.sha256, **{folder / rel: h for rel, h in entry.external_data_sha256.items()}}
-        for file in [path, *extras]:
-            want = expected.get(file)
-            if want and sha256(file) != want:
-                raise ModelError(f"{where}: {file} does not match the sha256 in the manifest; export or download it again")
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    if not allow_spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Quiet onnxruntime's own warnings (e.g. about providers); we log the outcome ourselves.
-    options.log_severity_level = 3
+    held = [HeldFile(p) for p in [path, *extras]]
     try:
-        session = ort.InferenceSession(
-            str(path),
-            sess_options=options,
-            providers=providers,
-            # The export stage lists graph transformers known to break this file (e.g. on fp16 graphs).
-            disabled_optimizers=list(entry.disabled_optimizers) or None,
-        )
-    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{where}: onnxruntime could not load {path}: {first}") from None
+        if verify:
+            _verify(entry, folder, held, where)
+        session = _session(str(path), entry, providers, threads, allow_spinning, where, path)
+        if not all(h.unchanged() and h.path_still_names_it() for h in held):
+            # What was verified (the held bytes) must be what onnxruntime read (the path).
+            raise ModelError(f"{where}: {path} changed on disk while it was being loaded; load it again")
+    except BaseException:
+        for h in held:
+            h.close()
+        raise
 
     got = session.get_providers()
     device = "cuda" if got and got[0] == CUDA else "cpu"
@@ -173,8 +290,62 @@ def open_tower(
         why = "CUDA was asked for but onnxruntime fell back; check the CUDA and cuDNN 9 libraries"
         if chosen == "fp16" and precision is None and "fp32" in tower.files:
             # The fp16 tower was picked for a GPU we did not get; fp32 is the right CPU variant.
+            for h in held:
+                h.close()
             return open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32", verify=verify,
                                allow_spinning=allow_spinning, announce=announce)
     if announce:
         _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
-    return LoadedTower(session=session, precision=chosen, device=device, path=path)
+    return LoadedTower(session=session, precision=chosen, device=device, path=path, folder=folder, tower=tower,
+                       name=name, verify=verify, held=held)
+
+
+def check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:
+    """Names and dims the manifest promises must be what the graph has: fail at load, before any work.
+
+    For a text tower this includes one probe run at the full context length with the start, pad and end
+    ids: a context_length longer than the graph's positional table, or a special token id beyond its
+    token table, is otherwise a raw onnxruntime failure at the first long text (or a wrong vector where
+    the gather does not check). The probe costs one run of one sequence (~10 ms on ViT-B/32 text).
+    """
+    inputs = {i.name: i.shape for i in loaded.session.get_inputs()}
+    outputs = {o.name: o.shape for o in loaded.session.get_outputs()}
+    if spec.input_name not in inputs:
+        raise ModelError(f"{where}: graph has no input {spec.input_name!r} (inputs: {list(inputs)})")
+    if spec.output_name not in outputs:
+        raise ModelError(f"{where}: graph has no output {spec.output_name!r} (outputs: {list(outputs)})")
+    dim = outputs[spec.output_name][-1]
+    if isinstance(dim, int) and dim != embed_dim:
+        raise ModelError(f"{where}: graph output has dim {dim}, the manifest says embed_dim {embed_dim}")
+    size = getattr(spec, "image_size", None)
+    shape = inputs[spec.input_name]
+    if size is not None and len(shape) == 4 and isinstance(shape[-1], int) and shape[-1] != size:
+        raise ModelError(f"{where}: graph takes {shape[-1]}px images, the manifest says {size}")
+    if isinstance(spec, TextSpec):
+        _probe_text(loaded, spec, inputs, where)
+
+
+def _probe_text(loaded: LoadedTower, spec: TextSpec, inputs: dict, where: str) -> None:
+    n = spec.context_length
+    if spec.attention_mask_input and spec.attention_mask_input not in inputs:
+        raise ModelError(f"{where}: graph has no input {spec.attention_mask_input!r} (inputs: {list(inputs)})")
+    seq = inputs[spec.input_name][-1]
+    if isinstance(seq, int) and seq != n:
+        raise ModelError(f"{where}: graph takes sequences of exactly {seq} tokens, the manifest's context_length is {n}")
+    ids = np.array([[spec.bos_token_id] + [spec.pad_token_id] * (n - 2) + [spec.eos_token_id]], dtype=np.int64)
+    feeds = {spec.input_name: ids}
+    if spec.attention_mask_input:
+        feeds[spec.attention_mask_input] = np.ones_like(ids)
+    try:
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is ours to report, in one line
+        out = loaded.session.run([spec.output_name], feeds, quiet)[0]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{where}: the text graph fails on one sequence of context_length={n} tokens (ids "
+            f"{spec.bos_token_id}/{spec.pad_token_id}/{spec.eos_token_id}): the manifest's context_length "
+            f"or token ids do not fit this graph ({first[:300]})"
+        ) from None
+    if not np.isfinite(np.asarray(out, dtype=np.float32)).all():
+        raise ModelError(f"{where}: the text graph gives non-finite values on a probe sequence; the model is corrupt")

@@ -167,7 +167,8 @@ def test_bad_image_raises_naming_index_and_path(tiny_openclip_export, photo_file
 @pytest.mark.parametrize("item", [None, 3])
 def test_wrong_input_type_is_a_type_error_naming_the_index(tiny_openclip_export, photo_files, item):
     with pytest.raises(TypeError, match="#2|index 2"):
-        list(ImageEmbedding(tiny_openclip_export).embed([photo_files[0], photo_files[1], item], errors="skip"))
+        list(ImageEmbedding(tiny_openclip_export).embed([photo_files[0], photo_files[1], item]))
+    # errors="skip" yields None for it instead (issue 13): tests/test_hostile.py
     with pytest.raises(TypeError, match="#1|index 1"):
         list(TextEmbedding(tiny_openclip_export).embed(["a dog", item]))
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import SENTENCES, photo_array
 
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO
-from photos import SENTENCES, photo_array
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -126,3 +127,97 @@ def test_fastembed_snippets_run_unchanged_after_swapping_the_import(qdrant_cache
     if cuda_device_count()[0] == 0:
         with pytest.raises(ModelError, match="cuda=True"):  # no GPU: asked-for CUDA is an error, not a silent CPU run
             TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=True)
+
+
+# --------------------------------------------------------------------------- manifest abuse: ModelError at load
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    """A copy of a model folder whose fastclip.json went through edit(manifest dict) -> new JSON value."""
+    import json
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "fastclip.json").read_text())
+    (dst / "fastclip.json").write_text(json.dumps(edit(manifest)))
+    return dst
+
+
+def _set(path: str, value):
+    def edit(m):
+        *parents, last = path.split(".")
+        node = m
+        for p in parents:
+            node = node[p]
+        node[last] = value
+        return m
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "cls, edit, message",
+    [
+        (ImageEmbedding, _set("vision.files.fp32.path", "../outside/model.onnx"), "outside the model folder"),
+        (ImageEmbedding, _set("vision.files.fp32.path", "/etc/passwd"), "outside the model folder"),
+        (ImageEmbedding, _set("vision.files.fp32.path", "C:\\models\\x.onnx"), "outside the model folder"),
+        (ImageEmbedding, _set("vision.files.fp32.path", "vision\\..\\..\\x.onnx"), "outside the model folder"),
+        (ImageEmbedding, _set("vision.files.fp32.external_data", ["../secret.bin"]), "outside the model folder"),
+        (TextEmbedding, _set("text.tokenizer", "../../tokenizer.json"), "outside the model folder"),
+        (ImageEmbedding, lambda m: [m], "JSON object, got a JSON list"),
+        (ImageEmbedding, _set("vision", [1, 2]), "must be an object"),
+        (ImageEmbedding, _set("vision.files", ["model.onnx"]), "must be an object"),
+        (ImageEmbedding, _set("vision.std", [0, 0, 0]), r"std values must be > 0"),
+        (ImageEmbedding, _set("vision.std", [0.2, float("nan"), 0.2]), "finite"),
+        (ImageEmbedding, _set("vision.mean", [0.5]), "exactly 3 values"),
+        (ImageEmbedding, _set("vision.mean", "0.5"), "exactly 3 values"),
+        (ImageEmbedding, _set("vision.image_size", 0), "image_size must be between 1 and 4096"),
+        (ImageEmbedding, _set("vision.image_size", 10**9), "image_size must be between 1 and 4096"),
+        (ImageEmbedding, _set("vision.image_size", "224px"), "image_size must be an integer"),
+        (ImageEmbedding, _set("embed_dim", -3), "embed_dim must be >= 1"),
+        (ImageEmbedding, _set("logit_scale", float("inf")), "logit_scale must be a finite number"),
+        (TextEmbedding, _set("text.context_length", 200), r"context_length=200 tokens.*do not fit this graph"),
+        (TextEmbedding, _set("text.context_length", 10**7), "context_length must be between 3 and 4096"),
+        (TextEmbedding, _set("text.eos_token_id", 60000), "outside the tokenizer's vocabulary|60000.*do not fit this graph"),
+        (TextEmbedding, _set("text.pad_token_id", -1), "pad_token_id must be >= 0"),
+        (TextEmbedding, _set("text.pad_token_id", 49410), "49410.*do not fit this graph"),
+    ],
+)
+def test_manifest_abuse_is_a_model_error_at_load(tiny_openclip_export, tmp_path, cls, edit, message):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(tiny_openclip_export / "vision" / "model.onnx", outside / "model.onnx")  # a readable target
+    shutil.copy(tiny_openclip_export / "text" / "tokenizer.json", tmp_path / "tokenizer.json")
+    folder = _edited(tiny_openclip_export, tmp_path / "a" / "model", edit)
+    with pytest.raises(ModelError, match=message):
+        cls(folder)
+
+
+def test_fastembed_folder_with_a_list_config_is_a_model_error(tiny_hf_export, tmp_path):
+    vision = shutil.copytree(tiny_hf_export / "vision", tmp_path / "vision")
+    (vision / "preprocessor_config.json").write_text("[1, 2, 3]")
+    with pytest.raises(ModelError, match="expected a JSON object"):
+        ImageEmbedding(vision)
+
+
+def test_hub_snapshot_made_of_symlinks_into_blobs_loads(tiny_openclip_export, tmp_path):
+    # huggingface_hub lays snapshot files out as symlinks to ../../blobs/<hash>: the lexical path check
+    # must accept them (resolving links would put every file outside the snapshot folder).
+    import hashlib
+
+    repo = tmp_path / "models--someone--tiny"
+    snapshot = repo / "snapshots" / SNAPSHOT
+    (repo / "blobs").mkdir(parents=True)
+    for f in tiny_openclip_export.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            link = snapshot / f.relative_to(tiny_openclip_export)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    assert (snapshot / "vision" / "model.onnx").is_symlink()
+    image = photo_array("coffee")
+    got = next(ImageEmbedding(snapshot, verify=True).embed([image]))
+    want = next(ImageEmbedding(tiny_openclip_export).embed([image]))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.isfinite(next(TextEmbedding(snapshot).embed(["a dog"]))).all()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import onnxruntime as ort
+import pytest
 
+from fastclip import ModelError, TextEmbedding
 from fastclip.session import CPU, CUDA, cuda_device_count, default_providers
 
 
@@ -60,3 +64,63 @@ print("ok")
 """
     result = run_python(code)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# --------------------------------------------------------------------------- one object, one model's bytes
+
+
+def _tower(folder, verify=False):
+    from fastclip.model import load_manifest
+    from fastclip.session import open_tower
+
+    spec = load_manifest(folder).text
+    return spec, open_tower(folder, spec, name="text", providers=[CPU], verify=verify, announce=False)
+
+
+def _vectors(tower, spec):
+    ids = np.array([[spec.bos_token_id, 320, 1929, spec.eos_token_id]], dtype=np.int64)
+    return tower.session.run([spec.output_name], {spec.input_name: ids})[0]
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_reopen_gives_the_same_model_even_after_a_rename_over(tiny_openclip_export, tmp_path, verify):
+    folder = shutil.copytree(tiny_openclip_export, tmp_path / "m")
+    spec, first = _tower(folder, verify=verify)
+    want = _vectors(first, spec)
+    again = first.reopen(threads=1)
+    np.testing.assert_array_equal(_vectors(again, spec), want)
+    assert again.session.get_session_options().intra_op_num_threads == 1
+    # Replace the file the atomic way (write beside, rename over): another model, here garbage.
+    model = folder / "text" / "model.onnx"
+    (folder / "text" / "new.onnx").write_bytes(os.urandom(model.stat().st_size))
+    os.replace(folder / "text" / "new.onnx", model)
+    third = first.reopen(threads=1)  # from the bytes still held open: the model this object verified
+    np.testing.assert_array_equal(_vectors(third, spec), want)
+    for t in (first, again, third):
+        t.close()
+
+
+def test_reopen_refuses_a_file_rewritten_in_place(tiny_openclip_export, tiny_hf_export, tmp_path):
+    folder = shutil.copytree(tiny_openclip_export, tmp_path / "m")
+    spec, first = _tower(folder)
+    model = folder / "text" / "model.onnx"
+    with open(model, "r+b") as f:  # same inode, new bytes: the old ones are gone
+        f.write(b"\x00" * 64)
+    with pytest.raises(ModelError, match="modified in place"):
+        first.reopen()
+    first.close()
+
+
+def test_text_embedding_reopen_after_replacement_keeps_vectors(tiny_openclip_export, tmp_path):
+    # The shape bulk-core's lazily opened second session takes: TextEmbedding's tower, reopened later.
+    folder = shutil.copytree(tiny_openclip_export, tmp_path / "m")
+    model = TextEmbedding(folder)
+    want = np.stack(list(model.embed(["a dog", "a cat"])))
+    other = tmp_path / "other.onnx"
+    shutil.copy(tiny_openclip_export / "vision" / "model.onnx", other)
+    os.replace(other, folder / "text" / "model.onnx")
+    second = model._tower.reopen(threads=1)
+    ids = model.tokenize(["a dog", "a cat"])
+    got = second.session.run([model.spec.output_name], {model.spec.input_name: ids})[0]
+    got = got / np.linalg.norm(got, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastclip_export.tokenizer_files import (
+    read_open_clip_bpe,
+    write_open_clip_tokenizer,
+)
 
-from fastclip.errors import TextError
+from fastclip.errors import ModelError, TextError
 from fastclip.manifest import TextSpec
-from fastclip.text import TextTokenizer, open_clip_clean
-from fastclip_export.tokenizer_files import read_open_clip_bpe, write_open_clip_tokenizer
+from fastclip.text import HEAD_CHARS, TextTokenizer, open_clip_clean
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clip-tokenizer"
 
@@ -304,3 +307,95 @@ def test_fastembed_reads_our_folder(open_clip_tok, oc_dir):
     ref = open_clip_tok(texts).numpy()
     for i, row in enumerate(ids):
         assert row == ref[i, : len(row)].tolist(), texts[i]  # fastembed pads with 0 like open_clip
+
+
+# --------------------------------------------------------------------------- bounded cost on long texts
+
+MOJIBAKE = ["The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.", "cafÃ© naÃ¯ve", "Ã  la carte", "Ã¡Ã©Ã­Ã³Ãº"]
+ENTITIES = ["&amp;", "&lt;b&gt;", "&#39;x&#39;", "&amp;amp;", "&nbsp;", "&notit;", "&amp", "&#x1F600;", "&"]
+SEPARATORS = [" ", " ", " ", "\n", "  ", "\t", "\r\n", " \n \n ", "\x0b", "\x0c", " " * 200, "\n" * 150, " \n" * 90]
+
+
+def random_long_text(rng: np.random.Generator, n_chars: int) -> str:
+    pieces, total = [], 0
+    while total < n_chars:
+        kind = rng.integers(6)
+        if kind == 0:
+            piece = MOJIBAKE[rng.integers(len(MOJIBAKE))]
+        elif kind == 1:
+            piece = ENTITIES[rng.integers(len(ENTITIES))] + ("" if rng.random() < 0.5 else "word")
+        elif kind == 2:  # unicode soup from the corpus, cut anywhere
+            text = CORPUS[rng.integers(len(CORPUS))]
+            a = int(rng.integers(len(text) + 1))
+            piece = text[a : a + int(rng.integers(1, 40))]
+        elif kind == 3:
+            piece = "Σ" * int(rng.integers(1, 4)) + "ΟΔΟΣ"  # final sigma at word ends
+        else:
+            piece = CORPUS[rng.integers(len(CORPUS))]
+        pieces += [piece, SEPARATORS[rng.integers(len(SEPARATORS))]]
+        total += len(piece) + 1
+    return "".join(pieces)
+
+
+def full_text_ids(tok: TextTokenizer, text: str) -> list[int]:
+    """What the tokenizer gave before heads: clean and tokenize the whole text, truncate after."""
+    cleaned = open_clip_clean(text) if tok.spec.cleaning == "open_clip" else text
+    return tok._tok.encode(cleaned, add_special_tokens=True).ids
+
+
+@pytest.fixture(scope="module")
+def hf_fixture_tokenizer():
+    return TextTokenizer(FIXTURE / "tokenizer.json", spec(cleaning="none", pad_token_id=49407, dynamic_length=True))
+
+
+@pytest.mark.parametrize("which", ["open_clip", "none"])
+def test_long_texts_give_the_full_texts_ids(which, oc_tokenizer, hf_fixture_tokenizer):
+    """Tokenizing a bounded head is exact: same ids as tokenizing the whole text, on random long texts
+    (entities, mojibake, sigma, scripts, whitespace floods, 3 K to 12 K characters; the long run of
+    benchmarks/fuzz.py --texts checks thousands more)."""
+    tok = oc_tokenizer if which == "open_clip" else hf_fixture_tokenizer
+    rng = np.random.default_rng(13)
+    texts = [random_long_text(rng, int(rng.integers(3_000, 12_000))) for _ in range(40)]
+    texts += ["word " * 4_000, "长" * 8_000, "a " * 30 + " " * 20_000 + "b c", "x\n" * 8_000]
+    ours = tok.encode_batch(texts)
+    for i, text in enumerate(texts):
+        want = full_text_ids(tok, text)
+        n = len(want)
+        assert ours[i, :n].tolist() == want, (i, text[:200])
+
+
+def test_head_is_bounded(oc_tokenizer, monkeypatch):
+    seen = []
+    real = oc_tokenizer._tok.encode_batch
+
+    def spy(texts, **kw):
+        seen.extend(len(t) for t in texts)
+        return real(texts, **kw)
+
+    monkeypatch.setattr(oc_tokenizer, "_tok", type("Spy", (), {"encode_batch": staticmethod(spy),
+                                                                "encode": oc_tokenizer._tok.encode})())
+    ids = oc_tokenizer.encode_batch(["a photo of a dog " * 600_000, "a " * 30 + " " * 3_000_000 + "cat"])
+    assert ids.shape == (2, 77)
+    assert max(seen) <= 8 * HEAD_CHARS, seen  # 10 MB of text, a few thousand characters tokenized
+    assert ids[1].tolist()[:32] == oc_tokenizer.encode_batch(["a " * 30 + "cat"])[0].tolist()[:32]
+
+
+def test_truncate_false_reports_a_lower_bound_without_tokenizing_everything(oc_tokenizer):
+    with pytest.raises(TextError, match=r"#0\b.*more than \d+ tokens.*77"):
+        oc_tokenizer.encode_batch(["word " * 2_000_000], truncate=False)
+    with pytest.raises(TextError, match=r"#1\b.*102 tokens"):  # short enough to count exactly
+        oc_tokenizer.encode_batch(["ok", "word " * 100], truncate=False)
+    assert oc_tokenizer.encode_batch(["a " * 75 + " " * 100_000], truncate=False).shape == (1, 77)
+
+
+def test_lone_surrogate_names_the_text(hf_fixture_tokenizer, oc_tokenizer, open_clip_tok):
+    with pytest.raises(TextError, match=r"text #5\b.*lone surrogate U\+DC80.*errors='replace'"):
+        hf_fixture_tokenizer.encode_batch(["fine", "bad \udc80 text"], start_index=4)
+    # open_clip's own cleaning (ftfy) turns it into U+FFFD: we follow, with the reference's ids.
+    ours = oc_tokenizer.encode_batch(["bad \udc80 text"])[0].tolist()
+    assert ours == open_clip_tok(["bad \udc80 text"])[0].tolist()[: len(ours)]
+
+
+def test_special_token_ids_outside_the_vocabulary_are_refused(oc_dir):
+    with pytest.raises(ModelError, match=r"eos_token_id 70000 is outside the tokenizer's vocabulary of 49408"):
+        TextTokenizer(oc_dir / "tokenizer.json", spec(cleaning="open_clip", eos_token_id=70000))

@@ -1,0 +1,240 @@
+"""Hostile and broken inputs: every one ends as a vector or as that input's error, in bounded time and memory.
+
+Budgets (README "Hostile inputs and limits") are held structurally here (the size of what is resampled,
+the length of what is tokenized); the time and memory figures live in benchmarks/hostile_inputs.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastclip.images as images_mod
+from fastclip import ImageEmbedding
+from fastclip.errors import ImageError, ImageTypeError
+from fastclip.images import MAX_RESIZED_PIXELS, ImagePreprocessor, load_image, resize_crop
+from fastclip.manifest import VisionSpec
+from photos import photo_array, write_photos
+
+SPEC = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})
+S = SPEC.image_size
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def resize_sizes(monkeypatch):
+    """Every size Pillow's resize is asked to produce while the test runs."""
+    sizes = []
+    real = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return sizes
+
+
+def exact_resize_crop(img: Image.Image, monkeypatch) -> Image.Image:
+    """The reference path (resize everything, then crop), whatever the size."""
+    with monkeypatch.context() as m:
+        m.setattr(images_mod, "MAX_RESIZED_PIXELS", 1 << 62)
+        return resize_crop(img, S)
+
+
+def photo_strip(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    """A real photo squeezed to an extreme aspect ratio (smooth content, like a real banner)."""
+    return Image.fromarray(photo_array("astronaut")).resize(size, Image.Resampling.BILINEAR).convert(mode)
+
+
+# --------------------------------------------------------------------------- extreme aspect ratios
+
+
+@pytest.mark.parametrize("size", [(1, 60000), (60000, 1), (3, 40000), (40000, 7)])
+def test_extreme_aspect_resamples_only_the_crop_window(size, resize_sizes):
+    # Full resize of 1 x 60000 would produce 224 x 13.4 M pixels (46 s, 12.3 GB measured before).
+    img = Image.new("RGB", size, (200, 30, 90))
+    pixels = ImagePreprocessor(SPEC)(png_bytes(img), 0)
+    assert pixels.shape == (3, S, S) and np.isfinite(pixels).all()
+    assert resize_sizes, "resize was not called"
+    biggest = max(w * h for w, h in resize_sizes)
+    assert biggest <= S * (S + 64), resize_sizes  # the window plus the filter's support, not the strip
+
+
+def test_normal_images_keep_the_exact_path(resize_sizes):
+    # 100 x 8000 resizes to 224 x 17920 = 4.0 M pixels: just under the bound, one full resize as the reference.
+    assert S * int(S * 8000 / 100) <= MAX_RESIZED_PIXELS
+    resize_crop(Image.new("RGB", (100, 8000)), S)
+    assert resize_sizes == [(S, int(S * 8000 / 100))]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "CMYK", "I;16", "I", "F", "P", "1"])
+@pytest.mark.parametrize("size", [(5, 5000), (5000, 9), (60, 9000), (12000, 100)])
+def test_bounded_path_matches_the_full_resize(monkeypatch, mode, size):
+    """The crop window of the full resize, resampled alone: same pixels up to float32 box rounding."""
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(photo_strip(size, "L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        img = photo_strip(size).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    else:
+        img = photo_strip(size, "RGBA" if mode in ("RGBA", "LA") else "RGB").convert(mode)
+    new_w, new_h = (S, int(S * size[1] / size[0])) if size[0] <= size[1] else (int(S * size[0] / size[1]), S)
+    assert new_w * new_h > MAX_RESIZED_PIXELS  # this test is about the bounded path
+    ours = np.asarray(resize_crop(img, S), dtype=np.float64)
+    ref = np.asarray(exact_resize_crop(img, monkeypatch), dtype=np.float64)
+    assert ours.shape == ref.shape
+    diff = np.abs(ours - ref)
+    if mode == "F":
+        assert diff.max() <= 1e-2  # float32 resampling: rounding of the box only
+    elif mode in ("P", "1"):
+        # NEAREST: at an exact tie the float32 box can pick the neighbouring source pixel.
+        assert (diff > 0).mean() <= 0.01
+    else:
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
+
+
+def test_bounded_path_vectors_equal_reference_pixels_on_photo_strip(monkeypatch):
+    # End to end through the preprocessor: normalized pixels of a 20 x 6000 photo strip.
+    img = photo_strip((20, 6000))
+    ours = ImagePreprocessor(SPEC)(img, 0)
+    with monkeypatch.context() as m:
+        m.setattr(images_mod, "MAX_RESIZED_PIXELS", 1 << 62)
+        ref = ImagePreprocessor(SPEC)(img, 0)
+    step = 1 / 255 / min(SPEC.std)
+    assert np.abs(ours - ref).max() <= step + 1e-6
+
+
+# --------------------------------------------------------------------------- one input's failure is its error
+
+
+def test_memory_error_is_that_inputs_image_error(monkeypatch):
+    def boom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(images_mod, "resize_crop", boom)
+    with pytest.raises(ImageError, match=r"image #7 \(<bytes>\).*MemoryError") as ei:
+        ImagePreprocessor(SPEC)(png_bytes(Image.new("RGB", (30, 20))), 7)
+    assert ei.value.index == 7
+
+
+def test_unexpected_decoder_exception_is_that_inputs_image_error(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise IndexError("list index out of range")  # what some Pillow plugins raise on corrupt data
+
+    data = png_bytes(Image.new("RGB", (30, 20)))
+    from PIL import PngImagePlugin
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(ImageError, match=r"#3.*IndexError: list index out of range"):
+        load_image(data, 3)
+
+
+@pytest.mark.parametrize("item", [None, 42, 3.5, ["a.jpg"]])
+def test_wrong_type_is_an_image_error_and_a_type_error(item):
+    with pytest.raises(ImageTypeError, match=r"#9") as ei:
+        ImagePreprocessor(SPEC)(item, 9)
+    assert isinstance(ei.value, TypeError) and isinstance(ei.value, ImageError) and ei.value.index == 9
+
+
+def test_skip_mode_keeps_going_past_none_ints_and_memory_errors(tiny_openclip_export, tmp_path, monkeypatch):
+    paths = write_photos(tmp_path / "photos", ["astronaut", "coffee", "chelsea"])
+    model = ImageEmbedding(tiny_openclip_export)
+    want = np.stack(list(model.embed(paths)))
+    errors = []
+    got = list(model.embed([paths[0], None, paths[1], 7, paths[2]], batch_size=2, errors="skip", on_error=errors.append))
+    assert got[1] is None and got[3] is None
+    np.testing.assert_allclose(np.stack([got[0], got[2], got[4]]), want, atol=1e-6)
+    assert [e.index for e in errors] == [1, 3] and all(isinstance(e, ImageTypeError) for e in errors)
+    with pytest.raises(TypeError, match=r"#1\b"):
+        list(model.embed([paths[0], None]))  # errors="raise": still a TypeError naming the index
+
+    real = images_mod.resize_crop
+
+    def flaky(image, size, geometry=None):
+        if image.size == Image.open(paths[1]).size:
+            raise MemoryError()
+        return real(image, size, geometry)
+
+    monkeypatch.setattr(images_mod, "resize_crop", flaky)
+    errors.clear()
+    got = list(model.embed(paths, errors="skip", on_error=errors.append))
+    assert got[1] is None and [e.index for e in errors] == [1] and "MemoryError" in str(errors[0])
+    np.testing.assert_allclose(np.stack([got[0], got[2]]), want[[0, 2]], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- paths that are not files
+
+
+def run_with_timeout(fn, seconds: float = 20.0):
+    """fn() in a thread; fails (instead of hanging the suite) if it does not return in time."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), outcome
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    hung, outcome = run_with_timeout(lambda: ImagePreprocessor(SPEC)(str(fifo), 4))
+    if hung:  # unblock the stuck open() so the thread can end, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked")
+    err = outcome.get("error")
+    assert isinstance(err, ImageError) and err.index == 4, outcome
+    assert "not a regular file (FIFO)" in str(err) and str(fifo) in str(err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_character_device_is_refused():
+    hung, outcome = run_with_timeout(lambda: load_image("/dev/zero", 0))
+    assert not hung
+    assert isinstance(outcome.get("error"), ImageError) and "character device" in str(outcome["error"])
+
+
+def test_skip_mode_passes_a_fifo(tiny_openclip_export, tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs POSIX FIFOs")
+    paths = write_photos(tmp_path / "photos", ["astronaut"])
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    model = ImageEmbedding(tiny_openclip_export)
+    hung, outcome = run_with_timeout(lambda: list(model.embed([fifo, paths[0]], errors="skip")))
+    if hung:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("embedding a FIFO blocked")
+    got = outcome["value"]
+    assert got[0] is None and got[1].shape == (model.dim,)
+
+
+def test_unix_socket_is_refused(tmp_path):
+    socket = pytest.importorskip("socket")
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("needs unix sockets")
+    path = tmp_path / "s.png"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+        hung, outcome = run_with_timeout(lambda: load_image(path, 2))
+    finally:
+        server.close()
+    assert not hung and isinstance(outcome.get("error"), ImageError) and outcome["error"].index == 2

@@ -14,7 +14,6 @@ cancels the decodes it had queued.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,6 @@ from .session import CPU, CUDA, LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
 ERRORS = ("raise", "skip")
-log = logging.getLogger("fastclip")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fastclip import CLIP, FastClipError, ImageEmbedding, ImageError, TextEmbedding, TextError
+from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError
 from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
 from fastclip.bulk.pool import split_threads
 from photos import SENTENCES, write_photos

@@ -150,6 +150,9 @@ def main() -> None:
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(
             f"{s} {np.median(lat[s]['image'][-1]):.1f}/{np.median(lat[s]['text'][-1]):.2f} ms" for s in systems),
             file=sys.stderr, flush=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    # Saved before the slower phases, so an interrupted run keeps its latency figures.
+    (a.out / "latency_partial.json").write_text(json.dumps({"machine": machine, "latency_ms": lat}, indent=1))
     rates = {s: {"image": [], "text": []} for s in systems}
     if a.throughput:
         for r in range(a.rounds):

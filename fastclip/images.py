@@ -232,7 +232,7 @@ def decode(
                 fh.close()
         if exif_transpose:
             img, geometry = _apply_exif_orientation(img, owned, geometry)
-    except Exception as exc:  # see image_error: any failure of this one input is its ImageError
+    except Exception as exc:  # noqa: BLE001 - see image_error: any failure of this one input is its error
         raise image_error(index, source, exc) from None
     return img, geometry
 
@@ -455,7 +455,7 @@ class ImagePreprocessor:
             except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert
                 raise ImageError(index, _describe(item), f"cannot preprocess mode {img.mode!r}: {exc}") from None
             return _normalize(np.asarray(rgb), self._lut, out)
-        except Exception as exc:  # MemoryError and the like: this input's error, never the stream's
+        except Exception as exc:  # noqa: BLE001 - MemoryError and the like: this input's error, not the stream's
             raise image_error(index, _describe(item), exc) from None
 
     def batch(self, items: list[Any], start_index: int = 0) -> np.ndarray:

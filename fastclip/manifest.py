@@ -41,6 +41,9 @@ CLEANINGS = ("open_clip", "none")
 # every batch's allocation.
 MAX_IMAGE_SIZE = 4096
 MAX_CONTEXT_LENGTH = 4096
+# Token ids become int64 arrays (the fuzzer found 2**63 reaching numpy as an OverflowError); 2**31 is
+# far past any vocabulary. The tokenizer then checks them against its own vocabulary.
+MAX_TOKEN_ID = 2**31 - 1
 
 
 def safe_relative_path(value: Any, what: str, origin: str) -> str:
@@ -178,7 +181,7 @@ def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
         files[precision] = TowerFile(
             path=safe_relative_path(f.get("path"), f"files.{precision}.path", where),
             sha256=f.get("sha256"),
-            bytes=None if size is None else _int(size, f"files.{precision}.bytes", where, 0),
+            bytes=None if size is None else _int(size, f"files.{precision}.bytes", where, 0, 2**62),
             external_data=tuple(safe_relative_path(e, f"files.{precision}.external_data", where) for e in external),
             external_data_sha256={
                 safe_relative_path(k, f"files.{precision}.external_data_sha256", where): v for k, v in hashes.items()
@@ -232,9 +235,9 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 # >= 3: the start token, one content token, the end token.
                 context_length=_int(t["context_length"], "text.context_length", origin, 3, MAX_CONTEXT_LENGTH),
                 dynamic_length=bool(t.get("dynamic_length", False)),
-                bos_token_id=_int(t["bos_token_id"], "text.bos_token_id", origin, 0),
-                eos_token_id=_int(t["eos_token_id"], "text.eos_token_id", origin, 0),
-                pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0),
+                bos_token_id=_int(t["bos_token_id"], "text.bos_token_id", origin, 0, MAX_TOKEN_ID),
+                eos_token_id=_int(t["eos_token_id"], "text.eos_token_id", origin, 0, MAX_TOKEN_ID),
+                pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0, MAX_TOKEN_ID),
                 pooling=t.get("pooling", "eos"),
                 attention_mask_input=t.get("attention_mask_input"),
             )
@@ -248,7 +251,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             format_version=version,
             source=dict(data.get("source", {})),
             architecture=str(data.get("architecture", "unknown")),
-            embed_dim=_int(data["embed_dim"], "embed_dim", origin, 1),
+            embed_dim=_int(data["embed_dim"], "embed_dim", origin, 1, 1 << 20),
             logit_scale=_finite(data.get("logit_scale", 100.0), "logit_scale", origin),
             logit_bias=None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin),
             opset=data.get("opset"),

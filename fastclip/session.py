@@ -131,7 +131,7 @@ class LoadedTower:
     verify: bool = False
     held: list[HeldFile] = field(default_factory=list, repr=False)
 
-    def reopen(self, *, threads: int | None = 1, providers: list | None = None, allow_spinning: bool = True) -> "LoadedTower":
+    def reopen(self, *, threads: int | None = 1, providers: list | None = None, allow_spinning: bool = True) -> LoadedTower:
         """Another session of exactly the model bytes this one loaded (and verified), or ModelError.
 
         One object must run one model. If the file was replaced on disk since (renamed over), the new

@@ -126,8 +126,11 @@ class TextTokenizer:
         try:
             self._json = path.read_text(encoding="utf-8")
             tok = Tokenizer.from_str(self._json)
-        except Exception as exc:  # OSError, UnicodeDecodeError, or the plain Exception tokenizers raises
-            raise ModelError(f"{path}: cannot load tokenizer ({exc})") from None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - OSError, UnicodeDecodeError, tokenizers' Exception or panic
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {first})") from None
         vocab = tok.get_vocab_size(with_added_tokens=True)
         for what in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if not 0 <= getattr(spec, what) < vocab:
@@ -146,7 +149,26 @@ class TextTokenizer:
             length=None if spec.dynamic_length else spec.context_length,
         )
         self._tok = tok
+        self._path = path
         self._counter: Tokenizer | None = None  # untruncated twin, built when a too-long text is reported
+        # A tokenizer.json can parse and still fail on the first text: found by fuzzing, a Replace
+        # normalizer with an empty regex makes `tokenizers` panic inside encode. Try one text at load.
+        self._run(tok.encode, "A photo of 2 dogs, naïve café 北京!", add_special_tokens=True)
+
+    def _run(self, fn, *args, **kwargs):
+        """Call the tokenizers library; a failure there is the tokenizer file's fault: ModelError.
+
+        `tokenizers` reports a Rust panic as pyo3's PanicException, a BaseException that `except
+        Exception` misses and that would end a bulk job with a traceback; it is caught here.
+        """
+        try:
+            return fn(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - see docstring
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{self._path}: the tokenizer failed ({type(exc).__name__}: {first}); "
+                             "the tokenizer.json is malformed") from None
 
     def _prepare(self, text: str, index: int, budget: int) -> tuple[str, bool]:
         """(what the tokenizer gets, complete): the cleaned head of `text` (see module doc)."""
@@ -168,14 +190,14 @@ class TextTokenizer:
         budget = HEAD_CHARS_PER_TOKEN * self.context_length
         prepared = [self._prepare(t, start_index + i, budget) for i, t in enumerate(texts)]
         heads = [head for head, _ in prepared]
-        encodings = self._tok.encode_batch(heads, add_special_tokens=True)
+        encodings = self._run(self._tok.encode_batch, heads, add_special_tokens=True)
         for i, enc in enumerate(encodings):
             complete, grown = prepared[i][1], budget
             # Too few tokens from an incomplete head: the rest of the text may hold more. Grow it.
             while not complete and not enc.overflowing and grown < _MAX_HEAD:
                 grown = min(4 * grown, _MAX_HEAD)
                 heads[i], complete = self._prepare(texts[i], start_index + i, grown)
-                enc = encodings[i] = self._tok.encode(heads[i], add_special_tokens=True)
+                enc = encodings[i] = self._run(self._tok.encode, heads[i], add_special_tokens=True)
             if not truncate and enc.overflowing:
                 n = self._count(heads[i])
                 # The head's count is exact when it is the whole text, else a lower bound: counting every
@@ -223,13 +245,13 @@ class TextTokenizer:
 
     def _count(self, prepared: str) -> int:
         if self._counter is None:
-            counter = Tokenizer.from_str(self._json)
+            counter = self._run(Tokenizer.from_str, self._json)
             if self._clean is not None:
                 counter.normalizer = None
             counter.no_truncation()
             counter.no_padding()
             self._counter = counter
-        return len(self._counter.encode(prepared, add_special_tokens=True).ids)
+        return len(self._run(self._counter.encode, prepared, add_special_tokens=True).ids)
 
 
 def _check_unicode(text: str, index: int) -> None:

@@ -12,14 +12,19 @@ import threading
 
 import numpy as np
 import pytest
+from photos import photo_array, write_photos
 from PIL import Image
 
 import fastclip.images as images_mod
 from fastclip import ImageEmbedding
 from fastclip.errors import ImageError, ImageTypeError
-from fastclip.images import MAX_RESIZED_PIXELS, ImagePreprocessor, load_image, resize_crop
+from fastclip.images import (
+    MAX_RESIZED_PIXELS,
+    ImagePreprocessor,
+    load_image,
+    resize_crop,
+)
 from fastclip.manifest import VisionSpec
-from photos import photo_array, write_photos
 
 SPEC = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})
 S = SPEC.image_size

@@ -173,12 +173,14 @@ def _set(path: str, value):
         (ImageEmbedding, _set("vision.image_size", 0), "image_size must be between 1 and 4096"),
         (ImageEmbedding, _set("vision.image_size", 10**9), "image_size must be between 1 and 4096"),
         (ImageEmbedding, _set("vision.image_size", "224px"), "image_size must be an integer"),
-        (ImageEmbedding, _set("embed_dim", -3), "embed_dim must be >= 1"),
+        (ImageEmbedding, _set("embed_dim", -3), "embed_dim must be between 1 and"),
         (ImageEmbedding, _set("logit_scale", float("inf")), "logit_scale must be a finite number"),
         (TextEmbedding, _set("text.context_length", 200), r"context_length=200 tokens.*do not fit this graph"),
         (TextEmbedding, _set("text.context_length", 10**7), "context_length must be between 3 and 4096"),
         (TextEmbedding, _set("text.eos_token_id", 60000), "outside the tokenizer's vocabulary|60000.*do not fit this graph"),
-        (TextEmbedding, _set("text.pad_token_id", -1), "pad_token_id must be >= 0"),
+        (TextEmbedding, _set("text.pad_token_id", -1), "pad_token_id must be between 0 and"),
+        # Found by fuzzing (manifest-mutate, seed 1, case 3075): reached numpy as an OverflowError.
+        (TextEmbedding, _set("text.bos_token_id", 2**63), "bos_token_id must be between 0 and 2147483647"),
         (TextEmbedding, _set("text.pad_token_id", 49410), "49410.*do not fit this graph"),
     ],
 )

@@ -399,3 +399,23 @@ def test_lone_surrogate_names_the_text(hf_fixture_tokenizer, oc_tokenizer, open_
 def test_special_token_ids_outside_the_vocabulary_are_refused(oc_dir):
     with pytest.raises(ModelError, match=r"eos_token_id 70000 is outside the tokenizer's vocabulary of 49408"):
         TextTokenizer(oc_dir / "tokenizer.json", spec(cleaning="open_clip", eos_token_id=70000))
+
+
+def test_tokenizer_that_panics_is_a_model_error_at_load(tmp_path):
+    # Found by fuzzing (tokenizer-mutate, seed 1, case 1491): an empty Replace regex parses, then makes
+    # `tokenizers` panic inside encode (pyo3 PanicException, a BaseException that ended the stream).
+    tree = json.loads((FIXTURE / "tokenizer.json").read_text(encoding="utf-8"))
+    tree["normalizer"]["normalizers"][1]["pattern"] = {"Regex": ""}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tree), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"PanicException"):
+        TextTokenizer(path, spec(cleaning="none", pad_token_id=49407))
+    # Through the fuzz case's exact file, where the panic comes at the first encode instead.
+    import fuzzing
+
+    tree = json.loads(fuzzing.small_tokenizer_json())
+    tree["normalizer"] = {"type": -1, "normalizers": [{"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": ""},
+                                                                         "content": " "}, {"type": "Lowercase"}]}
+    path.write_text(json.dumps(tree), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"PanicException"):
+        TextTokenizer(path, spec(cleaning="none", bos_token_id=600, eos_token_id=601, pad_token_id=0))

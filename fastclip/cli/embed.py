@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs fastclip[ray]); --out is then a folder of Parquet files (path|text, embedding, error)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (e.g. auto, ray://head:10001); default: a local Ray on this machine")
     p.set_defaults(func=cmd_embed)
 
 
@@ -71,6 +73,10 @@ def collect_texts(args) -> list[str]:
 
 
 def cmd_embed(args) -> int:
+    if args.engine == "ray":
+        from .embed_ray import cmd_embed_ray
+
+        return cmd_embed_ray(args)
     from ..embedding import ImageEmbedding, TextEmbedding
     from ..errors import ImageError
 

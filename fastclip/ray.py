@@ -1,0 +1,30 @@
+"""fastclip on Ray Data: `from fastclip.ray import ImageEmbedder, TextEmbedder, embed_images, embed_texts`.
+
+The implementation lives in fastclip.bulk.ray (this module only names it); see its doc and README
+"Scale out with Ray". Needs `pip install 'fastclip[ray]'`; Ray itself is imported only when used.
+Inside this module `import ray` is an absolute import and finds the real Ray package, not this file.
+"""
+
+from __future__ import annotations
+
+from .bulk.ray import (
+    EmbedSummary,
+    ImageEmbedder,
+    TextEmbedder,
+    embed_images,
+    embed_texts,
+    embed_to_parquet,
+    map_batches_kwargs,
+    plan_resources,
+)
+
+__all__ = [
+    "EmbedSummary",
+    "ImageEmbedder",
+    "TextEmbedder",
+    "embed_images",
+    "embed_texts",
+    "embed_to_parquet",
+    "map_batches_kwargs",
+    "plan_resources",
+]

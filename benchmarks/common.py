@@ -292,10 +292,11 @@ class Worker:
     during a slow spell a loss it did not earn.
     """
 
-    def __init__(self, script: Path, args: list[str]):
+    def __init__(self, script: Path, args: list[str], root: Path = ROOT):
+        # root: the checkout whose fastclip the worker imports (another one to compare against, e.g. main's)
         self.cmd = [sys.executable, str(script), *args]
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env={**os.environ, "PYTHONPATH": str(root)})
         self.info: dict | None = None
 
     def ready(self) -> dict:
@@ -314,6 +315,10 @@ class Worker:
         self.proc.stdin.close()
         self.proc.wait(timeout=120)
         return out
+
+    def ask(self, **request) -> dict:
+        """Send one request to a worker that serves its own ops (see bench_latency.py); returns its reply."""
+        return self._ask(**request)
 
     def _ask(self, **request) -> dict:
         self.ready()

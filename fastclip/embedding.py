@@ -14,7 +14,6 @@ cancels the decodes it had queued.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,14 +25,13 @@ import numpy as np
 
 from .errors import FastClipError, ImageError, ModelError, TextError
 from .images import ImagePreprocessor
-from .manifest import Manifest, Tower
+from .manifest import Manifest, Tower, tower_fingerprint
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
 from .runner import ImageBatch, Tuning, available_cores
 from .session import CPU, CUDA, LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
 ERRORS = ("raise", "skip")
-log = logging.getLogger("fastclip")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -152,6 +150,11 @@ class _TowerModel:
         return self.manifest.embed_dim
 
     @property
+    def fingerprint(self) -> str:
+        """Which weights this tower holds (manifest.tower_fingerprint): embeddings files record it."""
+        return tower_fingerprint(self.folder, self.spec)
+
+    @property
     def precision(self) -> str:
         return self._tower.precision
 
@@ -165,8 +168,10 @@ class _TowerModel:
         """End this object's threads and release its sessions; later calls raise FastClipError."""
         with self._lock:
             self._closed = True
-            self._loaded = None
+            loaded, self._loaded = self._loaded, None
         self._close_runners()
+        if loaded is not None and hasattr(loaded, "close"):
+            loaded.close()  # the model files held open for reopen()
 
     def _close_runners(self) -> None:
         pass
@@ -302,6 +307,7 @@ class ImageEmbedding(_TowerModel):
         self,
         images: Iterable[Any],
         batch_size: int = 32,
+        parallel: int | None = None,
         *,
         normalize: bool = True,
         errors: str = "raise",
@@ -313,11 +319,20 @@ class ImageEmbedding(_TowerModel):
         HWC uint8 arrays, mixed freely. errors="skip" yields None for an image that cannot be read
         (outputs stay aligned with inputs) and passes its ImageError to on_error, if given; the
         default raises ImageError naming the image's index and source.
+        parallel (as in fastembed): None embeds in this process; N > 0 in N worker processes, 0 in
+        one per core (fastclip.bulk.EmbeddingPool, started for this call and ended with it): same
+        vectors, same order, same error handling; open file objects are read here and sent as bytes.
         """
         _check_common(batch_size, errors)
+        _check_parallel(parallel)
         self._check_open()
         if isinstance(images, (str, Path)):
             images = [images]  # one path, not a stream of characters
+        if parallel is not None:
+            from .bulk.pool import pooled_embed  # the process machinery is imported only when used
+
+            return pooled_embed(self, images, batch_size, parallel, normalize=normalize, errors=errors,
+                                on_error=on_error)
         return self._embed(images, batch_size, normalize, errors, on_error)
 
     def embed_batch(self, images: Sequence[Any], *, start_index: int = 0, normalize: bool = True) -> ImageBatch:
@@ -351,6 +366,15 @@ class ImageEmbedding(_TowerModel):
         try:
             while True:
                 while len(pending) < depth and (chunk := list(itertools.islice(numbered, batch_size))):
+                    if pool is not None and len(chunk) == 1 and not pending:
+                        # One image with nothing queued (a web request, the first of a batch-size-1 stream):
+                        # when it is also the last, decode it here; a decode thread would only add a hop.
+                        after = list(itertools.islice(numbered, batch_size))
+                        pending.append(self._start(chunk, start, pool if after else None))
+                        start += 1
+                        if not after:
+                            break
+                        chunk = after
                     pending.append(self._start(chunk, start, pool))
                     start += len(chunk)
                 if not pending:
@@ -445,6 +469,14 @@ class TextEmbedding(_TowerModel):
         self._bulk: tuple[LoadedTower, ThreadPoolExecutor] | None = None
         self._bulk_lock = threading.Lock()
 
+    def query_embed(self, query: str | Iterable[str], **kw: Any) -> Iterator[np.ndarray]:
+        """fastembed's name for embedding search queries; CLIP uses no query prefix, so this is `embed`."""
+        return self.embed(query, **kw)
+
+    def passage_embed(self, texts: Iterable[str], **kw: Any) -> Iterator[np.ndarray]:
+        """fastembed's name for embedding documents; CLIP uses no passage prefix, so this is `embed`."""
+        return self.embed(texts, **kw)
+
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> np.ndarray:
         """The int64 token ids the model sees, padded to the longest text (or the context length)."""
         return self._tokenizer.encode_batch(list(texts), truncate=truncate)
@@ -453,6 +485,7 @@ class TextEmbedding(_TowerModel):
         self,
         texts: Iterable[str] | str,
         batch_size: int = 256,
+        parallel: int | None = None,
         *,
         normalize: bool = True,
         truncate: bool = True,
@@ -461,11 +494,17 @@ class TextEmbedding(_TowerModel):
 
         Texts longer than the context are cut with the end token kept last (as the reference
         tokenizers do); truncate=False raises TextError naming the text's index instead.
+        parallel: as for ImageEmbedding.embed (None: this process; N: N worker processes; 0: one per core).
         """
         _check_common(batch_size, "raise")
+        _check_parallel(parallel)
         self._check_open()
         if isinstance(texts, str):
             texts = [texts]  # one sentence, not a stream of characters
+        if parallel is not None:
+            from .bulk.pool import pooled_embed  # the process machinery is imported only when used
+
+            return pooled_embed(self, texts, batch_size, parallel, normalize=normalize, truncate=truncate)
         return self._embed(texts, batch_size, normalize, truncate)
 
     # Length bucketing: texts are tokenized `tuning.text_bucket_window` batches at a time, sorted by
@@ -596,6 +635,8 @@ class TextEmbedding(_TowerModel):
             bulk, self._bulk = self._bulk, None
         if bulk is not None:
             bulk[1].shutdown(wait=True, cancel_futures=True)
+            if hasattr(bulk[0], "close"):
+                bulk[0].close()
 
 
 class CLIP:
@@ -641,11 +682,13 @@ class CLIP:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def embed_images(self, images: Iterable[Any], batch_size: int = 32, **kw: Any) -> Iterator[np.ndarray | None]:
-        return self.images.embed(images, batch_size, **kw)
+    def embed_images(self, images: Iterable[Any], batch_size: int = 32, parallel: int | None = None,
+                     **kw: Any) -> Iterator[np.ndarray | None]:
+        return self.images.embed(images, batch_size, parallel, **kw)
 
-    def embed_texts(self, texts: Iterable[str] | str, batch_size: int = 256, **kw: Any) -> Iterator[np.ndarray]:
-        return self.texts.embed(texts, batch_size, **kw)
+    def embed_texts(self, texts: Iterable[str] | str, batch_size: int = 256, parallel: int | None = None,
+                    **kw: Any) -> Iterator[np.ndarray]:
+        return self.texts.embed(texts, batch_size, parallel, **kw)
 
     @staticmethod
     def similarity(a: Any, b: Any) -> np.ndarray:

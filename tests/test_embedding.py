@@ -319,6 +319,20 @@ def test_close_ends_threads_and_refuses_later_calls(tiny_openclip_export, photo_
     with pytest.raises(FastClipError, match="closed"):
         text.embed_batch(["a dog"])
 
+    # Dropped without close(): its threads end with it.
+    dropped = ImageEmbedding(tiny_openclip_export, workers=2)
+    list(dropped.embed(photo_files, batch_size=2))
+    assert any(t.name.startswith("fastclip-decode") for t in threading.enumerate())
+    del dropped
+    import gc
+    import time
+
+    gc.collect()
+    deadline = time.monotonic() + 10  # hang guard
+    while any(t.name.startswith("fastclip-decode") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name.startswith("fastclip-decode") for t in threading.enumerate())
+
 
 class _SlowImage(io.BytesIO):
     """An in-memory image whose decode takes `delay` seconds; counts how many decodes started."""
@@ -398,3 +412,34 @@ def test_lazy_load_defers_the_session(tiny_openclip_export, photo_files):
     vector = next(lazy.embed(photo_files[:1]))
     assert lazy._loaded is not None
     np.testing.assert_array_equal(vector, next(ImageEmbedding(tiny_openclip_export).embed(photo_files[:1])))
+    from fastclip.manifest import tower_fingerprint
+
+    text = TextEmbedding(tiny_openclip_export, lazy_load=True)
+    assert lazy.fingerprint == tower_fingerprint(lazy.folder, lazy.spec) != text.fingerprint
+    assert text._loaded is None  # the fingerprint comes from the manifest, not a session
+
+
+def test_plain_ascii_skips_ftfy_with_the_same_cleaning():
+    """open_clip_clean's fast path (printable ASCII without '&') must equal open_clip's full cleaning."""
+    import html
+    import random
+
+    import ftfy
+
+    from fastclip.text import _PLAIN_ASCII, open_clip_clean
+
+    def reference(text):
+        text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split())
+        return text.strip().lower()
+
+    rng = random.Random(0)
+    pieces = [chr(c) for c in range(0x20, 0x7F)] + ["\t", "\n", "\r", "\r\n", "&amp;", "&", "\x0b", "\x0c",
+                                                    "\x1b[31m", "é", "\x00", "<b>", "\u00a0"]
+    fast = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        if rng.random() < 0.5:
+            text = text.replace("&", "").replace("é", "").replace("\u00a0", "")
+        fast += bool(_PLAIN_ASCII.fullmatch(text))
+        assert open_clip_clean(text) == reference(text), repr(text)
+    assert 1000 < fast < 4000  # both paths were exercised

@@ -78,6 +78,57 @@ def test_text_folder_has_no_vision_tower(tiny_hf_export):
         ImageEmbedding(tiny_hf_export / "text")
 
 
+def test_fastembed_snippets_run_unchanged_after_swapping_the_import(qdrant_cache, monkeypatch):
+    """fastembed's README/docs usage, with only the import changed (signatures of fastembed 0.9.1)."""
+    import inspect
+
+    import fastembed
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from fastclip import ImageEmbedding, TextEmbedding  # was: from fastembed import ImageEmbedding, TextEmbedding
+
+    images = [photo_array("astronaut"), photo_array("coffee")]
+    model = ImageEmbedding(model_name="Qdrant/clip-ViT-B-32-vision", cache_dir=str(qdrant_cache))
+    embeddings = list(model.embed(images))
+    assert len(embeddings) == 2 and embeddings[0].shape == (model.embedding_size,)
+
+    documents = ["This is built to be faster and lighter than other embedding libraries.",
+                 "fastembed is supported by and maintained by Qdrant."]
+    embedding_model = TextEmbedding(model_name="Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache),
+                                    threads=1, providers=["CPUExecutionProvider"], lazy_load=True)
+    embeddings_generator = embedding_model.embed(documents, batch_size=16, parallel=None)
+    embeddings_list = list(embeddings_generator)
+    assert len(embeddings_list[0]) == embedding_model.embedding_size == 32
+    np.testing.assert_array_equal(next(embedding_model.query_embed("a dog")), next(embedding_model.embed(["a dog"])))
+    assert len(list(embedding_model.passage_embed(documents))) == 2
+    cpu = TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=False, device_ids=None)
+    assert cpu.device == "cpu"
+
+    # Every constructor keyword and embed() argument of fastembed's classes is accepted here, in the same order.
+    for ours, theirs in ((ImageEmbedding, fastembed.ImageEmbedding), (TextEmbedding, fastembed.TextEmbedding)):
+        mine = inspect.signature(ours.__init__).parameters
+        for name, p in inspect.signature(theirs.__init__).parameters.items():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self":
+                assert name in mine or any(q.kind == q.VAR_KEYWORD for q in mine.values()), name
+        theirs_embed = list(inspect.signature(theirs.embed).parameters)[1:4]
+        mine_embed = list(inspect.signature(ours.embed).parameters)[1:4]
+        assert theirs_embed[1:] == mine_embed[1:] == ["batch_size", "parallel"]
+        assert inspect.signature(ours.embed).parameters["batch_size"].default == \
+            inspect.signature(theirs.embed).parameters["batch_size"].default or ours is ImageEmbedding
+        listed = ours.list_supported_models()
+        assert {"model", "dim", "description", "license", "size_in_GB", "sources", "model_file"} <= set(listed[0])
+        theirs_listed = {m["model"]: m["dim"] for m in theirs.list_supported_models()}
+        assert all(theirs_listed.get(m["model"]) == m["dim"] for m in listed)  # the same repos, the same dims
+        assert ours.get_embedding_size(listed[0]["model"]) == listed[0]["dim"]
+    with pytest.raises(ValueError, match="either providers= or cuda="):
+        TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=True, providers=["CPUExecutionProvider"])
+    from fastclip.session import cuda_device_count
+
+    if cuda_device_count()[0] == 0:
+        with pytest.raises(ModelError, match="cuda=True"):  # no GPU: asked-for CUDA is an error, not a silent CPU run
+            TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=True)
+
+
 # --------------------------------------------------------------------------- manifest abuse: ModelError at load
 
 

@@ -22,7 +22,7 @@ import torch
 from fastclip import manifest
 from fastclip.errors import ExportError
 
-from . import onnx_io, variants, verify
+from . import memory, onnx_io, variants, verify
 from .source import Source
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -39,16 +39,34 @@ def load_source(model: str, pretrained: str | None) -> Source:
     return load_hf(model, pretrained)
 
 
+def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
+    """(vision, text) parameter counts, without loading weights."""
+    if model.startswith(OPEN_CLIP_PREFIX):
+        from .open_clip_source import count_parameters as count
+
+        return count(model[len(OPEN_CLIP_PREFIX):])
+    from .hf_source import count_parameters as count
+
+    return count(model, pretrained)
+
+
+def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str]) -> memory.Estimate:
+    vision, text = count_parameters(model, pretrained)
+    checkpoint = pretrained is not None and pretrained.lower() != "none"
+    return memory.estimate(vision, text, precisions, checkpoint=checkpoint)
+
+
 def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = None,
                  precisions: Sequence[str] = ("fp32",), overwrite: bool = False,
-                 external_data: bool | None = None,
+                 external_data: bool | None = None, check_memory: bool = True,
                  log: Callable[[str], None] = print) -> Path:
     """Export `model` into `out_dir` and return it.
 
     `model`: a Hugging Face id or save_pretrained folder of a CLIPModel, or `open_clip:ARCH`
     (ARCH may also be a model-config .json file). `pretrained`: the open_clip tag or checkpoint
     file, the hub revision for HF, or `none` for random weights. `external_data`: None stores
-    weights outside the graph only when a tower is over 2 GB; True forces it.
+    weights outside the graph only when a tower is over 2 GB; True forces it. `check_memory`: refuse
+    (ExportError) before loading anything when the estimated peak memory exceeds what is available.
     """
     out_dir = Path(out_dir)
     precisions = list(dict.fromkeys(p.strip().lower() for p in precisions))
@@ -61,9 +79,16 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
 
     started = time.perf_counter()
+    if check_memory:
+        est = estimate_memory(model, pretrained, precisions)
+        available = memory.available_bytes()
+        memory.check(model, est, precisions, available)
+        log(f"{model}: {est.params / 1e6:.0f} M parameters, estimated peak memory {est.peak_bytes / memory.GB:.1f} GB"
+            + (f" ({available / memory.GB:.1f} GB available)" if available else ""))
     log(f"loading {model}" + (f" ({pretrained})" if pretrained else ""))
     torch.manual_seed(0)  # random-weight exports are reproducible
     source = load_source(model, pretrained)
+    log(f"loaded{_peak_rss()}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))

@@ -403,3 +403,50 @@ def test_copy_gathers_per_tensor_files_into_one(tiny_openclip_export, tmp_path):
     want = _session(tiny_openclip_export / "text" / "model.onnx").run(None, {"input_ids": ids})[0]
     for folder in (out, inline):
         np.testing.assert_array_equal(_session(folder / "model.onnx").run(None, {"input_ids": ids})[0], want)
+
+
+def test_quickgelu_336px_model_end_to_end(tmp_path):
+    """A `-quickgelu` tower at 336 px: the graph computes QuickGELU (x * sigmoid(1.702 x)), not GELU,
+    and the runtime - its own decoding, resize to the manifest's 336 px, tokenizer - matches open_clip."""
+    import torch
+    from PIL import Image
+
+    from fastclip import ImageEmbedding, TextEmbedding
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    from conftest import SEED, TINY_OPEN_CLIP_CONFIG
+    from photos import write_photos
+
+    cfg = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    cfg["vision_cfg"]["image_size"] = 336
+    cfg["quick_gelu"] = True
+    path = tmp_path / "fastclip-tiny-quickgelu-336.json"
+    path.write_text(json.dumps(cfg))
+    out = api.export_model(f"open_clip:{path}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    m = _check_folder(out)
+    assert m.vision.image_size == 336
+    ops = {n.op_type for n in onnx.load(str(out / "vision" / "model.onnx")).graph.node}
+    assert "Sigmoid" in ops and "Erf" not in ops  # QuickGELU; torch's exact GELU exports as Erf
+
+    open_clip = import_open_clip()
+    torch.manual_seed(SEED)
+    model, _, preprocess = open_clip.create_model_and_transforms(path.stem, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(path.stem)
+    photos = write_photos(tmp_path / "photos")
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(p)) for p in photos])
+        assert pixels.shape[-1] == 336
+        ref_img = model.eval().encode_image(pixels).numpy()
+        ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
+        # The same weights with GELU instead: on a tiny random tower the residual path keeps the cosine
+        # near 1, but the difference is far over the export's fp32 max-abs bound, which would refuse it.
+        for block in model.visual.transformer.resblocks:
+            block.mlp.gelu = torch.nn.GELU()
+        gelu_img = model.encode_image(pixels).numpy()
+    got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
+    got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
+    assert cosines(got_img, ref_img).min() >= 0.99999
+    assert cosines(got_txt, ref_txt).min() >= 0.99999
+    gelu_rel = np.abs(gelu_img - ref_img).max() / np.linalg.norm(ref_img, axis=1).max()
+    assert gelu_rel > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
+    assert m.vision.verification["fp32"].max_abs_diff_rel < verify.THRESHOLDS["fp32"].max_abs_rel

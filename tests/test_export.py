@@ -370,6 +370,19 @@ def test_big_tower_path_on_a_tiny_model(tiny_openclip_config, tmp_path, monkeypa
     for p in out.rglob("*"):
         assert oct(p.stat().st_mode & 0o777) == oct(0o750 if p.is_dir() else 0o640), p
 
+    # `fastclip info`: every precision's size on disk counts its external data, with its figures.
+    from fastclip.cli.info import describe
+
+    lines = list(describe(m, out))
+    for tower_name, tower in (("vision", m.vision), ("text", m.text)):
+        for precision, f in tower.files.items():
+            size = (out / f.path).stat().st_size + (out / f.external_data[0]).stat().st_size
+            v = tower.verification[precision]
+            line = next(x for x in lines if x.strip().startswith(f"{precision}: {f.path} + {f.path.split('/')[1]}.data"))
+            assert f"{size / 1e6:,.1f} MB on disk" in line and f"min cosine {v.min_cosine:.7f}" in line, line
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert lines[-1] == f"folder size on disk: {total / 1e6:,.1f} MB"
+
 
 def test_default_permissions_follow_the_umask(tiny_openclip_export):
     mask = os.umask(0)

@@ -90,7 +90,14 @@ def test_memory_refusal_names_needed_and_available(tmp_path, monkeypatch):
     assert (est.vision_params, est.text_params) == (1_844_907_264, 694_659_841)
     assert f"needs about {est.peak_bytes / 1e9:.1f} GB" in message and "8.0 GB available" in message
     assert "2.54 B parameters" in message and est.stage in message and "--ignore-memory-estimate" in message
+    assert "fewer precisions would not lower it" in message
     assert not (tmp_path / "m").exists()
+
+    # Were int8 the costly stage, the message would say what fp32 alone needs.
+    monkeypatch.setattr(memory, "VARIANT", {**memory.VARIANT, "int8": 5.0})
+    with pytest.raises(ExportError, match=r"--precision fp32 needs about \d+\.\d GB"):
+        api.export_model("open_clip:ViT-bigG-14", tmp_path / "m", pretrained="none", precisions=["fp32", "int8"],
+                         log=lambda _: None)
 
 
 def test_memory_estimate_grows_with_the_model_and_the_precisions():
@@ -98,8 +105,11 @@ def test_memory_estimate_grows_with_the_model_and_the_precisions():
     big = memory.estimate(632_076_800, 354_032_641, ["fp32"])
     assert big.peak_bytes > small.peak_bytes > memory.BASE_BYTES
     assert memory.estimate(632_076_800, 354_032_641, ["fp32", "fp16", "int8"]).peak_bytes >= big.peak_bytes
-    # The text tower is traced first and freed, so the vision tower's trace sets the peak of an H/14.
-    assert big.stage == "tracing the vision tower"
+    # The text tower is traced first and freed: tracing bigG's vision tower does not hold its text weights.
+    giant = memory.estimate(1_844_907_264, 694_659_841, ["fp32"])
+    assert giant.stage == "tracing the vision tower"
+    vision_alone = memory.estimate(1_844_907_264, 1, ["fp32"])
+    assert giant.peak_bytes == pytest.approx(vision_alone.peak_bytes, rel=1e-6)
 
 
 def test_hf_parameters_counted_from_the_config(tiny_hf_checkpoint):

@@ -96,7 +96,7 @@ def _list() -> int:
         else:
             status = f"yes, untested family: {r['vision']} vision tower traced as is, verification decides"
         print(f"{r['architecture']:<{width}}  {r['image_size']!s:>4}  {r['embed_dim']!s:>4}  {status}")
-        for tag, problem in r["refused_tags"].items():
+        for problem in r["refused_tags"].values():
             print(f"{'':<{width}}  {'':>4}  {'':>4}    refused with {problem}")
     print("transformers: any CLIPModel checkpoint (config model_type 'clip') whose preprocessor_config.json is "
           "shortest-side bicubic resize + center crop")

@@ -418,9 +418,10 @@ def test_copy_gathers_per_tensor_files_into_one(tiny_openclip_export, tmp_path):
         np.testing.assert_array_equal(_session(folder / "model.onnx").run(None, {"input_ids": ids})[0], want)
 
 
-def test_quickgelu_336px_model_end_to_end(tmp_path):
-    """A `-quickgelu` tower at 336 px: the graph computes QuickGELU (x * sigmoid(1.702 x)), not GELU,
-    and the runtime - its own decoding, resize to the manifest's 336 px, tokenizer - matches open_clip."""
+def test_quickgelu_378px_model_end_to_end(tmp_path):
+    """A tiny ViT-H-14-378-quickgelu (DFN) shape - 14 px patches on a 378 px input, QuickGELU: the graph
+    computes QuickGELU (x * sigmoid(1.702 x)), not GELU, and the runtime - its own decoding, resize to
+    the manifest's 378 px, tokenizer - matches open_clip."""
     import torch
     from PIL import Image
 
@@ -431,13 +432,13 @@ def test_quickgelu_336px_model_end_to_end(tmp_path):
     from photos import write_photos
 
     cfg = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    cfg["vision_cfg"]["image_size"] = 336
+    cfg["vision_cfg"].update(image_size=378, patch_size=14)
     cfg["quick_gelu"] = True
-    path = tmp_path / "fastclip-tiny-quickgelu-336.json"
+    path = tmp_path / "fastclip-tiny-quickgelu-378.json"
     path.write_text(json.dumps(cfg))
     out = api.export_model(f"open_clip:{path}", tmp_path / "m", pretrained="none", log=lambda _: None)
     m = _check_folder(out)
-    assert m.vision.image_size == 336
+    assert m.vision.image_size == 378
     ops = {n.op_type for n in onnx.load(str(out / "vision" / "model.onnx")).graph.node}
     assert "Sigmoid" in ops and "Erf" not in ops  # QuickGELU; torch's exact GELU exports as Erf
 
@@ -448,7 +449,7 @@ def test_quickgelu_336px_model_end_to_end(tmp_path):
     photos = write_photos(tmp_path / "photos")
     with torch.no_grad():
         pixels = torch.stack([preprocess(Image.open(p)) for p in photos])
-        assert pixels.shape[-1] == 336
+        assert pixels.shape[-1] == 378
         ref_img = model.eval().encode_image(pixels).numpy()
         ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
         # The same weights with GELU instead: on a tiny random tower the residual path keeps the cosine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..manifest import PRECISIONS
 from .common import UsageError
 
 
@@ -40,7 +41,7 @@ def cmd_export(args) -> int:
     if not args.model or not args.out_dir:
         raise UsageError("export needs MODEL and OUT_DIR (or --list)")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise UsageError(f"--precision takes a comma-separated list of fp32, fp16, int8 (got {args.precision!r})")
     if _missing_export_extra():

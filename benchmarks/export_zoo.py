@@ -301,6 +301,7 @@ def main() -> int:
     ap.add_argument("models", nargs="*", default=list(MODELS), help=f"any of: {', '.join(MODELS)}")
     ap.add_argument("--work", default=str(HERE / "out" / "export-zoo"), help="scratch folder for the exports")
     ap.add_argument("--precision", default=",".join(PRECISIONS))
+    ap.add_argument("--report-only", action="store_true", help=f"rewrite {REPORT.name} from {RESULTS.name}")
     a = ap.parse_args()
     unknown = [m for m in a.models if m not in MODELS]
     if unknown:
@@ -308,12 +309,20 @@ def main() -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for name in a.models:
+    for name in a.models if not a.report_only else ():
         results[name] = run_model(name, work, a.precision.split(","))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1))
-    write_report([results[n] for n in MODELS if n in results])
+    write_report([refresh_estimate(results[n], work) for n in MODELS if n in results])
     return 0
+
+
+def refresh_estimate(row: dict, work: Path) -> dict:
+    """The estimate as the current factors give it (rows may come from a run with older factors)."""
+    from fastclip_export import api
+
+    est = api.estimate_memory(model_argument(row["name"], work), "none", list(row.get("per_precision") or PRECISIONS))
+    return {**row, "estimate_bytes": est.peak_bytes, "estimate_stage": est.stage}
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ def write_report(rows: list[dict]) -> None:
              " in a child process; *export s* and *peak RSS* are per precision (fp32 includes loading and"
              " tracing the torch model; fp16 / int8 are making and verifying that variant from the saved fp32"
              " file). *Export min cos* is the export's own verification against the reference encoders"
-             " (8 real photos, 12 + 7 sentences); *runtime min cos* is fastclip's runtime end to end (its own"
+             " (8 real photos, 12 sentences at full and shortest padding); *runtime min cos* is fastclip's runtime end to end (its own"
              " decoding, resize to the manifest's image size, tokenizer) against the reference library's"
              " preprocessing and encoders with the same seeded weights. Size is the graph plus its external"
              " data, both towers.\n",

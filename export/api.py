@@ -8,7 +8,9 @@ complete, verified export or is left as it was.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +22,7 @@ import torch
 from fastclip import manifest
 from fastclip.errors import ExportError
 
-from . import onnx_io, variants, verify
+from . import memory, onnx_io, variants, verify
 from .source import Source
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -37,16 +39,34 @@ def load_source(model: str, pretrained: str | None) -> Source:
     return load_hf(model, pretrained)
 
 
+def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
+    """(vision, text) parameter counts, without loading weights."""
+    if model.startswith(OPEN_CLIP_PREFIX):
+        from .open_clip_source import count_parameters as count
+
+        return count(model[len(OPEN_CLIP_PREFIX):])
+    from .hf_source import count_parameters as count
+
+    return count(model, pretrained)
+
+
+def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str]) -> memory.Estimate:
+    vision, text = count_parameters(model, pretrained)
+    checkpoint = pretrained is not None and pretrained.lower() != "none"
+    return memory.estimate(vision, text, precisions, checkpoint=checkpoint)
+
+
 def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = None,
                  precisions: Sequence[str] = ("fp32",), overwrite: bool = False,
-                 external_data: bool | None = None,
+                 external_data: bool | None = None, check_memory: bool = True,
                  log: Callable[[str], None] = print) -> Path:
     """Export `model` into `out_dir` and return it.
 
     `model`: a Hugging Face id or save_pretrained folder of a CLIPModel, or `open_clip:ARCH`
     (ARCH may also be a model-config .json file). `pretrained`: the open_clip tag or checkpoint
     file, the hub revision for HF, or `none` for random weights. `external_data`: None stores
-    weights outside the graph only when a tower is over 2 GB; True forces it.
+    weights outside the graph only when a tower is over 2 GB; True forces it. `check_memory`: refuse
+    (ExportError) before loading anything when the estimated peak memory exceeds what is available.
     """
     out_dir = Path(out_dir)
     precisions = list(dict.fromkeys(p.strip().lower() for p in precisions))
@@ -59,9 +79,16 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
 
     started = time.perf_counter()
+    if check_memory:
+        est = estimate_memory(model, pretrained, precisions)
+        available = memory.available_bytes()
+        memory.check(model, est, precisions, available)
+        log(f"{model}: {est.params / 1e6:.0f} M parameters, estimated peak memory {est.peak_bytes / memory.GB:.1f} GB"
+            + (f" ({available / memory.GB:.1f} GB available)" if available else ""))
     log(f"loading {model}" + (f" ({pretrained})" if pretrained else ""))
     torch.manual_seed(0)  # random-weight exports are reproducible
     source = load_source(model, pretrained)
+    log(f"loaded{_peak_rss()}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
@@ -83,55 +110,115 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
     return out_dir
 
 
+def _towers(source: Source) -> dict[str, dict]:
+    # Text first: once it is traced its weights are freed, so the larger vision tower is traced with
+    # less of the torch model left in memory.
+    return {
+        "text": dict(input="input_ids", output="text_embeds",
+                     example=lambda: source.tokenize(["a photo of a cat", "a dog"]),
+                     axes={0: "batch", 1: "sequence"}, reference=verify.text_reference),
+        "vision": dict(input="pixel_values", output="image_embeds",
+                       example=lambda: torch.zeros(2, 3, source.image_size, source.image_size),
+                       axes={0: "batch", 2: None, 3: None}, reference=verify.vision_reference),
+    }
+
+
 def _write_folder(source: Source, folder: Path, precisions: list[str], external_data: bool | None,
                   log: Callable[[str], None]) -> None:
-    towers = {
-        "vision": dict(module=source.vision, input="pixel_values", output="image_embeds",
-                       example=torch.zeros(2, 3, source.image_size, source.image_size),
-                       axes={0: "batch", 2: None, 3: None}, reference=verify.vision_reference),
-        "text": dict(module=source.text, input="input_ids", output="text_embeds",
-                     example=source.tokenize(["a photo of a cat", "a dog"]),
-                     axes={0: "batch", 1: "sequence"}, reference=verify.text_reference),
-    }
-    specs = {}
+    towers = _towers(source)
+    scratch = folder / ".scratch"  # inside the temp folder: removed with it on failure
+    refs, fp32_data = {}, {}
+    # Torch side, tower by tower: trace, save the fp32 file, compute the reference outputs, free
+    # the tower's torch weights.
     for name, t in towers.items():
-        tower_dir = folder / name
-        tower_dir.mkdir()
+        (folder / name).mkdir()
+        scratch.mkdir()
         log(f"{name}: tracing to ONNX")
-        scratch = tower_dir / ".traced.onnx"
-        onnx_io.export_tower(t["module"], t["example"], scratch, t["input"], t["output"],
+        traced = scratch / "traced.onnx"
+        onnx_io.export_tower(getattr(source, name), t["example"](), traced, t["input"], t["output"],
                              {k: v for k, v in t["axes"].items() if v})
-        traced = onnx_io.load(scratch)
-        scratch.unlink()
-        ref = t["reference"](source)
+        fp32_data[name] = onnx_io.copy(traced, folder / name / VARIANT_NAMES["fp32"],
+                                       onnx_io.needs_external_data(traced, external_data))
+        shutil.rmtree(scratch)
+        refs[name] = t["reference"](source)
+        source.release(name)
+        gc.collect()
+        log(f"{name}: traced{_peak_rss()}")
 
+    # ONNX side: every variant is made from the saved fp32 file, written to scratch, copied into
+    # place (one external-data file at most) and verified.
+    specs = {}
+    for name in ("vision", "text"):
+        tower_dir = folder / name
         files, checks = {}, {}
-        fp32_path = tower_dir / VARIANT_NAMES["fp32"]
         for precision in precisions:
             path = tower_dir / VARIANT_NAMES[precision]
             disabled: tuple[str, ...] = ()
-            # Variants start from the saved fp32 file: saving with external data strips the weights
-            # from the in-memory graph.
             if precision == "fp32":
-                graph, traced = traced, None
-            elif precision == "fp16":
-                graph, disabled = variants.to_fp16(onnx_io.load(fp32_path)), variants.FP16_DISABLED_OPTIMIZERS
+                data = fp32_data[name]
             else:
-                graph = variants.to_int8(fp32_path)
-            data = onnx_io.save(graph, path, onnx_io.needs_external_data(graph, external_data))
-            del graph
-            figures = verify.measure(path, ref, disabled)
+                scratch.mkdir()
+                made = scratch / path.name
+                if precision == "fp16":
+                    variants.to_fp16(tower_dir / VARIANT_NAMES["fp32"], made)
+                    disabled = variants.FP16_DISABLED_OPTIMIZERS
+                else:
+                    variants.to_int8(tower_dir / VARIANT_NAMES["fp32"], made)
+                data = onnx_io.copy(made, path, onnx_io.needs_external_data(made, external_data))
+                shutil.rmtree(scratch)
+            figures = verify.measure(path, refs[name], disabled)
             checks[precision] = verify.check(name, precision, figures)
             files[precision] = onnx_io.file_record(folder, name, path.name, data, disabled)
             log(f"{name} {precision}: min cosine {figures['min_cosine']:.7f}, max abs diff "
                 f"{figures['max_abs_diff']:.3g} ({figures['max_abs_diff_rel']:.2g} x norm), "
-                f"{files[precision]['bytes'] + files[precision].get('external_data_bytes', 0):,} bytes")
-        specs[name] = {"input_name": t["input"], "output_name": t["output"], "files": files,
-                       "verification": checks}
+                f"{files[precision]['bytes'] + files[precision].get('external_data_bytes', 0):,} bytes"
+                f"{_peak_rss()}")
+        specs[name] = {"input_name": towers[name]["input"], "output_name": towers[name]["output"],
+                       "files": files, "verification": checks}
 
     _write_vision_config(source, folder / "vision")
     _write_text_files(source, folder / "text")
     manifest.dump(_manifest(source, specs), folder)
+    _check_files(folder, specs)
+    _apply_umask(folder)
+
+
+def _peak_rss() -> str:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return ""
+    return f" (peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB)"
+
+
+# What each tower folder may hold besides the ONNX files the manifest lists.
+TOWER_EXTRAS = {"vision": {"preprocessor_config.json"},
+                "text": {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                         "merges.txt", "config.json"}}
+
+
+def _check_files(folder: Path, specs: dict) -> None:
+    """The folder holds exactly what the manifest lists plus the tokenizer/config files: a stray
+    file (a per-tensor leftover of the exporter, a scratch file) fails the export rather than ship."""
+    listed = {manifest.MANIFEST_NAME}
+    for name, spec in specs.items():
+        listed |= {f"{name}/{extra}" for extra in TOWER_EXTRAS[name]}
+        for record in spec["files"].values():
+            listed |= {record["path"], *record["external_data"]}
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    stray = sorted(found - listed)
+    if stray:
+        raise ExportError(f"export left unlisted files in the model folder: {', '.join(stray[:5])}"
+                          + (f" and {len(stray) - 5} more" if len(stray) > 5 else ""))
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the folder the permissions a plain mkdir / open would: mkdtemp makes it 0700 and some
+    writers (the quantizer's temp files) 0600, which another user or a container could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _manifest(source: Source, specs: dict) -> dict:

@@ -72,14 +72,9 @@ def _image_settings(model: str, revision: str | None, config) -> tuple[int, tupl
     return size, tuple(cfg.get("image_mean", DEFAULT_MEAN)), tuple(cfg.get("image_std", DEFAULT_STD))
 
 
-def load_hf(model: str, pretrained: str | None) -> Source:
-    import_torchvision()  # transformers' CLIP imports torchvision, which needs the CPU-torch workaround
-    from transformers import AutoConfig, AutoTokenizer, CLIPModel
-    from transformers.utils import logging as hf_logging
+def _config(model: str, revision: str | None):
+    from transformers import AutoConfig
 
-    hf_logging.set_verbosity_error()
-    random_init = pretrained is not None and pretrained.lower() == "none"
-    revision = None if random_init else pretrained
     config_path = _fetch(model, revision, "config.json")
     if config_path is None:
         raise ExportError(f"{model}: no config.json; not a transformers checkpoint")
@@ -89,6 +84,33 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         raise ExportError(f"{model}: unreadable config.json ({str(exc).splitlines()[0][:200]})") from None
     if config.model_type != "clip":
         raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP (model_type 'clip')")
+    return config
+
+
+def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
+    """(vision, text) parameter counts from the checkpoint's config, built on the meta device."""
+    import_torchvision()
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    random_init = pretrained is not None and pretrained.lower() == "none"
+    config = _config(model, None if random_init else pretrained)
+    with torch.device("meta"):
+        clip = CLIPModel(config)
+    vision = sum(p.numel() for m in (clip.vision_model, clip.visual_projection) for p in m.parameters())
+    return vision, sum(p.numel() for p in clip.parameters()) - vision
+
+
+def load_hf(model: str, pretrained: str | None) -> Source:
+    import_torchvision()  # transformers' CLIP imports torchvision, which needs the CPU-torch workaround
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    random_init = pretrained is not None and pretrained.lower() == "none"
+    revision = None if random_init else pretrained
+    config = _config(model, revision)
 
     image_size, mean, std = _image_settings(model, revision, config)
     local = {name: _fetch(model, revision, name) for name in TOKENIZER_FILES}

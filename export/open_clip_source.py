@@ -63,6 +63,100 @@ def _resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
                       f" (available: {', '.join(tags)})")
 
 
+CLIP_VOCAB = 49408
+
+
+def config_problem(arch: str, tag: str | None = None) -> str | None:
+    """Why open_clip:ARCH (with pretrained `tag`) cannot be exported exactly, read from open_clip's
+    model config and the tag's preprocessing alone - no weights, no model - or None when the export
+    goes ahead. `load_open_clip` checks the built model again; this is what `--list` shows."""
+    open_clip = import_open_clip()
+    cfg = open_clip.get_model_config(arch) or {}
+    text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
+    if "multimodal_cfg" in cfg:
+        return "CoCa: its text tower appends a class token for the contrastive embedding; not supported"
+    if text.get("hf_model_name"):
+        return f"text tower is the Hugging Face model {text['hf_model_name']}; only open_clip's own text transformer is supported"
+    if text.get("hf_tokenizer_name") or text.get("vocab_size", CLIP_VOCAB) != CLIP_VOCAB:
+        name = text.get("hf_tokenizer_name") or f"a {text.get('vocab_size')}-token vocabulary"
+        return f"tokenizer {name} is not CLIP's BPE; only open_clip's CLIP BPE tokenizer is reproduced"
+    kwargs = text.get("tokenizer_kwargs") or {}
+    if kwargs.get("clean", "lower") != "lower" or kwargs.get("reduction_mask"):
+        return f"tokenizer options {kwargs} are not reproduced (only lower-case cleaning, no token reduction)"
+    if text.get("no_causal_mask"):
+        return "bidirectional text tower (no causal mask): padding would change the vectors"
+    if text.get("embed_cls"):
+        return "text tower with a class token is not supported"
+    if text.get("pool_type", "argmax") not in ("argmax", "eos"):
+        return f"text pooling {text['pool_type']!r} is not supported (only argmax, eos)"
+    size = vision.get("image_size", 224)
+    if isinstance(size, (tuple, list)) and len(set(size)) != 1:
+        return f"non-square input {tuple(size)} is not supported"
+    pre = dict(cfg.get("preprocess_cfg", {}))
+    if tag is not None and not Path(tag).is_file():
+        from open_clip.pretrained import get_pretrained_cfg
+
+        pre.update({k: v for k, v in get_pretrained_cfg(arch, tag).items() if k in ("resize_mode", "interpolation")})
+    resize_mode, interpolation = pre.get("resize_mode", "shortest"), pre.get("interpolation", "bicubic")
+    if resize_mode != "shortest" or interpolation != "bicubic":
+        where = f"pretrained {tag!r} preprocesses" if tag else "preprocesses"
+        return (f"{where} with resize_mode={resize_mode!r}, interpolation={interpolation!r}; fastclip only "
+                "reproduces shortest-side bicubic resize + center crop")
+    return None
+
+
+def vision_family(arch: str) -> str:
+    """The kind of vision tower, as open_clip's config describes it."""
+    vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
+    if vision.get("timm_model_name"):
+        return f"timm {vision['timm_model_name']}"
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return "ModifiedResNet"
+    return "ViT"
+
+
+def architectures() -> list[dict]:
+    """Every architecture open_clip lists, with whether (and why not) it exports, and the pretrained
+    tags refused for their own preprocessing."""
+    open_clip = import_open_clip()
+    rows = []
+    for arch in open_clip.list_models():
+        problem = config_problem(arch)
+        refused_tags = {}
+        if problem is None:
+            for tag in open_clip.list_pretrained_tags_by_model(arch):
+                tag_problem = config_problem(arch, tag)
+                if tag_problem:
+                    refused_tags[tag] = tag_problem
+        cfg = open_clip.get_model_config(arch) or {}
+        rows.append({"architecture": arch, "problem": problem, "refused_tags": refused_tags,
+                     "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
+                     "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))})
+    return rows
+
+
+def count_parameters(arch: str) -> tuple[int, int]:
+    """(vision, text) parameter counts of open_clip:ARCH, from a model built on the meta device:
+    no memory, no weights, a fraction of a second even for ViT-bigG-14."""
+    import logging
+
+    open_clip = import_open_clip()
+    arch = resolve_arch(arch)
+    problem = config_problem(arch)  # before building: a refused config may need the network to build
+    if problem:
+        raise ExportError(f"open_clip:{arch}: {problem}")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "No pretrained weights loaded": expected here
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(arch, pretrained=None, device="meta")
+    finally:
+        root.setLevel(level)
+    vision = sum(p.numel() for p in model.visual.parameters())
+    return vision, sum(p.numel() for p in model.parameters()) - vision
+
+
 def _check_preprocessing(arch: str, cfg: dict) -> tuple[int, tuple, tuple]:
     size = cfg.get("size", 224)
     if isinstance(size, (tuple, list)):
@@ -106,10 +200,24 @@ def _text_tower(arch: str, model: nn.Module) -> tuple[OpenClipTextTower, int, in
     return tower, parts.transformer.width, parts.transformer.resblocks[0].attn.num_heads
 
 
+def clip_tokenizer(arch: str):
+    """open_clip's tokenizer for `arch`, refused unless it is the CLIP BPE tokenizer that the runtime's
+    tokenizer.json plus "open_clip" cleaning reproduces."""
+    open_clip = import_open_clip()
+    tokenizer = open_clip.get_tokenizer(arch)
+    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.vocab_size != CLIP_VOCAB \
+            or tokenizer.clean_fn.__name__ != "_clean_lower" or tokenizer.reduction_fn is not None:
+        raise ExportError(f"open_clip:{arch} uses a {type(tokenizer).__name__} tokenizer variant; only open_clip's CLIP BPE tokenizer is supported")
+    return tokenizer
+
+
 def load_open_clip(arch: str, pretrained: str | None) -> Source:
     open_clip = import_open_clip()
     arch = resolve_arch(arch)
     weights = _resolve_pretrained(arch, pretrained)
+    problem = config_problem(arch, weights)
+    if problem:
+        raise ExportError(f"open_clip:{arch}: {problem}")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
     except (OSError, urllib.error.URLError) as exc:
@@ -123,10 +231,7 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     model.eval()
 
     image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
-    tokenizer = open_clip.get_tokenizer(arch)
-    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.vocab_size != 49408 \
-            or tokenizer.clean_fn.__name__ != "_clean_lower" or tokenizer.reduction_fn is not None:
-        raise ExportError(f"open_clip:{arch} uses a {type(tokenizer).__name__} tokenizer variant; only open_clip's CLIP BPE tokenizer is supported")
+    tokenizer = clip_tokenizer(arch)
     context_length = int(tokenizer.context_length)
 
     text, text_width, text_heads = _text_tower(arch, model)

@@ -52,3 +52,12 @@ class Source:
     vision_width: int = 0
     text_heads: int = 0
     text_width: int = 0
+
+    def release(self, tower: str) -> None:
+        """Free the torch weights of `tower` ("vision" | "text") once it is traced and its reference
+        outputs are computed; the rest of the export reads ONNX files. Storage is emptied in place
+        because the library's own model object still refers to the same tensors."""
+        module = self.vision if tower == "vision" else self.text
+        with torch.no_grad():
+            for t in (*module.parameters(), *module.buffers()):
+                t.data = torch.empty(0, dtype=t.dtype)

@@ -15,10 +15,7 @@ onnxruntime already does itself when it loads the graph, and the pre-fused files
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
-
-import onnx
 
 from . import onnx_io
 
@@ -27,26 +24,32 @@ from . import onnx_io
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(fp32_path: Path, out_path: Path) -> None:
+    """Write the fp16 form of the fp32 file at `fp32_path` (any size) to `out_path`, with external data.
+
+    Given a path, the converter infers shapes with `infer_shapes_path`, which works on the graph
+    without its weights; shape inference on the in-memory model serializes weights and all, and
+    protobuf refuses messages over 2 GB. The weights are then converted in place, one tensor at a
+    time, so memory holds about one copy of the tower.
+    """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=True)
+    model = convert_float_to_float16(str(fp32_path), keep_io_types=True)
+    onnx_io.save(model, out_path, external=True)
 
 
-def to_int8(fp32_path: Path) -> onnx.ModelProto:
-    """Dynamically quantize the fp32 file at `fp32_path` (it may use external data)."""
+def to_int8(fp32_path: Path, out_path: Path) -> None:
+    """Dynamically quantize the fp32 file at `fp32_path` (it may use external data) into `out_path`,
+    with external data."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(dir=fp32_path.parent) as scratch:
-        tmp = Path(scratch) / "int8.onnx"
-        # quantize_dynamic warns on the root logger that static-quantization pre-processing was not
-        # run; that advice does not apply to dynamic quantization of these graphs.
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(str(fp32_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
-                             use_external_data_format=True)
-        finally:
-            root.setLevel(level)
-        return onnx_io.load(tmp)
+    # quantize_dynamic warns on the root logger that static-quantization pre-processing was not
+    # run; that advice does not apply to dynamic quantization of these graphs.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(fp32_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=True)
+    finally:
+        root.setLevel(level)

@@ -326,3 +326,141 @@ def test_fastembed_loads_the_tower_folders(tiny_openclip_export, tiny_hf_export,
             ids[i, : len(r)] = r
         raw = _session(folder / "text" / "model.onnx").run(None, {"input_ids": ids})[0]
         np.testing.assert_allclose(fe_text, raw, rtol=0, atol=1e-5 * np.abs(raw).max())
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _listed(folder, m):
+    listed = {"fastclip.json", "vision/preprocessor_config.json"}
+    listed |= {f"text/{n}" for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")}
+    for tower in (m.vision, m.text):
+        for f in tower.files.values():
+            listed |= {f.path, *f.external_data}
+    return listed
+
+
+def test_big_tower_path_on_a_tiny_model(tiny_openclip_config, tmp_path, monkeypatch):
+    """The > 2 GB route, taken by a tiny model: external data chosen by size, fp16 converted without
+    in-memory shape inference (protobuf cannot serialize a > 2 GB graph for it), int8 from the saved
+    file; the folder holds exactly the listed files, with the umask's permissions."""
+    import onnxruntime.transformers.float16 as float16
+
+    from fastclip_export import onnx_io
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 10_000)
+
+    def no_in_memory_inference(*args, **kwargs):
+        raise AssertionError("in-memory shape inference fails on > 2 GB graphs")
+
+    monkeypatch.setattr(float16, "infer_shapes", no_in_memory_inference)
+    old = os.umask(0o027)
+    try:
+        out = api.export_model(f"open_clip:{tiny_openclip_config}", tmp_path / "m", pretrained="none",
+                               precisions=["fp32", "fp16", "int8"], log=lambda _: None)
+    finally:
+        os.umask(old)
+    m = _check_folder(out, ("fp32", "fp16", "int8"))
+    for tower in (m.vision, m.text):
+        for f in tower.files.values():
+            assert f.external_data == (f.path + ".data",)
+    assert _files(out) == _listed(out, m)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o750)
+    for p in out.rglob("*"):
+        assert oct(p.stat().st_mode & 0o777) == oct(0o750 if p.is_dir() else 0o640), p
+
+    # `fastclip info`: every precision's size on disk counts its external data, with its figures.
+    from fastclip.cli.info import describe
+
+    lines = list(describe(m, out))
+    for tower_name, tower in (("vision", m.vision), ("text", m.text)):
+        for precision, f in tower.files.items():
+            size = (out / f.path).stat().st_size + (out / f.external_data[0]).stat().st_size
+            v = tower.verification[precision]
+            line = next(x for x in lines if x.strip().startswith(f"{precision}: {f.path} + {f.path.split('/')[1]}.data"))
+            assert f"{size / 1e6:,.1f} MB on disk" in line and f"min cosine {v.min_cosine:.7f}" in line, line
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert lines[-1] == f"folder size on disk: {total / 1e6:,.1f} MB"
+
+
+def test_default_permissions_follow_the_umask(tiny_openclip_export):
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in (tiny_openclip_export, *tiny_openclip_export.rglob("*")):
+        assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask, p
+    m = manifest.load(tiny_openclip_export)
+    assert _files(tiny_openclip_export) == _listed(tiny_openclip_export, m)
+
+
+def test_copy_gathers_per_tensor_files_into_one(tiny_openclip_export, tmp_path):
+    """torch writes one external file per tensor for a > 2 GB tower; `copy` streams them into a single
+    data file, and the graph computes exactly what it did."""
+    from fastclip_export import onnx_io
+
+    scattered = tmp_path / "scattered"
+    scattered.mkdir()
+    model = onnx.load(str(tiny_openclip_export / "text" / "model.onnx"))
+    onnx.save_model(model, str(scattered / "t.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    assert len(list(scattered.iterdir())) > 10
+    out = tmp_path / "out"
+    out.mkdir()
+    assert onnx_io.copy(scattered / "t.onnx", out / "model.onnx", external=True) == ["model.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert onnx_io.weight_bytes(out / "model.onnx") == onnx_io.weight_bytes(scattered / "t.onnx")
+    inline = tmp_path / "inline"
+    inline.mkdir()
+    assert onnx_io.copy(scattered / "t.onnx", inline / "model.onnx", external=False) == []
+    ids = np.array([[49406, 320, 1929, 49407, 0]], np.int64)
+    want = _session(tiny_openclip_export / "text" / "model.onnx").run(None, {"input_ids": ids})[0]
+    for folder in (out, inline):
+        np.testing.assert_array_equal(_session(folder / "model.onnx").run(None, {"input_ids": ids})[0], want)
+
+
+def test_quickgelu_378px_model_end_to_end(tmp_path):
+    """A tiny ViT-H-14-378-quickgelu (DFN) shape - 14 px patches on a 378 px input, QuickGELU: the graph
+    computes QuickGELU (x * sigmoid(1.702 x)), not GELU, and the runtime - its own decoding, resize to
+    the manifest's 378 px, tokenizer - matches open_clip."""
+    import torch
+    from PIL import Image
+
+    from fastclip import ImageEmbedding, TextEmbedding
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    from conftest import SEED, TINY_OPEN_CLIP_CONFIG
+    from photos import write_photos
+
+    cfg = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    cfg["vision_cfg"].update(image_size=378, patch_size=14)
+    cfg["quick_gelu"] = True
+    path = tmp_path / "fastclip-tiny-quickgelu-378.json"
+    path.write_text(json.dumps(cfg))
+    out = api.export_model(f"open_clip:{path}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    m = _check_folder(out)
+    assert m.vision.image_size == 378
+    ops = {n.op_type for n in onnx.load(str(out / "vision" / "model.onnx")).graph.node}
+    assert "Sigmoid" in ops and "Erf" not in ops  # QuickGELU; torch's exact GELU exports as Erf
+
+    open_clip = import_open_clip()
+    torch.manual_seed(SEED)
+    model, _, preprocess = open_clip.create_model_and_transforms(path.stem, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(path.stem)
+    photos = write_photos(tmp_path / "photos")
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(p)) for p in photos])
+        assert pixels.shape[-1] == 378
+        ref_img = model.eval().encode_image(pixels).numpy()
+        ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
+        # The same weights with GELU instead: on a tiny random tower the residual path keeps the cosine
+        # near 1, but the difference is far over the export's fp32 max-abs bound, which would refuse it.
+        for block in model.visual.transformer.resblocks:
+            block.mlp.gelu = torch.nn.GELU()
+        gelu_img = model.encode_image(pixels).numpy()
+    got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
+    got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
+    assert cosines(got_img, ref_img).min() >= 0.99999
+    assert cosines(got_txt, ref_txt).min() >= 0.99999
+    gelu_rel = np.abs(gelu_img - ref_img).max() / np.linalg.norm(ref_img, axis=1).max()
+    assert gelu_rel > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
+    assert m.vision.verification["fp32"].max_abs_diff_rel < verify.THRESHOLDS["fp32"].max_abs_rel

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..manifest import PRECISIONS
 from .common import UsageError
 
 
@@ -19,30 +20,34 @@ def add_parser(sub) -> None:
         "  fastclip export open_clip:ViT-B-32 models/random-b32 --pretrained none   # random weights, for benchmarks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="Hugging Face id or local transformers folder, or open_clip:ARCH")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="Hugging Face id or local transformers folder, or open_clip:ARCH")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="folder to create")
+    p.add_argument("--list", action="store_true", help="list the open_clip architectures and whether each exports (and why not)")
     p.add_argument("--pretrained", metavar="TAG|FILE|none", help="open_clip weights: a tag, a checkpoint file, or none (random)")
     p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
+    p.add_argument("--ignore-memory-estimate", action="store_true",
+                   help="export even when the estimated peak memory exceeds what the machine has available")
     p.set_defaults(func=cmd_export)
 
 
 
 def cmd_export(args) -> int:
+    if args.list:
+        if args.model or args.out_dir:
+            raise UsageError("--list takes no MODEL or OUT_DIR")
+        return _list()
+    if not args.model or not args.out_dir:
+        raise UsageError("export needs MODEL and OUT_DIR (or --list)")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise UsageError(f"--precision takes a comma-separated list of fp32, fp16, int8 (got {args.precision!r})")
-    try:
-        from fastclip_export.api import export_model
-    except ImportError as exc:
-        print(
-            f"fastclip: error: export needs PyTorch and friends ({exc.name or exc} is missing): "
-            "pip install 'fastclip[export]'",
-            file=sys.stderr,
-        )
+    if _missing_export_extra():
         return 1
+    from fastclip_export.api import export_model
+
     export_model(
         args.model,
         args.out_dir,
@@ -50,6 +55,50 @@ def cmd_export(args) -> int:
         precisions=precisions,
         overwrite=args.overwrite,
         external_data=True if args.external_data else None,
+        check_memory=not args.ignore_memory_estimate,
         log=lambda message: print(message, file=sys.stderr),
     )
+    return 0
+
+
+def _missing_export_extra() -> bool:
+    try:
+        import fastclip_export.api  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"fastclip: error: export needs PyTorch and friends ({exc.name or exc} is missing): "
+            "pip install 'fastclip[export]'",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
+# open_clip families that tests or benchmarks/export_zoo.py export and verify at full size.
+VERIFIED_FAMILIES = ("ViT",)
+
+
+def _list() -> int:
+    if _missing_export_extra():
+        return 1
+    from fastclip_export.open_clip_source import architectures
+
+    rows = architectures()
+    ok = [r for r in rows if r["problem"] is None]
+    print(f"open_clip architectures: {len(ok)} of {len(rows)} export (read from open_clip's model configs and "
+          "pretrained tags; weights: --pretrained TAG, a checkpoint file, or none)")
+    width = max(len(r["architecture"]) for r in rows)
+    print(f"{'ARCHITECTURE':<{width}}  {'SIZE':>4}  {'DIM':>4}  STATUS")
+    for r in sorted(rows, key=lambda r: (r["problem"] is not None, r["architecture"].lower())):
+        if r["problem"]:
+            status = f"refused: {r['problem']}"
+        elif r["vision"] in VERIFIED_FAMILIES:
+            status = "yes" + (" (QuickGELU)" if r["quick_gelu"] else "")
+        else:
+            status = f"yes, untested family: {r['vision']} vision tower traced as is, verification decides"
+        print(f"{r['architecture']:<{width}}  {r['image_size']!s:>4}  {r['embed_dim']!s:>4}  {status}")
+        for problem in r["refused_tags"].values():
+            print(f"{'':<{width}}  {'':>4}  {'':>4}    refused with {problem}")
+    print("transformers: any CLIPModel checkpoint (config model_type 'clip') whose preprocessor_config.json is "
+          "shortest-side bicubic resize + center crop")
     return 0

@@ -30,17 +30,28 @@ def describe(manifest, folder: Path) -> Iterable[str]:
             detail = f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ''}, cleaning {spec.cleaning}"
         yield f"{name} tower: {detail}"
         for precision, f in spec.files.items():
-            size = f"{f.bytes / 1e6:.1f} MB" if f.bytes else "size unknown"
-            line = f"  {precision}: {f.path} ({size})"
+            names = f.path + "".join(f" + {Path(d).name}" for d in f.external_data)
+            line = f"  {precision}: {names}, {_size(folder, f)}"
             v = spec.verification.get(precision)
             if v:
                 line += (
-                    f"  verified on {v.samples} inputs: min cosine {v.min_cosine:.7f} (threshold {v.threshold_cosine}),"
+                    f"; verified on {v.samples} inputs: min cosine {v.min_cosine:.7f} (threshold {v.threshold_cosine}),"
                     f" max abs diff {v.max_abs_diff:.2e} ({v.max_abs_diff_rel:.2e} of the norm)"
                 )
             else:
-                line += "  not verified by fastclip"
+                line += "; not verified by fastclip"
             yield line
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    yield f"folder size on disk: {total / 1e6:,.1f} MB"
+
+
+def _size(folder: Path, f) -> str:
+    """Size on disk of a variant: the graph plus its external data, which carries the weights."""
+    paths = [folder / f.path, *(folder / d for d in f.external_data)]
+    try:
+        return f"{sum(p.stat().st_size for p in paths) / 1e6:,.1f} MB on disk"
+    except OSError:
+        return "missing on disk" if f.bytes is None else f"{f.bytes / 1e6:,.1f} MB (graph file, per manifest; missing on disk)"
 
 
 def cmd_info(args) -> int:

@@ -1,0 +1,120 @@
+"""`fastclip export --list` (derived from open_clip's configs), the memory estimate and its refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastclip.errors import ExportError
+from fastclip_export import api, memory
+from fastclip_export.open_clip_source import architectures, config_problem
+from fastclip_export.torchvision_compat import import_open_clip
+
+
+def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
+    from fastclip.cli import main
+
+    assert main(["export", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = len(import_open_clip().list_models())
+    assert f" of {total} export" in lines[0]
+    row = {line.split()[0]: line for line in lines[2:] if line and not line.startswith(" ")}
+    assert len([name for name in row if not name.startswith("transformers:")]) == total
+    for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu"):
+        assert row[arch].split()[3] == "yes", row[arch]
+    assert "QuickGELU" in row["ViT-H-14-378-quickgelu"]
+    assert "refused: tokenizer timm/ViT-B-16-SigLIP is not CLIP's BPE" in row["ViT-B-16-SigLIP"]
+    assert "refused: CoCa" in row["coca_ViT-L-14"]
+    assert "refused: text tower is the Hugging Face model xlm-roberta-large" in row["xlm-roberta-large-ViT-H-14"]
+    assert "refused: bidirectional text tower" in row["MobileCLIP-S1"]
+    # The DFN weights squash the image instead of cropping it: the architecture exports, that tag not.
+    after_h14 = lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
+    assert "refused with pretrained 'dfn5b'" in after_h14 and "resize_mode='squash'" in after_h14
+
+
+def test_list_follows_the_configs_not_a_table(tiny_openclip_config, tmp_path):
+    """A config registered with open_clip appears, and its own settings decide."""
+    cfg = json.loads(tiny_openclip_config.read_text())
+    cfg["text_cfg"]["no_causal_mask"] = True
+    bidirectional = tmp_path / "fastclip-tiny-bidirectional.json"
+    bidirectional.write_text(json.dumps(cfg))
+    import_open_clip().add_model_config(bidirectional)
+    rows = {r["architecture"]: r for r in architectures()}
+    assert rows["fastclip-tiny"]["problem"] is None and rows["fastclip-tiny"]["vision"] == "ViT"
+    assert "bidirectional" in rows["fastclip-tiny-bidirectional"]["problem"]
+    with pytest.raises(ExportError, match="bidirectional"):
+        api.export_model(f"open_clip:{bidirectional}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_listed_vit_architectures_pass_the_loader_checks():
+    """Every ViT architecture --list accepts, built on the meta device (no memory, no weights), passes
+    the checks the export runs on the real model: the config reading agrees with the model."""
+    import torch
+
+    from fastclip_export.open_clip_source import _text_tower, clip_tokenizer
+    from fastclip_export.open_clip_towers import OpenClipVisionTower
+
+    open_clip = import_open_clip()
+    checked = 0
+    for row in architectures():
+        if row["problem"] is not None or row["vision"] != "ViT" or row["architecture"].startswith("fastclip-"):
+            continue
+        with torch.device("meta"):
+            model = open_clip.create_model(row["architecture"], pretrained=None, device="meta")
+        clip_tokenizer(row["architecture"])
+        _text_tower(row["architecture"], model)
+        assert OpenClipVisionTower.supports(model.visual), row["architecture"]
+        assert model.visual.image_size[0] == row["image_size"]
+        checked += 1
+    assert checked >= 25
+
+
+def test_pretrained_tag_with_other_preprocessing_refused_before_loading(tmp_path):
+    assert "squash" in config_problem("ViT-H-14-378-quickgelu", "dfn5b")
+    with pytest.raises(ExportError, match="squash"):
+        api.export_model("open_clip:ViT-H-14-378-quickgelu", tmp_path / "m", pretrained="dfn5b", log=lambda _: None)
+
+
+def test_memory_refusal_names_needed_and_available(tmp_path, monkeypatch):
+    """ViT-bigG-14 on a machine with 8 GB: refused in a moment (counted on the meta device), with the
+    parameter count, the estimate, what sets it and what is available."""
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8e9)
+    with pytest.raises(ExportError) as info:
+        api.export_model("open_clip:ViT-bigG-14", tmp_path / "m", pretrained="none", precisions=["fp32", "int8"],
+                         log=lambda _: None)
+    message = str(info.value)
+    est = api.estimate_memory("open_clip:ViT-bigG-14", "none", ["fp32", "int8"])
+    assert (est.vision_params, est.text_params) == (1_844_907_264, 694_659_841)
+    assert f"needs about {est.peak_bytes / 1e9:.1f} GB" in message and "8.0 GB available" in message
+    assert "2.54 B parameters" in message and est.stage in message and "--ignore-memory-estimate" in message
+    assert "fewer precisions would not lower it" in message
+    assert not (tmp_path / "m").exists()
+
+    # Were int8 the costly stage, the message would say what fp32 alone needs.
+    monkeypatch.setattr(memory, "VARIANT", {**memory.VARIANT, "int8": 5.0})
+    with pytest.raises(ExportError, match=r"--precision fp32 needs about \d+\.\d GB"):
+        api.export_model("open_clip:ViT-bigG-14", tmp_path / "m", pretrained="none", precisions=["fp32", "int8"],
+                         log=lambda _: None)
+
+
+def test_memory_estimate_grows_with_the_model_and_the_precisions():
+    small = memory.estimate(88_000_000, 63_000_000, ["fp32"])
+    big = memory.estimate(632_076_800, 354_032_641, ["fp32"])
+    assert big.peak_bytes > small.peak_bytes > memory.BASE_BYTES
+    assert memory.estimate(632_076_800, 354_032_641, ["fp32", "fp16", "int8"]).peak_bytes >= big.peak_bytes
+    # The text tower is traced first and freed: tracing bigG's vision tower does not hold its text weights.
+    giant = memory.estimate(1_844_907_264, 694_659_841, ["fp32"])
+    assert giant.stage == "tracing the vision tower"
+    vision_alone = memory.estimate(1_844_907_264, 1, ["fp32"])
+    assert giant.peak_bytes == pytest.approx(vision_alone.peak_bytes, rel=1e-6)
+
+
+def test_hf_parameters_counted_from_the_config(tiny_hf_checkpoint):
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_hf_checkpoint)
+    vision = sum(p.numel() for m in (model.vision_model, model.visual_projection) for p in m.parameters())
+    assert api.count_parameters(str(tiny_hf_checkpoint), None) == (vision, sum(p.numel() for p in model.parameters()) - vision)

@@ -7,24 +7,7 @@ Inside this module `import ray` is an absolute import and finds the real Ray pac
 
 from __future__ import annotations
 
-from .bulk.ray import (
-    EmbedSummary,
-    ImageEmbedder,
-    TextEmbedder,
-    embed_images,
-    embed_texts,
-    embed_to_parquet,
-    map_batches_kwargs,
-    plan_resources,
-)
+from .bulk import ray as _impl
+from .bulk.ray import *  # the public names, listed once in fastclip.bulk.ray.__all__
 
-__all__ = [
-    "EmbedSummary",
-    "ImageEmbedder",
-    "TextEmbedder",
-    "embed_images",
-    "embed_texts",
-    "embed_to_parquet",
-    "map_batches_kwargs",
-    "plan_resources",
-]
+__all__ = list(_impl.__all__)

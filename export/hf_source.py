@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fastclip.errors import ExportError
+from fastclip.errors import ExportError, first_line
 
 from .hf_towers import FullTextTower, FullVisionTower, towers
 from .source import Source
@@ -25,7 +25,7 @@ DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _offline_error(model: str, exc: BaseException) -> ExportError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     return ExportError(f"cannot get {model!r} from the Hugging Face hub (no network and not cached, "
                        f"or no such repo): {first[:200]}")
 
@@ -81,7 +81,7 @@ def _config(model: str, revision: str | None):
     try:
         config = AutoConfig.from_pretrained(str(config_path.parent))
     except (ValueError, KeyError, OSError) as exc:
-        raise ExportError(f"{model}: unreadable config.json ({str(exc).splitlines()[0][:200]})") from None
+        raise ExportError(f"{model}: unreadable config.json ({first_line(exc)[:200]})") from None
     if config.model_type != "clip":
         raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP (model_type 'clip')")
     return config

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastclip.errors import ExportError
+from fastclip.errors import ExportError, first_line
 
 from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
 from .source import Source
@@ -227,7 +227,7 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     except Exception as exc:
         if _is_hub_error(exc):
             raise ExportError(f"could not download open_clip:{arch} weights {weights!r}: no network and not cached") from None
-        raise ExportError(f"could not load open_clip:{arch} with {weights!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ExportError(f"could not load open_clip:{arch} with {weights!r}: {first_line(exc)}") from None
     model.eval()
 
     image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))

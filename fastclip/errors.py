@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (libraries put tracebacks and hints below it).
+
+    An empty message gives `default`, or the exception's type name when no default is given.
+    """
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 class FastClipError(Exception):
     """Base class of every error fastclip raises on purpose."""
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageTypeError
+from .errors import ImageError, ImageTypeError, first_line
 from .manifest import VisionSpec
 
 __all__ = [
@@ -145,7 +145,7 @@ def image_error(index: int, source: str, exc: BaseException) -> ImageError:
         return ImageError(index, source, _bomb_reason(str(exc)))
     if isinstance(exc, MemoryError):
         return ImageError(index, source, "out of memory while decoding (MemoryError)")
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = first_line(exc, "")
     if isinstance(exc, (OSError, ValueError, SyntaxError, EOFError)):
         # Pillow reports truncated/corrupt data as OSError, and some plugins as ValueError/SyntaxError.
         reason = reason or type(exc).__name__

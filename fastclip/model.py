@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .manifest import Manifest, VisionSpec
 
 # fastembed's published CLIP ViT-B/32 towers: the default, so a new user gets vectors with no export.
@@ -60,7 +60,7 @@ def resolve_folder(
     except RepositoryNotFoundError:
         raise ModelError(f"{text}: no such repo on the hub (or it is private: log in with `hf auth login`)") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{text}: could not fetch from the hub: {first}") from None
 
 
@@ -103,7 +103,7 @@ def _graph_io(model_path: Path) -> tuple[list[tuple[str, list]], list[tuple[str,
     try:
         s = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{model_path}: onnxruntime could not load it: {first}") from None
     return [(i.name, i.shape) for i in s.get_inputs()], [(o.name, o.shape) for o in s.get_outputs()]
 

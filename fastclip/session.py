@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .manifest import TextSpec, Tower, TowerFile
 
 log = logging.getLogger("fastclip")
@@ -238,7 +238,7 @@ def _session(source: str | bytes, entry: TowerFile, providers: list, threads: in
             disabled_optimizers=list(entry.disabled_optimizers) or None,
         )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{where}: onnxruntime could not load {path}: {first}") from None
 
 
@@ -341,7 +341,7 @@ def _probe_text(loaded: LoadedTower, spec: TextSpec, inputs: dict, where: str) -
         quiet.log_severity_level = 4  # the failure is ours to report, in one line
         out = loaded.session.run([spec.output_name], feeds, quiet)[0]
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(
             f"{where}: the text graph fails on one sequence of context_length={n} tokens (ids "
             f"{spec.bos_token_id}/{spec.pad_token_id}/{spec.eos_token_id}): the manifest's context_length "

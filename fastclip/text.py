@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import ModelError, TextError
+from .errors import ModelError, TextError, first_line
 from .manifest import TextSpec
 
 __all__ = ["TextTokenizer", "open_clip_clean", "HEAD_CHARS"]
@@ -129,7 +129,7 @@ class TextTokenizer:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - OSError, UnicodeDecodeError, tokenizers' Exception or panic
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {first})") from None
         vocab = tok.get_vocab_size(with_added_tokens=True)
         for what in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -166,7 +166,7 @@ class TextTokenizer:
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - see docstring
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelError(f"{self._path}: the tokenizer failed ({type(exc).__name__}: {first}); "
                              "the tokenizer.json is malformed") from None
 

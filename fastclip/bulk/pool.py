@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FastClipError, ImageError, ModelError, TextError
+from ..errors import FastClipError, ImageError, ModelError, TextError, first_line
 from ..runner import available_cores
 
 __all__ = ["EmbeddingPool", "WorkerError", "assign_devices", "pooled_embed"]
@@ -77,7 +77,7 @@ def _pack_error(exc: BaseException) -> tuple:
     if isinstance(exc, TextError):
         return ("TextError", exc.index, exc.reason)
     kind = type(exc).__name__ if isinstance(exc, (TypeError, ValueError, ModelError)) else "FastClipError"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first_line(exc, "")
     return (kind, f"{type(exc).__name__}: {first}" if kind == "FastClipError" else first)
 
 

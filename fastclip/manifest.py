@@ -19,15 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ModelError
 
 MANIFEST_NAME = "fastclip.json"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # the model variants a folder may hold; export and CLI import this
+HASH_BLOCK = 1 << 22
 
 # Text cleaning applied before the tokenizer.json pipeline:
 #   "open_clip": ftfy.fix_text, html.unescape twice, strip, collapse whitespace (open_clip's
@@ -289,12 +291,16 @@ def dump(data: dict[str, Any], folder: str | Path) -> Path:
     return path
 
 
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed: model files run to gigabytes."""
+def sha256(source: str | os.PathLike | BinaryIO) -> str:
+    """Hex sha256 of a file: a path, or a binary file object read from its start. Streamed, HASH_BLOCK
+    bytes at a time, since model files run to gigabytes. The one file hasher of the package."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return sha256(f)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    source.seek(0)
+    while block := source.read(HASH_BLOCK):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -73,7 +73,7 @@ def test_devices_and_threads_are_split_round_robin():
 
 def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, tmp_path):
     model, pool = image_pool
-    assert model._loaded is None  # lazy_load: the parent process never opened a session for the pool
+    assert model._session.loaded is None  # lazy_load: the parent process never opened a session for the pool
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")

@@ -5,7 +5,8 @@
 """
 
 from .batch import EmbeddingBatch, ImageBatch
-from .embedding import CLIP, ImageEmbedding, TextEmbedding
+from .clip import CLIP
+from .embedding import ImageEmbedding, TextEmbedding
 from .errors import ExportError, FastClipError, ImageError, ModelError, TextError, WorkerError
 from .runner import Tuning, l2_normalize, set_parallel_embed
 from .worker import WorkerSpec

@@ -1,11 +1,11 @@
-"""The public classes: ImageEmbedding, TextEmbedding and CLIP.
+"""The two embedding classes: ImageEmbedding and TextEmbedding (CLIP, both at once, is in fastclip.clip).
 
-Each reads top-down: resolve the model → read its manifest → open the session → hand the inputs to
-its runner (fastclip.runner: preprocess → batch → run → L2-normalize) → yield. One batch-level call,
-`embed_batch`, embeds one list of inputs; `embed_batches` yields EmbeddingBatch objects over a stream;
-`embed` yields one vector per input, in input order, consuming its input lazily so memory stays flat
-on an unbounded stream. The process pool (fastclip.bulk) and Ray build the model again in other
-processes from `worker_spec()` and call the same `embed_batch`.
+Each reads top-down: resolve the model → read its manifest → open the session (fastclip.tower) → hand
+the inputs to its runner (fastclip.runner: preprocess → batch → run → L2-normalize) → yield. One
+batch-level call, `embed_batch`, embeds one list of inputs; `embed_batches` yields EmbeddingBatch
+objects over a stream; `embed` yields one vector per input, in input order, consuming its input lazily
+so memory stays flat on an unbounded stream. The process pool (fastclip.bulk) and Ray build the model
+again in other processes from `worker_spec()` and call the same `embed_batch`.
 
 The threads an object uses (image decoding, concurrent text runs) and its second text session belong
 to its runner: `close()` (or leaving a `with` block) ends them; dropping or closing a generator
@@ -20,145 +20,19 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batch import IMAGE_BATCH, TEXT_BATCH, EmbeddingBatch, check_batching, one_or_many, rows_of
-from .compat import FastembedNames, FastembedTextNames
-from .errors import ImageError, ModelError
+from .batch import IMAGE_BATCH, TEXT_BATCH, EmbeddingBatch, check_batching, one_or_many
+from .compat import FastembedTextNames
+from .errors import ImageError
 from .images import ImagePreprocessor
-from .manifest import Manifest, tower_fingerprint
-from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
-from .runner import ImageRunner, TextRunner, Tuning, available_cores, l2_normalize, parallel_embed
-from .session import LoadedTower, TowerSession, resolve_providers
+from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO
+from .runner import ImageRunner, TextRunner, Tuning, available_cores
 from .text import TextTokenizer
-from .worker import WorkerSpec
+from .tower import TowerModel
 
-__all__ = ["CLIP", "ImageEmbedding", "TextEmbedding", "l2_normalize"]
-
-
-class _TowerModel(FastembedNames):
-    """What both embedding classes share: resolve the model, read its manifest, open one tower.
-
-    Options (keyword-only, for both classes): cache_dir, local_files_only, revision (hub
-    resolution); providers, threads (onnxruntime); precision ("fp32", "fp16", "int8": pins a
-    variant, default fp32 on CPU and fp16 on GPU when present); verify (check the file's sha256);
-    tuning (a fastclip.Tuning: scheduling knobs, see there).
-
-    fastembed's constructor keywords work as there (fastclip.compat): cuda (True: CUDA or a ModelError,
-    False: CPU, "auto"/None: CUDA when it really works), device_ids (GPU ids: the first for this
-    process, spread round-robin over the workers of `parallel=`), lazy_load (open the onnxruntime
-    session on first use instead of now: with `parallel=`, this process never loads the model at
-    all), and specific_model_path (a local folder to load instead of `model_name`).
-    The object owns its threads and sessions: close() ends them, as does leaving a `with` block.
-    """
-
-    tower_name = ""
-    kind = ""
-    default_repo = ""
-    default_batch_size = 1
-
-    def __init__(
-        self,
-        model_name: str | Path | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-        threads: int | None = None,
-        providers: list | None = None,
-        cuda: Any = None,
-        device_ids: list[int] | None = None,
-        lazy_load: bool = False,
-        local_files_only: bool = False,
-        revision: str | None = None,
-        precision: str | None = None,
-        verify: bool = False,
-        tuning: Tuning | None = None,
-        specific_model_path: str | Path | None = None,
-    ):
-        self.model_name = str(model_name or self.default_repo)
-        self.tuning = tuning if tuning is not None else Tuning()
-        self.folder = Path(specific_model_path) if specific_model_path is not None else resolve_folder(
-            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision
-        )
-        self.manifest: Manifest = load_manifest(self.folder)
-        self.spec = getattr(self.manifest, self.tower_name)
-        if self.spec is None:
-            raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower")
-        self.threads = threads
-        self.device_ids = list(device_ids) if device_ids else None
-        self._requested_precision = precision
-        # The constructor keywords that rebuild this very model elsewhere (worker_spec); subclasses add theirs.
-        self._options: dict[str, Any] = {"threads": threads, "providers": providers, "cuda": cuda,
-                                         "device_ids": self.device_ids, "precision": precision, "verify": verify,
-                                         "tuning": self.tuning}
-        providers, cuda_required = resolve_providers(providers, cuda, self.device_ids)
-        self._session = TowerSession(
-            self.folder, self.spec, embed_dim=self.manifest.embed_dim, cuda_required=cuda_required, owner=self._name(),
-            name=self.tower_name, providers=providers, threads=threads, precision=precision, verify=verify,
-            allow_spinning=self._allow_spinning(),
-        )
-        if not lazy_load:
-            self._session.get()
-
-    def _allow_spinning(self) -> bool:
-        return True if self.tuning.allow_spinning is None else self.tuning.allow_spinning
-
-    @property
-    def _tower(self) -> LoadedTower:
-        """The onnxruntime session, opened on first use with lazy_load."""
-        return self._session.get()
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.embed_dim
-
-    @property
-    def fingerprint(self) -> str:
-        """Which weights this tower holds (manifest.tower_fingerprint): embeddings files record it."""
-        return tower_fingerprint(self.folder, self.spec)
-
-    @property
-    def precision(self) -> str:
-        return self._tower.precision
-
-    @property
-    def device(self) -> str:
-        return self._tower.device
-
-    def worker_spec(self) -> WorkerSpec:
-        """What another process needs to build this very model: `spec.open(threads=, device_id=)` there."""
-        return WorkerSpec(model_class=type(self), folder=str(self.folder.resolve()), model_name=self.model_name,
-                          kind=self.kind, batch_size=self.default_batch_size, options=dict(self._options))
-
-    @classmethod
-    def _worker_tuning(cls, tuning: Tuning, threads: int) -> Tuning:
-        """The tuning of a copy given `threads` onnxruntime threads, as one of several processes."""
-        return tuning
-
-    # ------------------------------------------------------------------------------------ lifetime
-
-    def close(self) -> None:
-        """End this object's threads and release its sessions; later calls raise FastClipError."""
-        self._runner.close()  # first: no new decode pool or second session once the session is gone
-        self._session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        self._session.check_open()
-
-    def _name(self) -> str:
-        return f"{type(self).__name__}({self.model_name!r})"
+__all__ = ["ImageEmbedding", "TextEmbedding"]
 
 
-def _check_parallel(parallel: Any) -> None:
-    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 0):
-        raise ValueError(f"parallel must be None (this process), 0 (one process per core) or a positive integer, "
-                         f"got {parallel!r}")
-
-
-class ImageEmbedding(_TowerModel):
+class ImageEmbedding(TowerModel):
     """Image vectors from a CLIP vision tower.
 
     model_name: a fastclip model folder, a fastembed-style tower folder, or a hub repo id
@@ -170,7 +44,7 @@ class ImageEmbedding(_TowerModel):
     "max" reduces down to the crop size: ~3.6x faster, within ~1e-4. Off by default.
     workers: threads that decode and preprocess the next images while the model runs (0 = inline);
     the same as tuning=Tuning(decode_workers=...), which it overrides.
-    Other options: see _TowerModel.
+    Other options: see fastclip.tower.TowerModel.
     """
 
     tower_name = "vision"
@@ -233,13 +107,7 @@ class ImageEmbedding(_TowerModel):
         one per core (fastclip.bulk.EmbeddingPool, started for this call and ended with it): same
         vectors, same order, same error handling; open file objects are read here and sent as bytes.
         """
-        check_batching(batch_size, errors)
-        _check_parallel(parallel)
-        if parallel is not None:
-            self._check_open()
-            return parallel_embed(self, one_or_many(images), batch_size, parallel, normalize=normalize,
-                                  errors=errors, on_error=on_error)
-        return rows_of(self.embed_batches(images, batch_size, normalize=normalize, errors=errors), on_error)
+        return self._rows(images, batch_size, parallel, normalize=normalize, errors=errors, on_error=on_error)
 
     def embed_batches(self, images: Iterable[Any], batch_size: int = IMAGE_BATCH, *, normalize: bool = True,
                       errors: str = "raise") -> Iterator[EmbeddingBatch]:
@@ -262,7 +130,7 @@ class ImageEmbedding(_TowerModel):
         return self._runner.embed_batch(list(images), start_index, normalize, batch_size)
 
 
-class TextEmbedding(_TowerModel, FastembedTextNames):
+class TextEmbedding(TowerModel, FastembedTextNames):
     """Text vectors from a CLIP text tower (default: fastembed's published CLIP ViT-B/32 text tower).
 
     concurrent_runs: on CPU, large jobs (a window of at least 8 runs, e.g. 256+ texts) go to a second
@@ -270,7 +138,7 @@ class TextEmbedding(_TowerModel, FastembedTextNames):
     Same vectors; the second session is opened on the first large job and costs the model's size
     in memory again (~250 MB for ViT-B/32). Short jobs keep the multi-threaded session and its latency.
     The same as tuning=Tuning(concurrent_runs=...), which it overrides.
-    Other options: see _TowerModel.
+    Other options: see fastclip.tower.TowerModel.
     """
 
     tower_name = "text"
@@ -323,13 +191,7 @@ class TextEmbedding(_TowerModel, FastembedTextNames):
         truncate=False) instead of raising, so outputs stay aligned with inputs.
         parallel: as for ImageEmbedding.embed (None: this process; N: N worker processes; 0: one per core).
         """
-        check_batching(batch_size, errors)
-        _check_parallel(parallel)
-        if parallel is not None:
-            self._check_open()
-            return parallel_embed(self, one_or_many(texts), batch_size, parallel, normalize=normalize,
-                                  truncate=truncate, errors=errors)
-        return rows_of(self.embed_batches(texts, batch_size, normalize=normalize, truncate=truncate, errors=errors))
+        return self._rows(texts, batch_size, parallel, normalize=normalize, truncate=truncate, errors=errors)
 
     def embed_batches(self, texts: Iterable[str] | str, batch_size: int = TEXT_BATCH, *, normalize: bool = True,
                       truncate: bool = True, errors: str = "raise") -> Iterator[EmbeddingBatch]:
@@ -352,79 +214,3 @@ class TextEmbedding(_TowerModel, FastembedTextNames):
         """
         self._check_open()
         return self._runner.embed_batch(list(one_or_many(texts)), start_index, normalize, truncate, batch_size)
-
-
-class CLIP:
-    """Both towers of one model, with similarity and zero-shot classification.
-
-    model_name: one fastclip folder or repo holding both towers. With no model named, fastembed's
-    published CLIP ViT-B/32 vision and text repos are used together. close() (or a `with` block)
-    ends both towers' threads.
-    """
-
-    def __init__(
-        self,
-        model_name: str | Path | None = None,
-        *,
-        exif_transpose: bool = True,
-        fast: bool | str = False,
-        workers: int | None = None,
-        concurrent_runs: int | None = None,
-        **common: Any,
-    ):
-        self.images = ImageEmbedding(
-            model_name or DEFAULT_VISION_REPO, exif_transpose=exif_transpose, fast=fast, workers=workers, **common
-        )
-        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, **common)
-        if self.images.dim != self.texts.dim:
-            raise ModelError(
-                f"vision tower gives {self.images.dim}-d vectors, text tower {self.texts.dim}-d: not one CLIP model"
-            )
-        self.logit_scale = self.images.manifest.logit_scale
-        self.logit_bias = self.images.manifest.logit_bias
-
-    @property
-    def dim(self) -> int:
-        return self.images.dim
-
-    def close(self) -> None:
-        self.images.close()
-        self.texts.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def embed_images(self, images: Iterable[Any], batch_size: int = IMAGE_BATCH, parallel: int | None = None,
-                     **kw: Any) -> Iterator[np.ndarray | None]:
-        return self.images.embed(images, batch_size, parallel, **kw)
-
-    def embed_texts(self, texts: Iterable[str] | str, batch_size: int = TEXT_BATCH, parallel: int | None = None,
-                    **kw: Any) -> Iterator[np.ndarray]:
-        return self.texts.embed(texts, batch_size, parallel, **kw)
-
-    @staticmethod
-    def similarity(a: Any, b: Any) -> np.ndarray:
-        """Cosine similarity between every row of `a` and every row of `b` (vectors or stacks of them)."""
-        a2 = l2_normalize(np.atleast_2d(np.asarray(list(a) if not hasattr(a, "shape") else a, dtype=np.float32)))
-        b2 = l2_normalize(np.atleast_2d(np.asarray(list(b) if not hasattr(b, "shape") else b, dtype=np.float32)))
-        return a2 @ b2.T
-
-    def classify(
-        self, images: Iterable[Any], labels: Sequence[str], *, template: str = "a photo of a {}.",
-        batch_size: int = IMAGE_BATCH,
-    ) -> np.ndarray:
-        """Zero-shot probabilities, shape (n_images, n_labels): softmax over the model's own logits."""
-        if isinstance(labels, str) or not labels:
-            raise ValueError("labels must be a non-empty list of strings")
-        prompts = [template.format(label) for label in labels]
-        text = np.stack(list(self.texts.embed(prompts)))
-        image = np.stack(list(self.images.embed(images, batch_size)))
-        logits = self.logit_scale * (image @ text.T)
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)

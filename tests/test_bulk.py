@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,9 +20,10 @@ import numpy as np
 import psutil
 import pytest
 
-from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError
+from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError, WorkerSpec
 from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
-from fastclip.bulk.pool import split_threads
+from fastclip.bulk.pool import _portable, split_threads
+from fastclip.errors import ImageTypeError, TextTypeError
 from photos import SENTENCES, write_photos
 
 
@@ -69,6 +71,39 @@ def test_devices_and_threads_are_split_round_robin():
     assert split_threads(2, cores=16) == 8
     assert split_threads(3, cores=16) == 5
     assert split_threads(16, cores=2) == 1
+
+
+def test_worker_spec_pickles_and_opens_the_same_model(tiny_openclip_export, photo_files):
+    model = ImageEmbedding(tiny_openclip_export, lazy_load=True, fast=True, workers=3)
+    spec = pickle.loads(pickle.dumps(model.worker_spec()))
+    assert isinstance(spec, WorkerSpec) and (spec.kind, spec.batch_size) == ("image", 32)
+    assert spec.folder == str(tiny_openclip_export.resolve())  # resolved here: a worker never resolves a name
+    same = spec.open()
+    assert type(same) is ImageEmbedding and same.workers == 3 and same._session.loaded is not None
+    np.testing.assert_array_equal(np.stack(list(same.embed(photo_files))), np.stack(list(model.embed(photo_files))))
+    assert spec.open(threads=1).workers == 0  # a one-thread worker decodes inline
+    assert spec.open(threads=2).workers == 2  # more: as many decode threads as onnxruntime threads
+    text = TextEmbedding(tiny_openclip_export, concurrent_runs=2, lazy_load=True).worker_spec()
+    assert (text.kind, text.batch_size) == ("text", 256)
+    assert text.open().concurrent_runs == 2 and text.open(threads=2).concurrent_runs == 1  # processes run side by side
+    with pytest.raises(TypeError, match="worker_spec"):
+        EmbeddingPool("models/clip", 2)
+
+
+def test_errors_cross_processes_with_their_fields():
+    for exc in (ImageError(3, "a.jpg", "truncated"), ImageTypeError(4, "<int>", "not an image"),
+                TextError(5, "too long"), TextTypeError(6, "expected str"), WorkerError("died", pid=7, inputs=(0, 31))):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and vars(back) == vars(exc)
+
+    class Odd(Exception):  # a constructor that pickling cannot call again: the parent's recv() would fail
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    assert isinstance(_portable(ValueError("plain")), ValueError)
+    wrapped = _portable(Odd(1, 2), (32, 63))
+    assert type(wrapped) is WorkerError and str(wrapped) == "Odd: 1 and 2" and wrapped.inputs == (32, 63)
+    assert pickle.loads(pickle.dumps(wrapped)).pid == os.getpid()
 
 
 def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, tmp_path):

@@ -272,6 +272,10 @@ def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files,
             np.testing.assert_array_equal(a, b)
     raw = model.embed_batch(items[:1], normalize=False).vectors
     assert abs(np.linalg.norm(raw) - 1) > 1e-3
+    # batch_size: images per model run (the pool passes it for both towers alike); same rows, same failures.
+    runs = model.embed_batch(items, start_index=10, batch_size=2)
+    assert runs.failures.keys() == batch.failures.keys()
+    np.testing.assert_allclose(runs.vectors, batch.vectors, rtol=0, atol=1e-6)
 
     text = TextEmbedding(tiny_openclip_export)
     texts = text.embed_batch(SENTENCES, start_index=5)

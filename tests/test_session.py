@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from fastclip import ModelError, TextEmbedding
-from fastclip.session import CPU, CUDA, cuda_device_count, default_providers
+from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, resolve_providers
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -124,3 +124,21 @@ def test_text_embedding_reopen_after_replacement_keeps_vectors(tiny_openclip_exp
     got = second.session.run([model.spec.output_name], {model.spec.input_name: ids})[0]
     got = got / np.linalg.norm(got, axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_providers_from_fastembeds_cuda_and_device_ids():
+    assert resolve_providers(None) == (None, False)  # default_providers decides
+    assert resolve_providers(None, "auto", [2, 3]) == ([(CUDA, {"device_id": 2}), CPU], False)
+    assert resolve_providers(None, True, [4]) == ([(CUDA, {"device_id": 4}), CPU], True)
+    assert resolve_providers(None, True) == ([(CUDA, {"device_id": 0}), CPU], True)
+    assert resolve_providers(None, False, [1]) == ([CPU], False)
+    # device_ids[0] also places providers given by name (a pool worker gets its own id), options kept;
+    # a CPU-only list stays on the CPU.
+    assert resolve_providers([CUDA, CPU], None, [1]) == ([(CUDA, {"device_id": 1}), CPU], False)
+    assert resolve_providers([(CUDA, {"gpu_mem_limit": 5}), CPU], None, [1]) == (
+        [(CUDA, {"gpu_mem_limit": 5, "device_id": 1}), CPU], False)
+    assert resolve_providers([CPU], None, [1]) == ([CPU], False)
+    with pytest.raises(ValueError, match="either providers= or cuda="):
+        resolve_providers([CPU], True)
+    with pytest.raises(ValueError, match="cuda must be"):
+        resolve_providers(None, "gpu")

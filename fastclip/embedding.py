@@ -127,7 +127,7 @@ class ImageEmbedding(TowerModel):
         batch_size: images per model run (default: all of them in one).
         """
         self._check_open()
-        return self._runner.embed_batch(list(images), start_index, normalize, batch_size)
+        return self._runner.embed_batch(list(one_or_many(images)), start_index, normalize, batch_size)
 
 
 class TextEmbedding(TowerModel, FastembedTextNames):

@@ -20,10 +20,11 @@ import numpy as np
 import psutil
 import pytest
 
-from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError, WorkerSpec
+from fastclip import CLIP, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError, WorkerSpec
 from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
 from fastclip.bulk.pool import _portable, split_threads
 from fastclip.errors import ImageTypeError, TextTypeError
+from fastclip.session import cuda_device_count
 from photos import SENTENCES, write_photos
 
 
@@ -138,6 +139,23 @@ def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, 
     for a, b in zip(again, want[:5]):
         assert np.abs(a - b).max() <= 1e-6
     assert all(psutil.pid_exists(pid) for pid in pool.pids)  # the same two workers all along
+
+    # An error raised inside a worker (here: an option images do not take) arrives as itself, with the
+    # worker and the inputs as its cause; the pool stays usable.
+    with pytest.raises(TypeError, match="truncate") as info:
+        list(pool.embed(photo_files[:2], truncate=False))
+    assert isinstance(info.value.__cause__, WorkerError) and info.value.__cause__.pid in pool.pids
+    assert info.value.__cause__.inputs == (0, 1)
+    assert len(list(pool.embed(photo_files[:3], batch_size=2))) == 3
+
+
+@pytest.mark.skipif(cuda_device_count()[0] > 0, reason="needs a machine where cuda=True cannot be met")
+def test_a_worker_that_cannot_load_raises_the_models_own_error(tiny_openclip_export):
+    model = TextEmbedding(tiny_openclip_export, lazy_load=True, cuda=True)  # lazy: only the worker loads it
+    with pytest.raises(ModelError, match="cuda=True") as info:
+        EmbeddingPool(model, 1)
+    assert isinstance(info.value.__cause__, WorkerError) and info.value.__cause__.pid not in (None, os.getpid())
+    assert _wait_no_workers() == []
 
 
 def test_parallel_texts_equal_in_process_and_leave_nothing_running(tiny_openclip_export):

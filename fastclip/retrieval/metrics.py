@@ -1,4 +1,4 @@
-"""Cross-modal retrieval quality: Recall@K in both directions, ranks and MRR, from vectors.
+"""Cross-modal retrieval quality in both directions, from vectors: Recall@K, ranks and MRR; mAP, P@K, nDCG@K.
 
 The protocol and the key names are LAION clip_benchmark's (`clip_benchmark/metrics/zeroshot_retrieval.py`):
 
@@ -11,6 +11,22 @@ Scores are dot products, ``text_vectors @ image_vectors.T`` (cosines for L2-norm
 is what clip_benchmark scores). Both directions are read from the same score matrix, as clip_benchmark
 reads ``scores`` and ``scores.T``, computed once, a block of captions at a time, so memory stays
 bounded (about 64 MB of scores at a time by default) for any number of captions.
+
+``retrieval_metrics`` adds trec_eval's ranking measures, for ``{dir}`` = ``image_retrieval`` (a query
+per caption, its one image relevant) and ``text_retrieval`` (a query per image, all its captions
+relevant), each a mean over the queries, over the full ranking of all candidates:
+
+* ``{dir}_precision@K``: relevant items in the top K, divided by K (also when fewer than K
+  candidates or relevant items exist, as trec_eval's P_K).
+* ``{dir}_mAP``: the mean over queries of AP, the mean over the query's relevant items of the
+  precision at each one's rank (all are ranked, so none counts as 0). For text -> image it equals
+  the MRR.
+* ``{dir}_ndcg@K``: DCG@K / ideal DCG@K with binary gains and a log2 discount: the sum of
+  1 / log2(rank + 1) over the relevant items ranked within K, divided by the same sum for the best
+  possible ranking (min(K, relevant) items at ranks 1, 2, ...).
+
+``reference_metrics`` computes all of them the plain way (a sort per query) from a whole score
+matrix; tests check the fast path against it, and against scikit-learn.
 
 Ties: an image (or caption) whose score equals the correct one's exactly is ranked ahead of it when
 its index is lower, always. clip_benchmark's ``torch.topk`` keeps whichever of equal scores its

@@ -272,8 +272,10 @@ def test_not_a_clip_checkpoint(tmp_path):
         api.export_model(str(tmp_path / "bert"), tmp_path / "m", log=lambda _: None)
 
 
-def test_offline_unknown_hf_id_is_one_line(tmp_path):
-    """No network and nothing cached: the CLI user sees one line, no traceback."""
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "refused"])
+def test_offline_unknown_hf_id_is_one_line(tmp_path, offline):
+    """No network and nothing cached: one line, no traceback, no retry loop (it took 31 s and printed
+    24 retry lines before), naming the cache folder and why the hub was not asked."""
     code = (
         "from fastclip_export.api import export_model\n"
         "from fastclip.errors import ExportError\n"
@@ -282,12 +284,21 @@ def test_offline_unknown_hf_id_is_one_line(tmp_path):
         "except ExportError as e:\n"
         "    print('ERR:' + str(e))\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")}
+    env["HF_HOME"] = str(tmp_path / "hf-home")
+    if offline == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed port: refused at once
+        why = "cannot connect to 127.0.0.1:9"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     lines = [line for line in result.stdout.splitlines() if line.startswith("ERR:")]
     assert len(lines) == 1, result.stdout + result.stderr
-    assert "no-such-clip-model" in lines[0] and "no network" in lines[0]
+    assert "no-such-clip-model" in lines[0] and why in lines[0] and str(tmp_path / "hf-home" / "hub") in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+    assert "Retrying" not in result.stderr
     assert not (tmp_path / "m").exists()
 
 

@@ -5,7 +5,8 @@ Written for the device tool's bare GPU machine: no network; Python 3.12, torch 2
 from the nvidia-* wheels), onnx, transformers, onnxruntime 1.30 *CPU build*, no open_clip. So:
 - the models are transformers CLIPModels with random weights in the ViT-B/32 (OpenAI) and ViT-H-14 (LAION)
   shapes, exported there by fastclip's own export (`pretrained="none"`, fp32 + fp16, each verified against
-  torch as every export is), in a child process each, so a slow export cannot take the benchmarks with it;
+  torch as every export is), in child processes side by side before anything is measured; one that does
+  not finish in its time is stopped and the other model is still measured;
 - CUDA comes from onnxruntime-gpu if it is installed, else from its CUDA provider library carried in
   `.whl/` (benchmarks/gpu_prepare.py: the sm_90 kernels only, xz-packed, ~50 MB), registered with the CPU
   build as a plugin execution provider. That registration is tried in a child process first, so a crash
@@ -168,10 +169,21 @@ def preload_cuda_libraries() -> None:
     """torch's import loads the CUDA 13 libraries (cudart, cublas, cudnn...) the provider links against,
     from the nvidia-* wheels, which the dynamic loader would not find by itself; without torch,
     LD_LIBRARY_PATH must name them."""
+    import ctypes
+
     try:
         import torch  # noqa: F401
     except ImportError:
         pass
+    # The same libraries straight from the nvidia-* wheels, in link order, for a machine without torch. A
+    # library already loaded under that name is simply found again.
+    for stem in ("libcudart.so", "libcublasLt.so", "libcublas.so", "libcurand.so", "libcufft.so", "libcudnn.so"):
+        for site in [Path(p) for p in sys.path if p and Path(p, "nvidia").is_dir()]:
+            for lib in sorted(Path(site, "nvidia").glob(f"*/lib/{stem}.[0-9]*")):
+                try:
+                    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    pass
 
 
 def plugin_devices(library: str):
@@ -309,22 +321,40 @@ def export_child(name: str, out: str, precisions: str) -> None:
                  log=lambda m: log(f"  export {name}: {m}"))
 
 
-def export(name: str, work: Path, precisions: list[str], timeout: float) -> tuple[Path | None, dict]:
-    out = work / "models" / name
-    if (out / "fastclip.json").is_file():
-        return out, {"export_s": None, "note": "reused from an earlier run"}
-    code = ("import sys; sys.path.insert(0, sys.argv[4]); import gpu_check; "
-            "gpu_check.export_child(sys.argv[1], sys.argv[2], sys.argv[3])")
-    started = time.perf_counter()
-    try:
-        child = subprocess.run([sys.executable, "-c", code, name, str(out), ",".join(precisions), str(HERE)],
-                               timeout=max(timeout, 1), stdout=sys.stderr)
-    except subprocess.TimeoutExpired:
-        return None, {"error": f"export not finished within the time left ({timeout:.0f} s)"}
-    seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        return None, {"error": f"export failed (exit {child.returncode}); see the log above", "export_s": seconds}
-    return out, {"export_s": round(seconds, 1)}
+class Export:
+    """One model's export in a child process, started now and awaited later: the exports of all models run
+    side by side (tracing is mostly one core; the machine has many), before any measurement, so they
+    never share the CPU with a measurement."""
+
+    def __init__(self, name: str, work: Path, precisions: list[str]):
+        self.name, self.out = name, work / "models" / name
+        self.info: dict = {}
+        self.child = None
+        if (self.out / "fastclip.json").is_file():
+            self.info = {"export_s": None, "note": "reused from an earlier run"}
+            return
+        code = ("import sys; sys.path.insert(0, sys.argv[4]); import gpu_check; "
+                "gpu_check.export_child(sys.argv[1], sys.argv[2], sys.argv[3])")
+        self.started = time.perf_counter()
+        self.child = subprocess.Popen([sys.executable, "-c", code, name, str(self.out), ",".join(precisions), str(HERE)],
+                                      stdout=sys.stderr)
+
+    def wait(self, timeout: float) -> Path | None:
+        if self.child is None:
+            return self.out
+        try:
+            code = self.child.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
+            self.info = {"error": f"export not finished within the time it was given ({timeout:.0f} s)"}
+            return None
+        seconds = round(time.perf_counter() - self.started, 1)
+        if code != 0:
+            self.info = {"error": f"export failed (exit {code}); see the log above", "export_s": seconds}
+            return None
+        self.info = {"export_s": seconds}
+        return self.out
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -351,7 +381,8 @@ def model_only(session, batch: int, size: int, seconds: float, on_gpu: bool) -> 
     if not on_gpu:
         return row
     try:
-        binding, keep = iobinding(session, name, out_name, x)
+        binding, keep, via = iobinding(session, name, out_name, x)
+        row["iobinding_via"] = via
         session.run_with_iobinding(binding)
         got = binding.copy_outputs_to_cpu()[0]
         per, runs = timed(lambda: session.run_with_iobinding(binding), seconds)
@@ -373,16 +404,16 @@ def iobinding(session, name: str, out_name: str, x):
     try:
         value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         binding.bind_ortvalue_input(name, value)
-        keep = value
-    except Exception:  # noqa: BLE001
+        keep, via = value, "onnxruntime CUDA OrtValue"
+    except Exception:  # noqa: BLE001 - a CPU build: "Can't allocate memory on the device using this package"
         import numpy as np
         import torch
 
         tensor = torch.from_numpy(x).to("cuda")
         binding.bind_input(name, "cuda", 0, np.float32, list(x.shape), tensor.data_ptr())
-        keep = tensor
+        keep, via = tensor, "torch CUDA tensor bound by pointer"
     binding.bind_output(out_name, "cuda", 0)
-    return binding, keep
+    return binding, keep, via
 
 
 def placement(path: Path, disabled: list[str], providers: list, work: Path) -> dict:
@@ -537,7 +568,8 @@ def main() -> int:
     log(json.dumps(report["environment"]))
     cuda = Cuda()
     cuda.setup(args, work)
-    report["cuda"] = {"route": cuda.route, "why": cuda.why, "probe": cuda.probe}
+    report["cuda"] = {"route": cuda.route, "why": cuda.why, "probe": cuda.probe,
+                      "carried": [json.loads(m.read_text()) for m in sorted((ROOT / ".whl").glob("*.so.xz.json"))]}
     log(f"CUDA route: {cuda.route}: {cuda.why}")
 
     def save() -> None:
@@ -546,17 +578,21 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
 
     save()
+    # Time kept for measuring each model once the exports are done.
+    reserve = {"tiny": 20, "b32": 60, "h14": 90}
+    exports = {}
     try:
         for name in models:
-            if budget.left() < 30:
-                report["exports"][name] = "skipped: time budget"
-                continue
-            log(f"exporting {NAMES[name]} ({','.join(precisions)}); {budget.left():.0f} s left")
-            folder, info = export(name, work, precisions, budget.left() - 20)
-            report["exports"][name] = info
-            log(f"export {NAMES[name]}: {info}")
+            log(f"exporting {NAMES[name]} ({','.join(precisions)}) in a child process")
+            exports[name] = Export(name, work, precisions)
+        folders = {}
+        for name in models:
+            folders[name] = exports[name].wait(budget.left() - sum(reserve[m] for m in models))
+            report["exports"][name] = exports[name].info
+            log(f"export {NAMES[name]}: {exports[name].info}")
             save()
-            if folder is None:
+        for name in models:
+            if folders[name] is None:
                 continue
             for precision in precisions:
                 if budget.left() < 20:
@@ -564,7 +600,7 @@ def main() -> int:
                     continue
                 log(f"measuring {NAMES[name]} {precision}; {budget.left():.0f} s left")
                 try:
-                    row = bench(name, folder, precision, cuda, args, work, budget)
+                    row = bench(name, folders[name], precision, cuda, args, work, budget)
                 except Exception as exc:  # noqa: BLE001 - one failed configuration must not end the run
                     row = {"model": NAMES[name], "precision": precision, "error": first_line(exc)}
                 report["rows"].append(row)
@@ -572,6 +608,10 @@ def main() -> int:
                 save()
     except KeyboardInterrupt:
         report["interrupted"] = True
+    finally:
+        for e in exports.values():
+            if e.child is not None and e.child.poll() is None:
+                e.child.kill()
     save()
     print(table(report), flush=True)
     return 0

@@ -111,6 +111,7 @@ def main() -> int:
                "-d", tmp, f"onnxruntime-gpu=={a.version}"]
         subprocess.run(cmd, check=True)
         wheel = next(Path(tmp).glob("onnxruntime_gpu-*.whl"))
+        wheel_name, wheel_bytes = wheel.name, wheel.stat().st_size
         with zipfile.ZipFile(wheel) as z:
             data = bytearray(z.read(CUDA_LIB))
         original_sha = hashlib.sha256(data).hexdigest()
@@ -118,13 +119,13 @@ def main() -> int:
         before = arch_bytes(data, start, start + size)
         stats = keep_one_arch(data, start, start + size, a.arch)
         if not stats["kept_entries"]:
-            raise SystemExit(f"no sm_{a.arch} kernels in {wheel.name}: architectures {sorted(before)}")
+            raise SystemExit(f"no sm_{a.arch} kernels in {wheel_name}: architectures {sorted(before)}")
         # preset 6: ~50 MB in ~1.5 min here; 9e saves a few MB at many times the time.
         packed = lzma.compress(bytes(data), preset=6)
     name = f"onnxruntime_providers_cuda-{a.version}-sm{a.arch}.so.xz"
     (out / name).write_bytes(packed)
-    meta = {"file": name, "onnxruntime_version": a.version, "arch": a.arch, "wheel": wheel.name,
-            "wheel_bytes": wheel.stat().st_size, "library_bytes": len(data), "original_sha256": original_sha,
+    meta = {"file": name, "onnxruntime_version": a.version, "arch": a.arch, "wheel": wheel_name,
+            "wheel_bytes": wheel_bytes, "library_bytes": len(data), "original_sha256": original_sha,
             "sha256": hashlib.sha256(data).hexdigest(), "xz_bytes": len(packed),
             "fatbin_bytes_by_arch": {f"sm_{k}": v for k, v in sorted(before.items())}, **stats}
     (out / f"{name}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")

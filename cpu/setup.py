@@ -2,7 +2,7 @@
 
 The pair follows fastembed / fastembed-gpu: one code base, two distributions that differ only in the
 onnxruntime they pull (a venv with onnxruntime-gpu weighs ~515 MB, 340 MB of it that wheel; fastembed's CPU
-install ~252 MB). Name, version, packages, extras and the command are all read from ../pyproject.toml, so
+install ~252 MB). Name, version, packages, their data, extras and the command are read from ../pyproject.toml, so
 the two cannot drift apart; only the GPU requirements are swapped for their CPU twins (fastembed-gpu in
 the bench extra too, which would otherwise pull onnxruntime-gpu back in).
 
@@ -58,5 +58,6 @@ setup(
     extras_require={extra: cpu_requirements(reqs) for extra, reqs in PROJECT["optional-dependencies"].items()},
     package_dir={package: relative_to_here(folder) for package, folder in SETUPTOOLS["package-dir"].items()},
     packages=SETUPTOOLS["packages"],
+    package_data=SETUPTOOLS.get("package-data", {}),
     entry_points={"console_scripts": [f"{name} = {target}" for name, target in PROJECT["scripts"].items()]},
 )

@@ -89,6 +89,10 @@ def test_cpu_install_in_a_fresh_venv_embeds_without_onnxruntime_gpu(tiny_opencli
         f"i = next(ImageEmbedding({str(tiny_openclip_export)!r}).embed([{str(image)!r}]))\n"
         f"t = np.stack(list(TextEmbedding({str(tiny_openclip_export)!r}).embed({SENTENCES[:3]!r})))\n"
         f"np.save({str(tmp_path / 'i.npy')!r}, i); np.save({str(tmp_path / 't.npy')!r}, t)\n"
+        # fastclip.retrieval's prebuilt graphs are package data: the search runs only if they were installed.
+        "from fastclip.retrieval import search\n"
+        "idx, _ = search(t, t, 1)\n"
+        "assert list(idx[:, 0]) == [0, 1, 2], idx\n"
         "print(onnxruntime.get_available_providers())\n"
     )
     run = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

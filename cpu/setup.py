@@ -13,6 +13,7 @@ the bench extra too, which would otherwise pull onnxruntime-gpu back in).
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def cpu_requirements(requirements: list[str]) -> list[str]:
         elif name.lower() not in GPU_TO_CPU.values():
             out.append(requirement)
     return out
+
+
+# pip builds a local folder in place, and setuptools packs whatever build/lib holds: a module deleted from
+# the source since the last build would ship again. Start each build from nothing.
+shutil.rmtree(Path(__file__).resolve().parent / "build", ignore_errors=True)
 
 
 def relative_to_here(folder: str) -> str:

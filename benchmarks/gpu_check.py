@@ -168,9 +168,9 @@ def tiny_onnx(path: Path) -> Path:
 
 
 def preload_cuda_libraries() -> None:
-    """torch's import loads the CUDA 13 libraries (cudart, cublas, cudnn...) the provider links against,
-    from the nvidia-* wheels, which the dynamic loader would not find by itself; without torch,
-    LD_LIBRARY_PATH must name them."""
+    """Load the CUDA 13 libraries the provider links against (cudart, cublas, curand, cufft, cudnn) from the
+    nvidia-* wheels, which the dynamic loader would not find by itself: torch's import does it, and the
+    loop below does it where torch is missing. Once loaded, the provider's own links find them by name."""
     import ctypes
 
     try:
@@ -416,6 +416,7 @@ def iobinding(session, name: str, out_name: str, x):
         import torch
 
         tensor = torch.from_numpy(x).to("cuda")
+        torch.cuda.synchronize()  # the copy runs on torch's stream; onnxruntime reads on its own
         binding.bind_input(name, "cuda", 0, np.float32, list(x.shape), tensor.data_ptr())
         keep, via = tensor, "torch CUDA tensor bound by pointer"
     binding.bind_output(out_name, "cuda", 0)

@@ -11,8 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fastclip import ModelError, TextEmbedding
-from fastclip.session import CPU, CUDA, cuda_device_count, default_providers
+import fastclip.session as session_mod
+from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
+from fastclip.model import load_manifest
+from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision
+from photos import SENTENCES, cosines, write_photos
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -124,3 +127,93 @@ def test_text_embedding_reopen_after_replacement_keeps_vectors(tiny_openclip_exp
     got = second.session.run([model.spec.output_name], {model.spec.input_name: ids})[0]
     got = got / np.linalg.norm(got, axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- precision variants, CUDA fallback
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+def test_int8_is_never_picked_unless_asked_even_when_the_folder_holds_it(tiny_variants_export):
+    folder = tiny_variants_export
+    m = load_manifest(folder)
+    assert set(m.vision.files) == set(m.text.files) == {"fp32", "fp16", "int8"}
+    for cls in (ImageEmbedding, TextEmbedding):
+        for options in ({}, {"providers": [CPU]}, {"cuda": False}):
+            model = cls(folder, **options)
+            assert (model.precision, model._tower.path.name) == ("fp32", "model.onnx"), (cls, options)
+    clip = CLIP(folder)
+    assert clip.images.precision == clip.texts.precision == "fp32"
+    # The rule itself: fp16 for a GPU, fp32 for a CPU; a folder without fp32 is an error on CPU, not int8.
+    assert pick_precision(m.vision, "cuda", None, "w") == "fp16"
+    assert pick_precision(m.vision, "cpu", None, "w") == "fp32"
+    assert pick_precision(m.vision, "cpu", "int8", "w") == "int8"
+    no_fp32 = type(m.vision)(**{**m.vision.__dict__, "files": {k: v for k, v in m.vision.files.items() if k != "fp32"}})
+    with pytest.raises(ModelError, match="no fp32 model"):
+        pick_precision(no_fp32, "cpu", None, "w")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precisions_run_through_the_runtime_within_the_exports_tolerances(
+        tiny_variants_export, photo_files, precision):
+    """Both towers, loaded by name through the public classes: the file asked for runs, and its vectors stay
+    within the thresholds the export recorded for it against fp32 (cosine, max abs diff / max norm)."""
+    folder = tiny_variants_export
+    m = load_manifest(folder)
+    for cls, tower, items in ((ImageEmbedding, m.vision, photo_files), (TextEmbedding, m.text, SENTENCES)):
+        ref = np.stack(list(cls(folder).embed(items, normalize=False)))
+        model = cls(folder, precision=precision)
+        assert model.precision == precision and model._tower.path.name == f"model_{precision}.onnx"
+        got = np.stack(list(model.embed(items, normalize=False)))
+        v = tower.verification[precision]
+        diff = np.abs(got - ref).max()
+        assert cosines(got, ref).min() >= v.threshold_cosine, (cls.__name__, precision)
+        assert diff <= v.threshold_abs_rel * np.linalg.norm(ref, axis=1).max(), (cls.__name__, precision)
+        assert diff > 1e-6 * np.abs(ref).max()  # really another graph than fp32
+        normalized = np.stack(list(model.embed(items)))
+        np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
+
+
+def _cuda_that_falls_back(monkeypatch) -> list:
+    """CUDA 'found' by the probe, but every session onnxruntime builds runs on CPU: what onnxruntime-gpu
+    does when the driver answers but the CUDA / cuDNN libraries do not load. Returns the log of
+    (file, providers asked for) of every session opened."""
+    monkeypatch.setattr(session_mod, "default_providers", lambda: ([CUDA, CPU], "1 CUDA device(s) found"))
+    monkeypatch.setattr(session_mod, "_announced", set())
+    opened = []
+    real = session_mod._session
+
+    def falls_back(source, entry, providers, *args):
+        opened.append((entry.path, list(providers)))
+        return real(source, entry, [p for p in providers if p != CUDA], *args)
+
+    monkeypatch.setattr(session_mod, "_session", falls_back)
+    return opened
+
+
+def test_cuda_fallback_reopens_fp32_on_cpu(tiny_variants_export, photo_files, monkeypatch, caplog):
+    """fp16 is picked for the GPU; the session comes back on CPU; the tower is reopened as fp32 (fp16 on a
+    CPU is the slow, less exact choice) and the one log line says what happened."""
+    import logging
+
+    folder = tiny_variants_export
+    want = np.stack(list(ImageEmbedding(folder, providers=[CPU]).embed(photo_files)))
+    opened = _cuda_that_falls_back(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="fastclip"):
+        model = ImageEmbedding(folder)
+    assert (model.precision, model.device, model._tower.path.name) == ("fp32", "cpu", "model.onnx")
+    assert opened == [("vision/model_fp16.onnx", [CUDA, CPU]), ("vision/model.onnx", [CPU])]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastclip"]
+    assert len(lines) == 1 and "vision tower on CPU" in lines[0] and "fell back" in lines[0], lines
+    assert lines[0].endswith(", fp32"), lines
+    np.testing.assert_array_equal(np.stack(list(model.embed(photo_files))), want)
+
+    # fp16 asked for by name stays fp16 (the user's choice); cuda=True refuses the CPU run instead.
+    opened.clear()
+    pinned = TextEmbedding(folder, precision="fp16")
+    assert (pinned.precision, pinned.device) == ("fp16", "cpu") and opened == [("text/model_fp16.onnx", [CUDA, CPU])]
+    with pytest.raises(ModelError, match="cuda=True"):
+        TextEmbedding(folder, cuda=True)

@@ -227,14 +227,75 @@ def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+class _QuickGELU:
+    """open_clip's QuickGELU, x * sigmoid(1.702 x): what OpenAI's weights were trained with."""
+
+    def __new__(cls):
+        import torch
+
+        class QuickGELU(torch.nn.Module):
+            def forward(self, x):
+                return x * torch.sigmoid(1.702 * x)
+
+        return QuickGELU()
+
+
+def _swap_gelu(module) -> int:
+    """Replace every nn.GELU under `module` by QuickGELU, in place; returns how many."""
+    import torch
+
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.GELU):
+                setattr(parent, name, _QuickGELU())
+                swapped += 1
+    return swapped
+
+
+def test_measure_catches_a_real_mismatch(tiny_openclip_export, tiny_openclip_model):
+    """The export's guard, on a real difference: the graph against torch outputs of the same weights with
+    QuickGELU in place of GELU (min cosine stays ~0.999995 on this tiny tower; the max-abs bound refuses it)."""
+    import copy
+
+    import torch
+    from PIL import Image
+
+    model, preprocess, _ = tiny_openclip_model
+    pixels = torch.stack([preprocess(Image.fromarray(photo_array(n))) for n in ("astronaut", "chelsea", "rocket")])
+    wrong = copy.deepcopy(model)
+    assert _swap_gelu(wrong.visual) == 2
+    with torch.no_grad():
+        right_out, wrong_out = model.encode_image(pixels).numpy(), wrong.encode_image(pixels).numpy()
+    path = tiny_openclip_export / "vision" / "model.onnx"
+    good = verify.measure(path, verify.Reference([pixels.numpy()], [right_out]))
+    verify.check("vision", "fp32", good)
+    assert good["samples"] == 3 and 0 < good["max_abs_diff_rel"] < 1e-5  # two computations, not one compared with itself
+    bad = verify.measure(path, verify.Reference([pixels.numpy()], [wrong_out]))
+    assert bad["max_abs_diff_rel"] > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
+    with pytest.raises(ExportError, match="vision fp32 does not match torch"):
+        verify.check("vision", "fp32", bad)
+
+
 def test_failed_verification_leaves_nothing(tiny_openclip_config, tmp_path, monkeypatch):
+    """A real mismatch through the whole export (the torch reference computed with QuickGELU, the traced
+    graph with GELU) fails it and leaves nothing behind."""
+    real_reference = verify.vision_reference
+
+    def quickgelu_reference(source):
+        assert _swap_gelu(source.vision) > 0  # the traced wrapper shares its blocks with the reference
+        return real_reference(source)
+
+    monkeypatch.setattr(verify, "vision_reference", quickgelu_reference)
+    with pytest.raises(ExportError, match="vision fp32 does not match torch"):
+        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(verify, "vision_reference", real_reference)
+
     def broken(path, ref, disabled=()):
         return {"min_cosine": 0.5, "max_abs_diff": 1.0, "max_abs_diff_rel": 0.1, "samples": 8}
 
     monkeypatch.setattr(verify, "measure", broken)
-    with pytest.raises(ExportError, match="does not match torch"):
-        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", log=lambda _: None)
-    assert list(tmp_path.iterdir()) == []
 
     # An existing folder survives a failed --overwrite untouched.
     (tmp_path / "m").mkdir()

@@ -232,3 +232,43 @@ def test_hub_snapshot_made_of_symlinks_into_blobs_loads(tiny_openclip_export, tm
     texts = ["a dog", SENTENCES[3]]
     np.testing.assert_allclose(np.stack(list(TextEmbedding(snapshot, verify=True).embed(texts))),
                                np.stack(list(TextEmbedding(tiny_openclip_export).embed(texts))), rtol=0, atol=1e-6)
+
+
+def test_specific_model_path_loads_that_folder_without_the_hub(tiny_hf_export, tmp_path, monkeypatch):
+    """fastembed's keyword: the repo name stays the model's name, the files come from the folder given
+    (an empty cache and no network: resolving the name would fail)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = photo_array("rocket")
+    model = ImageEmbedding(DEFAULT_VISION_REPO, specific_model_path=str(tiny_hf_export / "vision"),
+                           cache_dir=str(tmp_path / "empty-cache"), local_files_only=True)
+    assert model.model_name == DEFAULT_VISION_REPO and model.folder == tiny_hf_export / "vision"
+    np.testing.assert_array_equal(next(model.embed([image])), next(ImageEmbedding(tiny_hf_export / "vision").embed([image])))
+    text = TextEmbedding(DEFAULT_TEXT_REPO, specific_model_path=tiny_hf_export / "text", cache_dir=str(tmp_path / "empty-cache"))
+    np.testing.assert_allclose(np.stack(list(text.embed(SENTENCES[:3]))),
+                               np.stack(list(TextEmbedding(tiny_hf_export).embed(SENTENCES[:3]))), rtol=0, atol=1e-6)
+    with pytest.raises(ModelError, match="not in the local cache"):  # the same name without it: no files
+        ImageEmbedding(DEFAULT_VISION_REPO, cache_dir=str(tmp_path / "empty-cache"), local_files_only=True)
+
+
+def test_revision_picks_the_snapshot(tiny_hf_export, tiny_openclip_export, tmp_path, monkeypatch):
+    """revision= reaches huggingface_hub: a branch name or a commit hash selects that snapshot's files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    repo_id = "someone/towers"
+    seed_hub_cache(cache, repo_id, tiny_hf_export / "vision")  # main
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / other).mkdir()
+    for f in (tiny_openclip_export / "vision").iterdir():
+        shutil.copy(f, repo / "snapshots" / other / f.name)
+    (repo / "refs" / "v2").write_text(other)
+    image = photo_array("chelsea")
+    want = {SNAPSHOT: next(ImageEmbedding(tiny_hf_export / "vision").embed([image])),
+            other: next(ImageEmbedding(tiny_openclip_export / "vision").embed([image]))}
+    assert abs(float(want[SNAPSHOT] @ want[other])) < 0.99  # two different towers
+    for revision, snapshot in ((None, SNAPSHOT), ("main", SNAPSHOT), ("v2", other), (other, other)):
+        model = ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision=revision)
+        assert model.folder.name == snapshot, revision
+        np.testing.assert_array_equal(next(model.embed([image])), want[snapshot])
+    with pytest.raises(ModelError, match="not in the local cache"):
+        ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision="v3")

@@ -431,3 +431,25 @@ def test_transformers_processors_gap(reference, photos, capsys):
         else:
             assert gap == pytest.approx(step, abs=1e-4), (name, pname, gap, version)
     assert "CLIPImageProcessorPil" in processors, version
+
+
+# The EXIF specification's eight orientations, as the transposition that shows the stored pixels upright.
+UPRIGHT = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+           7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_shown_upright(reference, photos, tmp_path, orientation):
+    """Not only 6: each orientation gives the upright picture, and its pixels are open_clip's transform of
+    that upright picture."""
+    path = tmp_path / f"o{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photos["chelsea"].save(path, quality=95, exif=exif.tobytes())
+    raw = load_image(path, 0, exif_transpose=False)
+    upright = load_image(path, 0)
+    want = raw if UPRIGHT[orientation] is None else raw.transpose(UPRIGHT[orientation])
+    assert upright.size == ((300, 451) if orientation >= 5 else (451, 300))
+    np.testing.assert_array_equal(np.asarray(upright), np.asarray(want))
+    np.testing.assert_allclose(ImagePreprocessor(SPEC)(path, 0), reference(want), atol=TOL)

@@ -163,10 +163,16 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="mutant names (default: all)")
     parser.add_argument("--out", help="also write the table to this file")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument("--check", action="store_true", help="only check that every mutant still applies")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     if args.only and len(chosen) != len(args.only):
         raise SystemExit(f"unknown mutant; known: {', '.join(m.name for m in MUTANTS)}")
+    if args.check:
+        for m in chosen:
+            count = (ROOT / m.file).read_text(encoding="utf-8").count(m.old)
+            print(f"{m.name:<26} {m.file:<28} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
+        return 0
 
     rows, missed = [], 0
     started = time.time()

@@ -112,18 +112,30 @@ def test_bounded_path_matches_the_full_resize(monkeypatch, mode, size):
         assert diff.max() == 0, (diff.max(), (diff > 0).mean())
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK", "I;16", "P", "1"])
 @pytest.mark.parametrize("size", [(5, 5000), (5000, 9), (60, 9000), (12000, 100)])
 def test_bounded_path_on_random_noise_strips(monkeypatch, mode, size):
-    """The worst case for a cut-out window: uncorrelated pixels. README's bound: at most 1 uint8 level on
-    <= 0.07 % of values (measured here: 0.02 % at most, RGB 5000 x 9); RGBA with random alpha up to 10
-    levels on 0.014 % of values (5000 x 9)."""
-    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
-    noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
-    img = Image.fromarray(noise[..., 0] if channels == 1 else noise, mode)
+    """The worst case for a cut-out window: uncorrelated pixels. README's bounds, with what was measured
+    here (seed 0): 8-bit at most 1 uint8 level on <= 0.07 % of values (0.02 %, RGB 5000 x 9); RGBA with
+    random alpha up to 10 levels on 0.014 % of values (5000 x 9); 16-bit one level of 65535 on 0.12 %;
+    "P" and "1" (NEAREST) identical."""
+    noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    if mode == "P":
+        img = Image.fromarray(noise[..., :3], "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    elif mode == "1":
+        img = Image.fromarray(noise[..., 0], "L").convert("1")
+    elif mode == "I;16":
+        img = Image.fromarray(noise[..., 0].astype(np.uint16) * 257)
+    else:
+        channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+        img = Image.fromarray(noise[..., 0] if channels == 1 else noise[..., :channels], mode)
     diff = np.abs(np.asarray(resize_crop(img, S), np.float64) - np.asarray(exact_resize_crop(img, monkeypatch), np.float64))
     if mode == "RGBA":
         assert diff.max() <= 10 and (diff > 0).mean() <= 2e-4, (diff.max(), (diff > 0).mean())
+    elif mode == "I;16":
+        assert diff.max() <= 1 and (diff > 0).mean() <= 2e-3, (diff.max(), (diff > 0).mean())
+    elif mode in ("P", "1"):
+        assert (diff > 0).mean() <= 5e-3, (diff > 0).mean()
     else:
         assert diff.max() <= 1 and (diff > 0).mean() <= 7e-4, (diff.max(), (diff > 0).mean())
 

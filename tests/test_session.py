@@ -34,6 +34,57 @@ def test_default_providers_match_what_the_driver_reports():
         assert providers[0] == CUDA
 
 
+class _FakeLibcuda:
+    """libcuda's two calls the probe makes, answering as a driver in the given state would."""
+
+    def __init__(self, init_status: int, count: int | None):
+        self.init_status, self.count = init_status, count
+
+    def cuInit(self, flags):  # noqa: N802 - the driver's name
+        return self.init_status
+
+    def cuDeviceGetCount(self, ref):  # noqa: N802
+        if self.count is None:
+            return 100  # CUDA_ERROR_NO_DEVICE
+        ref._obj.value = self.count
+        return 0
+
+
+@pytest.mark.parametrize("driver, want", [
+    (None, (0, "no CUDA driver (libcuda) on this machine")),
+    (_FakeLibcuda(3, 1), (0, "the CUDA driver did not initialize (cuInit failed)")),
+    (_FakeLibcuda(0, None), (0, "the CUDA driver reports no device")),
+    (_FakeLibcuda(0, 0), (0, "the CUDA driver reports no device")),
+    (_FakeLibcuda(0, 2), (2, "")),
+    (object(), None),  # a stub library without the symbols
+])
+def test_driver_probe_reads_libcuda(monkeypatch, driver, want):
+    """Each state of the driver, whatever this machine has: the probe's answer and its reason."""
+    def load(name):
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(session_mod.ctypes, "CDLL", load)
+    count, reason = session_mod.cuda_device_count.__wrapped__()
+    if want is None:
+        assert count == 0 and reason.startswith("the CUDA driver is unusable"), reason
+    else:
+        assert (count, reason) == want
+
+
+@pytest.mark.parametrize("listed, probe, want", [
+    ([CPU], (2, ""), ([CPU], "this onnxruntime build has no CUDA provider")),
+    ([CUDA, CPU], (0, "no CUDA driver (libcuda) on this machine"),
+     ([CPU], "no CUDA driver (libcuda) on this machine; CUDAExecutionProvider is listed but cannot run")),
+    ([CUDA, CPU], (2, ""), ([CUDA, CPU], "2 CUDA device(s) found")),
+])
+def test_default_providers_ask_for_cuda_only_when_the_driver_answers(monkeypatch, listed, probe, want):
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(session_mod, "cuda_device_count", lambda: probe)
+    assert default_providers() == want
+
+
 def test_one_clean_log_line_and_no_onnxruntime_noise(tiny_openclip_export):
     code = f"""
 import logging; logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -227,28 +227,19 @@ def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-class _QuickGELU:
-    """open_clip's QuickGELU, x * sigmoid(1.702 x): what OpenAI's weights were trained with."""
-
-    def __new__(cls):
-        import torch
-
-        class QuickGELU(torch.nn.Module):
-            def forward(self, x):
-                return x * torch.sigmoid(1.702 * x)
-
-        return QuickGELU()
-
-
 def _swap_gelu(module) -> int:
-    """Replace every nn.GELU under `module` by QuickGELU, in place; returns how many."""
+    """Replace every nn.GELU under `module` by open_clip's QuickGELU (x * sigmoid(1.702 x)), in place;
+    returns how many."""
     import torch
 
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    quick_gelu = import_open_clip().transformer.QuickGELU
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.GELU):
-                setattr(parent, name, _QuickGELU())
+                setattr(parent, name, quick_gelu())
                 swapped += 1
     return swapped
 

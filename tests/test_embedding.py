@@ -87,9 +87,8 @@ def test_batch_size_does_not_change_vectors(tiny_openclip_export, photo_files):
 def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_openclip_export, caplog, monkeypatch):
     """Large text jobs are sorted by length and run concurrently on a one-thread session; every
     vector must still be its own text's, equal to embedding that text alone."""
-    import random
-
     import logging
+    import random
 
     import fastclip.session
 

@@ -160,7 +160,14 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, li
         r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return 124, [], "timed out"
-    failed = sorted({m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", r.stdout, re.MULTILINE)})
+    ids = sorted({m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", r.stdout, re.MULTILINE)})
+    # A parametrized test counts once, with how many of its cases failed.
+    cases: dict[str, int] = {}
+    for node in ids:
+        base = node.split("[", 1)[0]
+        cases[base] = cases.get(base, 0) + 1
+    failed = [base if node_count == 1 and base in ids else f"{base} ({node_count} cases)"
+              for base, node_count in cases.items()]
     return r.returncode, failed, r.stdout[-2000:]
 
 

@@ -276,7 +276,7 @@ def test_specific_model_path_loads_that_folder_without_the_hub(tiny_hf_export, t
     text = TextEmbedding(DEFAULT_TEXT_REPO, specific_model_path=tiny_hf_export / "text", cache_dir=str(tmp_path / "empty-cache"))
     np.testing.assert_allclose(np.stack(list(text.embed(SENTENCES[:3]))),
                                np.stack(list(TextEmbedding(tiny_hf_export).embed(SENTENCES[:3]))), rtol=0, atol=1e-6)
-    with pytest.raises(ModelError, match="not in the local cache"):  # the same name without it: no files
+    with pytest.raises(ModelError, match="not in the hub cache"):  # the same name without it: no files
         ImageEmbedding(DEFAULT_VISION_REPO, cache_dir=str(tmp_path / "empty-cache"), local_files_only=True)
 
 
@@ -300,5 +300,5 @@ def test_revision_picks_the_snapshot(tiny_hf_export, tiny_openclip_export, tmp_p
         model = ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision=revision)
         assert model.folder.name == snapshot, revision
         np.testing.assert_array_equal(next(model.embed([image])), want[snapshot])
-    with pytest.raises(ModelError, match="not in the local cache"):
+    with pytest.raises(ModelError, match="not in the hub cache"):
         ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision="v3")

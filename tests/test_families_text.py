@@ -1,0 +1,162 @@
+"""Text families (issue 17, items 2, 6, 7): one tiny case per family, through the real export path.
+
+Every case is exported with `fastclip export open_clip:ARCH OUT --pretrained TAG|FILE` from a pre-seeded,
+offline hub cache (tests/hubcache.py: tokenizers of the real kind under the real repo ids) and compared with
+the torch reference built the way a user builds it: open_clip's create_model_and_transforms + get_tokenizer.
+Token ids must be equal; fp32 features (unnormalized) must have min cosine >= 0.99999 and
+max |got - ref| <= 1e-4 x max |ref| on a multilingual sentence set (tests/fixtures/multilingual_sentences.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hubcache
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = list(hubcache.FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def text_hub(tmp_path_factory):
+    """The seeded hub, with the tiny configs registered under the real architecture names for this module only."""
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    open_clip = import_open_clip()
+    registry = open_clip.factory._MODEL_CONFIGS
+    saved = dict(registry)
+    try:
+        yield hubcache.build(tmp_path_factory.mktemp("text-hub"))
+    finally:
+        registry.clear()
+        registry.update(saved)
+
+
+@pytest.fixture(scope="module")
+def exports(text_hub, tmp_path_factory):
+    """family -> exported folder (exported once per module, on first use)."""
+    from fastclip_export import api
+
+    out, done = tmp_path_factory.mktemp("text-exports"), {}
+
+    def get(family: str):
+        if family not in done:
+            with hubcache.offline(text_hub.home):
+                done[family] = api.export_model(f"open_clip:{text_hub.configs[family]}", out / family,
+                                                pretrained=text_hub.pretrained[family], log=lambda _: None)
+        return done[family]
+
+    return get
+
+
+def reference(text_hub, family: str, texts: list[str], language: str | None = None):
+    """(token ids, unnormalized features) from open_clip itself."""
+    import torch
+
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    open_clip = import_open_clip()
+    arch = hubcache.FAMILIES[family][0]
+    with hubcache.offline(text_hub.home):
+        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=text_hub.pretrained[family],
+                                                            pretrained_text=False)
+        tokenizer = open_clip.get_tokenizer(arch)
+    if language is not None:
+        # transformers' own switch. open_clip's HFTokenizer.set_language calls set_src_lang_special_tokens, which
+        # transformers' __call__ reverts to `src_lang` (its _switch_to_input_mode): measured, it keeps eng_Latn.
+        tokenizer.tokenizer.src_lang = language
+    ids = tokenizer(texts)
+    with torch.no_grad():
+        features = model.eval().encode_text(ids, normalize=False).numpy()
+    return ids.numpy(), features
+
+
+def padded(ids: np.ndarray, width: int, pad: int) -> np.ndarray:
+    return np.concatenate([ids, np.full((len(ids), width - ids.shape[1]), pad, dtype=ids.dtype)], axis=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_matches_open_clip(text_hub, exports, family):
+    import fastclip
+
+    texts = hubcache.sentences()
+    want_ids, want = reference(text_hub, family, texts)
+    with fastclip.TextEmbedding(exports(family)) as model:
+        spec = model.spec
+        got_ids = model.tokenize(texts)
+        # Small runs of length-sorted texts (bucketing) next to one run of all: the same vectors.
+        got = np.stack(list(model.embed(texts, batch_size=4, normalize=False)))
+        whole = model.embed_batch(texts, normalize=False, batch_size=64)
+    whole = whole.vectors if hasattr(whole, "vectors") else whole
+    assert np.array_equal(padded(got_ids, want_ids.shape[1], spec.pad_token_id), want_ids), family
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    print(f"{family}: context {spec.context_length} dynamic={spec.dynamic_length} cleaning={spec.cleaning} "
+          f"min cosine {cos.min():.8f} max rel diff {rel:.2e}")
+    assert cos.min() >= 0.99999 and rel <= 1e-4, (family, cos.min(), rel)
+    np.testing.assert_allclose(whole, got, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_padding_rule_per_family(text_hub, exports):
+    """Bidirectional and last-token towers get the full context; masked and causal ones the batch's longest."""
+    from fastclip import manifest
+
+    expect = {"siglip": False, "siglip2": False, "mobileclip2": False, "clipa": False, "xlm-roberta": True,
+              "roberta": True, "mt5": True, "nllb": True, "xlm-v": True, "mt5-worldwide": True}
+    got = {f: manifest.load(exports(f)).text.dynamic_length for f in expect}
+    assert got == expect
+    clipa = manifest.load(exports("clipa")).text
+    assert clipa.strip_sep_token_id is not None and clipa.context_length == 32
+    assert {f: manifest.load(exports(f)).text.cleaning for f in ("siglip", "siglip2", "xlm-roberta", "clipa")} == {
+        "siglip": "canonicalize", "siglip2": "canonicalize", "xlm-roberta": "whitespace", "clipa": "whitespace"}
+
+
+def test_clipa_separator_is_stripped(exports):
+    import fastclip
+
+    with fastclip.TextEmbedding(exports("clipa")) as model:
+        ids = model.tokenize(["a dog"])
+        sep = model.spec.strip_sep_token_id
+    assert sep not in ids[0] and ids.shape[1] == 32 and int(ids[0, 0]) == model.spec.bos_token_id
+
+
+def test_nllb_language_option(text_hub, exports):
+    """language= re-templates the source-language token as transformers' NLLB tokenizer does; vectors follow."""
+    import fastclip
+
+    texts = ["un chat noir sur une chaise", "", "🐶 chien"]
+    want_ids, want = reference(text_hub, "nllb", texts, language="fra_Latn")
+    with fastclip.TextEmbedding(exports("nllb"), language="fra_Latn") as model:
+        got_ids = model.tokenize(texts)
+        got = np.stack(list(model.embed(texts, normalize=False)))
+        assert model.language == "fra_Latn"
+    assert np.array_equal(padded(got_ids, want_ids.shape[1], 1), want_ids)
+    assert got_ids[0, 0] != fastclip.TextEmbedding(exports("nllb")).tokenize(texts)[0, 0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="unknown language 'fra_latn'.*fra_Latn"):
+        fastclip.TextEmbedding(exports("nllb"), language="fra_latn")
+    with pytest.raises(ValueError, match="takes no source language"):
+        fastclip.TextEmbedding(exports("xlm-roberta"), language="fra_Latn")
+
+
+def test_cli_export_from_the_offline_hub(text_hub, tmp_path):
+    """`fastclip export open_clip:ARCH OUT --pretrained TAG` in a fresh process, as a user runs it: the tag's
+    checkpoint, the tokenizer and the HF text config all come from the seeded cache, HF_HUB_OFFLINE=1."""
+    out = tmp_path / "xlmr"
+    env = {**os.environ, **hubcache.offline_env(text_hub.home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "fastclip", "export", f"open_clip:{text_hub.configs['xlm-roberta']}", str(out),
+         "--pretrained", "laion5b_s13b_b90k"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((out / "fastclip.json").read_text())
+    assert data["source"]["pretrained"] == "laion5b_s13b_b90k" and data["format_version"] == 2
+    assert data["text"]["pooling"] == "mean" and data["text"]["verification"]["fp32"]["min_cosine"] >= 0.99999
+    assert "token ids equal to the reference" in result.stdout + result.stderr

@@ -75,8 +75,8 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
     open_clip = import_open_clip()
     cfg = open_clip.get_model_config(arch) or {}
     text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
-    if "multimodal_cfg" in cfg and not text.get("hf_model_name") and not text.get("embed_cls"):
-        return "CoCa without a class-token text tower is not supported"
+    if "multimodal_cfg" in cfg:
+        return "CoCa: the vision tower (attentional pooler, two outputs) is not supported; its text tower exports"
     problem = text_problem(text)
     if problem:
         return problem

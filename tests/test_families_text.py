@@ -195,3 +195,91 @@ def test_coca_text_tower_matches_open_clip(tmp_path):
         want = model.encode_text(ids, normalize=False).numpy()
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.fixture(scope="module")
+def hf_siglip_folder(tmp_path_factory):
+    """A save_pretrained folder of a tiny random SiglipModel as the fixed-resolution SigLIP 2 checkpoints ship it:
+    a Gemma tokenizer (BPE + byte fallback, "<bos> $A" template, GemmaTokenizer's left padding) and a
+    SiglipImageProcessor that resizes both sides."""
+    import torch
+
+    from fastclip_export.torchvision_compat import import_torchvision
+
+    import_torchvision()
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    folder = tmp_path_factory.mktemp("hf-siglip") / "tiny-siglip2-fixed"
+    tok = hubcache.gemma_bpe(add_bos=True, add_eos=False)
+    files = hubcache.save_tokenizer(tok, "GemmaTokenizer")
+    config = SiglipConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                         bos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16))
+    torch.manual_seed(0)
+    SiglipModel(config).eval().save_pretrained(folder)
+    for name, path in files.items():
+        (folder / name).write_bytes(path.read_bytes())
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=3, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+def test_hf_siglip_text_matches_transformers(hf_siglip_folder, tmp_path, monkeypatch):
+    """transformers' tokenizer with padding="max_length" (ids and attention mask) + get_text_features, as the
+    model card runs them, against the exported folder's TextEmbedding."""
+    import torch
+    from transformers import AutoTokenizer, SiglipModel
+
+    import fastclip
+    from fastclip import manifest
+    from fastclip_export import api
+
+    if "squash" not in getattr(manifest, "RESIZE_MODES", ()):
+        # Without the squash resize the export refuses SigLIP (its images would be cropped): the text side is
+        # what is checked here, so let it through and leave the image recipe unchecked.
+        monkeypatch.setattr(manifest, "RESIZE_MODES", ("shortest", "squash"), raising=False)
+    out = api.export_model(str(hf_siglip_folder), tmp_path / "m", pretrained="none", log=lambda _: None)
+    data = manifest.load(out)
+    assert data.text.attention_mask_input == "attention_mask" and not data.text.dynamic_length
+    assert data.text.padding_side == "left" and data.logit_bias is not None
+    texts = hubcache.sentences()
+    tokenizer = AutoTokenizer.from_pretrained(hf_siglip_folder)
+    ref = tokenizer(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    torch.manual_seed(0)
+    model = SiglipModel.from_pretrained(hf_siglip_folder).eval()
+    with torch.no_grad():
+        want = model.get_text_features(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+    want = (want if isinstance(want, torch.Tensor) else want.pooler_output).numpy()
+    with fastclip.TextEmbedding(out) as emb:
+        ids = emb.tokenize(texts)
+        got = np.stack(list(emb.embed(texts, batch_size=4, normalize=False)))
+    assert np.array_equal(ids, ref["input_ids"].numpy())
+    assert ids[0, -1] != 0 and ids[0, 0] == 0  # left padding: the real tokens end in the last column
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    print(f"hf-siglip: min cosine {cos.min():.8f} max rel diff {rel:.2e}")
+    assert cos.min() >= 0.99999 and rel <= 1e-4
+
+
+def test_hf_siglip2_naflex_and_sentencepiece_siglip_are_refused(hf_siglip_folder, tmp_path):
+    from transformers import Siglip2Config
+
+    from fastclip.errors import ExportError
+    from fastclip_export import api
+
+    naflex = tmp_path / "naflex"
+    naflex.mkdir()
+    Siglip2Config().save_pretrained(naflex)
+    with pytest.raises(ExportError, match="NaFlex.*patch budget"):
+        api.export_model(str(naflex), tmp_path / "m1", pretrained="none", log=lambda _: None)
+    v1 = tmp_path / "sentencepiece-only"
+    v1.mkdir()
+    for f in hf_siglip_folder.iterdir():
+        if f.name != "tokenizer.json":
+            (v1 / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ExportError, match="no tokenizer.json.*open_clip:ViT-B-16-SigLIP"):
+        api.export_model(str(v1), tmp_path / "m2", pretrained="none", log=lambda _: None)
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()

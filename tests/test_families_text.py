@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,9 @@ def test_nllb_language_option(text_hub, exports):
     assert np.array_equal(padded(got_ids, want_ids.shape[1], 1), want_ids)
     assert got_ids[0, 0] != fastclip.TextEmbedding(exports("nllb")).tokenize(texts)[0, 0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    with fastclip.CLIP(exports("nllb"), language="fra_Latn") as clip:
+        np.testing.assert_allclose(np.stack(list(clip.embed_texts(texts))), got / np.linalg.norm(got, axis=1,
+                                   keepdims=True), atol=1e-6)
     with pytest.raises(ValueError, match="unknown language 'fra_latn'.*fra_Latn"):
         fastclip.TextEmbedding(exports("nllb"), language="fra_latn")
     with pytest.raises(ValueError, match="takes no source language"):
@@ -283,3 +287,107 @@ def test_hf_siglip2_naflex_and_sentencepiece_siglip_are_refused(hf_siglip_folder
     with pytest.raises(ExportError, match="no tokenizer.json.*open_clip:ViT-B-16-SigLIP"):
         api.export_model(str(v1), tmp_path / "m2", pretrained="none", log=lambda _: None)
     assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
+
+
+# ----------------------------------------------------------------------------------- runtime pieces alone
+
+TRICKY = ["Tom &amp; Jerry", "snake_case_name", "  lots   of\n\nspace\t", "ÄÖÜ ß façade", "mojibake: cafÃ©",
+          "<b>bold</b> & co.", "!!!", "", "🙂 ok?", "x" * 300]
+
+
+@pytest.mark.parametrize("name", ["lower", "whitespace", "canonicalize"])
+def test_cleaners_equal_open_clip(name):
+    """Each runtime cleaner is open_clip's clean function (tokenizer.get_clean_fn), fast path included."""
+    from fastclip.families.text import CLEANERS
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    reference = import_open_clip().tokenizer.get_clean_fn(name)
+    for text in hubcache.sentences() + TRICKY:
+        assert CLEANERS[name].clean(text) == reference(text), (name, text)
+
+
+def test_manifest_text_fields_are_checked(exports):
+    from fastclip import manifest
+    from fastclip.errors import ModelError
+
+    data = json.loads((exports("nllb") / "fastclip.json").read_text())
+    assert data["format_version"] == 2 and data["text"]["language"] == "eng_Latn"
+    for field, value, message in [("padding_side", "middle", "padding_side"), ("language", "xx_Latn", "language"),
+                                  ("languages", "eng_Latn", "languages"), ("strip_sep_token_id", -1, "strip_sep"),
+                                  ("cleaning", "shout", "cleaning")]:
+        bad = json.loads(json.dumps(data))
+        bad["text"][field] = value
+        with pytest.raises(ModelError, match=message):
+            manifest.parse(bad)
+    old = json.loads(json.dumps(data))
+    old["format_version"] = 1
+    for field in ("padding_side", "language", "languages", "strip_sep_token_id"):
+        old["text"].pop(field)
+    assert manifest.parse(old).text.padding_side == "right"  # a format-1 manifest reads as before
+
+
+def test_long_text_head_is_exact_for_unigram(text_hub, exports):
+    """A 400 KB text through a SentencePiece Unigram (no token spans "▁" after a character, so the tokenized
+    head is exact): the same truncated ids as transformers tokenizing all of it, at the cost of a head."""
+    import time
+
+    import fastclip
+    from fastclip.text import _word_local
+
+    text = " ".join(hubcache.sentences()[:13]) * 1200
+    with hubcache.offline(text_hub.home):
+        from transformers import AutoTokenizer
+
+        ref = AutoTokenizer.from_pretrained("xlm-roberta-base")
+    want_ids = ref([" ".join(text.split())], max_length=77, truncation=True, padding="max_length")["input_ids"][0]
+    with fastclip.TextEmbedding(exports("xlm-roberta")) as model:
+        assert model._tokenizer._word_local
+        started = time.perf_counter()
+        got = model.tokenize([text])[0]
+        seconds = time.perf_counter() - started
+    assert got.tolist() == want_ids and seconds < 1.0, seconds
+    assert not _word_local({"model": {"vocab": {"a▁b": 0, "▁c": 1}}})
+    assert _word_local({"model": {"vocab": [["▁▁", 0.0], ["▁cat", -1.0]]}})
+
+
+def test_left_padding_buckets_stay_exact(exports, tmp_path):
+    """padding_side="left" (the real tokens in the last columns): length-sorted runs slice the last columns.
+    XLM-R numbers positions from its non-pad tokens, so left and right padding give the same vectors."""
+    import fastclip
+
+    folder = tmp_path / "left"
+    shutil.copytree(exports("xlm-roberta"), folder)
+    data = json.loads((folder / "fastclip.json").read_text())
+    data["text"]["padding_side"] = "left"
+    (folder / "fastclip.json").write_text(json.dumps(data))
+    texts = hubcache.sentences()
+    with fastclip.TextEmbedding(folder) as left, fastclip.TextEmbedding(exports("xlm-roberta")) as right:
+        ids = left.tokenize(["a photo of a cat sleeping on a sunny windowsill", "a dog"])
+        assert ids[1, -1] == 2 and ids[1, 0] == 1  # end token last, pads first
+        got = np.stack(list(left.embed(texts, batch_size=4, normalize=False)))
+        want = np.stack(list(right.embed(texts, batch_size=64, normalize=False)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_cli_embed_and_info_take_the_language(exports, tmp_path):
+    import fastclip
+    from fastclip.sinks import read_embeddings
+
+    folder = exports("nllb")
+    out = tmp_path / "fr.npy"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "fastclip.cli", "embed", "--model", str(folder), "--text", "un chat",
+                          "--text", "une table", "--language", "fra_Latn", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with fastclip.TextEmbedding(folder, language="fra_Latn") as fr, fastclip.TextEmbedding(folder) as en:
+        want = np.stack(list(fr.embed(["un chat", "une table"])))
+        other = np.stack(list(en.embed(["un chat", "une table"])))
+    written = read_embeddings(out)
+    got = np.asarray(written.vectors)
+    assert written.meta["options"]["language"] == "fra_Latn"
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - other).max() > 1e-3  # the language token changes the vectors
+    info = subprocess.run([sys.executable, "-m", "fastclip.cli", "info", str(folder)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert "language eng_Latn (6 codes" in info.stdout, info.stdout + info.stderr

@@ -141,7 +141,12 @@ def text_tokenizer(arch: str) -> TokenizerPlan:
     (rebuilt as tokenizer.json, "open_clip" cleaning) or an HFTokenizer (its transformers fast tokenizer's
     own tokenizer.json, open_clip's clean function, strip_sep_token, the NLLB source language)."""
     open_clip = import_open_clip()
-    tokenizer = open_clip.get_tokenizer(arch)
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as exc:  # transformers / huggingface_hub: offline, not cached, no such repo
+        name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name", arch)
+        raise ExportError(f"open_clip:{arch}: could not get the tokenizer {name!r} (no network and not cached?): "
+                          f"{first_line(exc)[:200]}") from None
     if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
         if tokenizer.vocab_size != CLIP_VOCAB or tokenizer.clean_fn.__name__ != "_clean_lower" \
                 or tokenizer.reduction_fn is not None:
@@ -247,6 +252,12 @@ def count_parameters(arch: str) -> tuple[int, int]:
     try:
         with torch.device("meta"):
             model = open_clip.create_model(arch, pretrained=None, device="meta", pretrained_text=False)
+    except Exception as exc:  # a Hugging Face text tower's config comes from the hub
+        hf_name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
+        if not hf_name:
+            raise
+        raise ExportError(f"open_clip:{arch}: could not get the text model config {hf_name!r} (no network and not "
+                          f"cached?): {first_line(exc)[:200]}") from None
     finally:
         root.setLevel(level)
     vision = sum(p.numel() for p in model.visual.parameters())

@@ -391,3 +391,14 @@ def test_cli_embed_and_info_take_the_language(exports, tmp_path):
     info = subprocess.run([sys.executable, "-m", "fastclip.cli", "info", str(folder)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert "language eng_Latn (6 codes" in info.stdout, info.stdout + info.stderr
+
+
+def test_offline_without_the_tokenizer_is_one_line(text_hub, tmp_path):
+    """An empty cache, no network: the user sees which Hugging Face repo is missing, in one line."""
+    env = {**os.environ, **hubcache.offline_env(tmp_path / "empty-home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fastclip", "export", f"open_clip:{text_hub.configs['clipa']}", str(tmp_path / "m"),
+         "--pretrained", "none"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "bert-base-uncased" in result.stderr and "not cached" in result.stderr
+    assert not (tmp_path / "m").exists()

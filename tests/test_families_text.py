@@ -231,7 +231,21 @@ def hf_siglip_folder(tmp_path_factory):
     return folder
 
 
-def test_hf_siglip_text_matches_transformers(hf_siglip_folder, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def hf_siglip_export(hf_siglip_folder, tmp_path_factory):
+    from fastclip import manifest
+    from fastclip_export import api
+
+    with pytest.MonkeyPatch.context() as patch:
+        if "squash" not in getattr(manifest, "RESIZE_MODES", ()):
+            # This fastclip does not resize both sides (squash), so the export refuses SigLIP (its images would be
+            # cropped). The text side is what the text test checks: let it through; the image test is skipped.
+            patch.setattr(manifest, "RESIZE_MODES", ("shortest", "squash"), raising=False)
+        return api.export_model(str(hf_siglip_folder), tmp_path_factory.mktemp("hf-siglip-out") / "m",
+                                pretrained="none", log=lambda _: None)
+
+
+def test_hf_siglip_text_matches_transformers(hf_siglip_folder, hf_siglip_export):
     """transformers' tokenizer with padding="max_length" (ids and attention mask) + get_text_features, as the
     model card runs them, against the exported folder's TextEmbedding."""
     import torch
@@ -239,13 +253,8 @@ def test_hf_siglip_text_matches_transformers(hf_siglip_folder, tmp_path, monkeyp
 
     import fastclip
     from fastclip import manifest
-    from fastclip_export import api
 
-    if "squash" not in getattr(manifest, "RESIZE_MODES", ()):
-        # Without the squash resize the export refuses SigLIP (its images would be cropped): the text side is
-        # what is checked here, so let it through and leave the image recipe unchecked.
-        monkeypatch.setattr(manifest, "RESIZE_MODES", ("shortest", "squash"), raising=False)
-    out = api.export_model(str(hf_siglip_folder), tmp_path / "m", pretrained="none", log=lambda _: None)
+    out = hf_siglip_export
     data = manifest.load(out)
     assert data.text.attention_mask_input == "attention_mask" and not data.text.dynamic_length
     assert data.text.padding_side == "left" and data.logit_bias is not None
@@ -266,6 +275,30 @@ def test_hf_siglip_text_matches_transformers(hf_siglip_folder, tmp_path, monkeyp
     rel = np.abs(got - want).max() / np.abs(want).max()
     print(f"hf-siglip: min cosine {cos.min():.8f} max rel diff {rel:.2e}")
     assert cos.min() >= 0.99999 and rel <= 1e-4
+
+
+def test_hf_siglip_images_match_the_transformers_processor(hf_siglip_folder, hf_siglip_export):
+    """SiglipImageProcessor (both sides resized, bicubic, 0.5 mean/std) + get_image_features on real photos against
+    ImageEmbedding on the exported folder."""
+    import torch
+    from transformers import AutoImageProcessor, SiglipModel
+
+    import fastclip
+    from fastclip import manifest
+    from fastclip_export.verify import photos
+
+    if manifest.load(hf_siglip_export).vision.resize_mode != "squash":
+        pytest.skip("this fastclip has no squash resize: the SigLIP image recipe is not recorded")
+    images = photos()
+    pixels = AutoImageProcessor.from_pretrained(hf_siglip_folder)(images=images, return_tensors="pt")["pixel_values"]
+    model = SiglipModel.from_pretrained(hf_siglip_folder).eval()
+    with torch.no_grad():
+        want = model.get_image_features(pixel_values=pixels)
+    want = (want if isinstance(want, torch.Tensor) else want.pooler_output).numpy()
+    with fastclip.ImageEmbedding(hf_siglip_export, exif_transpose=False) as emb:
+        got = np.stack(list(emb.embed(images, normalize=False)))
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
 def test_hf_siglip2_naflex_and_sentencepiece_siglip_are_refused(hf_siglip_folder, tmp_path):

@@ -278,8 +278,9 @@ def test_hf_siglip_text_matches_transformers(hf_siglip_folder, hf_siglip_export)
 
 
 def test_hf_siglip_images_match_the_transformers_processor(hf_siglip_folder, hf_siglip_export):
-    """SiglipImageProcessor (both sides resized, bicubic, 0.5 mean/std) + get_image_features on real photos against
-    ImageEmbedding on the exported folder."""
+    """SiglipImageProcessor (both sides resized, bicubic, 0.5 mean/std; transformers' PIL backend) +
+    get_image_features on real photos against ImageEmbedding on the exported folder. transformers 5's default
+    torchvision backend resizes float tensors and lands further away (cosine >= 0.9999 here, printed)."""
     import torch
     from transformers import AutoImageProcessor, SiglipModel
 
@@ -290,15 +291,18 @@ def test_hf_siglip_images_match_the_transformers_processor(hf_siglip_folder, hf_
     if manifest.load(hf_siglip_export).vision.resize_mode != "squash":
         pytest.skip("this fastclip has no squash resize: the SigLIP image recipe is not recorded")
     images = photos()
-    pixels = AutoImageProcessor.from_pretrained(hf_siglip_folder)(images=images, return_tensors="pt")["pixel_values"]
     model = SiglipModel.from_pretrained(hf_siglip_folder).eval()
-    with torch.no_grad():
-        want = model.get_image_features(pixel_values=pixels)
-    want = (want if isinstance(want, torch.Tensor) else want.pooler_output).numpy()
     with fastclip.ImageEmbedding(hf_siglip_export, exif_transpose=False) as emb:
         got = np.stack(list(emb.embed(images, normalize=False)))
-    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cos.min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    for backend, min_cos, max_rel in (("pil", 0.99999, 1e-4), ("torchvision", 0.9999, None)):
+        processor = AutoImageProcessor.from_pretrained(hf_siglip_folder, backend=backend)
+        with torch.no_grad():
+            want = model.get_image_features(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
+        want = (want if isinstance(want, torch.Tensor) else want.pooler_output).numpy()
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        rel = np.abs(got - want).max() / np.abs(want).max()
+        print(f"hf-siglip images vs the {backend} processor: min cosine {cos.min():.8f}, max rel diff {rel:.2e}")
+        assert cos.min() >= min_cos and (max_rel is None or rel <= max_rel), (backend, cos.min(), rel)
 
 
 def test_hf_siglip2_naflex_and_sentencepiece_siglip_are_refused(hf_siglip_folder, tmp_path):

@@ -131,6 +131,13 @@ class TokenizerPlan:
     language: str | None = None
     languages: tuple[str, ...] = ()
 
+    def source_fields(self) -> dict:
+        """The `Source` fields this plan fills (its text side, but for the tower's own pooling and padding)."""
+        return dict(context_length=self.context_length, cleaning=self.cleaning, bos_token_id=self.bos_token_id,
+                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, tokenize=self.tokenize,
+                    write_tokenizer=self.write, padding_side=self.padding_side,
+                    strip_sep_token_id=self.strip_sep_token_id, language=self.language, languages=self.languages)
+
 
 # open_clip's clean functions (tokenizer.get_clean_fn) -> the runtime's cleaners (fastclip.families.text).
 _CLEAN_NAMES = {"_clean_lower": "lower", "_clean_whitespace": "whitespace", "_clean_canonicalize": "canonicalize"}
@@ -365,19 +372,9 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         mean=mean,
         std=std,
         preprocess=preprocess,
-        context_length=plan.context_length,
-        bos_token_id=plan.bos_token_id,
-        eos_token_id=plan.eos_token_id,
-        pad_token_id=plan.pad_token_id,
+        **plan.source_fields(),
         pooling=text.pool_type,
-        cleaning=plan.cleaning,
-        tokenize=plan.tokenize,
-        write_tokenizer=plan.write,
         dynamic_length=text.dynamic,
-        padding_side=plan.padding_side,
-        strip_sep_token_id=plan.strip_sep_token_id,
-        language=plan.language,
-        languages=plan.languages,
         vision_heads=getattr(visual, "heads", 0) or 0,
         vision_width=vision_width,
         text_heads=text_heads,

@@ -9,11 +9,19 @@ Two references, chosen by the manifest's `text.cleaning`:
   it would re-apply NFC (html.unescape can produce decomposed text that open_clip leaves as is) and a
   per-character lowercase (Python's lower() handles e.g. a final sigma in context; Rust's per-char one
   does not). The split and BPE of a file written by `fastclip_export.tokenizer_files` are open_clip's.
-* "none": the text goes to tokenizer.json untouched, as transformers' CLIPTokenizer(Fast) feeds it.
+* "lower", "whitespace", "canonicalize": open_clip's HFTokenizer (SigLIP, SigLIP 2, XLM-R, mT5, NLLB, BERT,
+  xlm-v) cleans with that clean function (fastclip.families.text.CLEANERS) and then runs the transformers
+  fast tokenizer, whose own tokenizer.json (normalizer, pre-tokenizer, model, post-processor) the export
+  copied: it stays on as written.
+* "none": the text goes to tokenizer.json untouched, as transformers' tokenizers feed it.
+
+The manifest's family rules follow: padding to the batch's longest text (`dynamic_length`) or to the full
+context, on the tokenizer's `padding_side`; open_clip's `strip_sep_token` (the separator id becomes 0, CLIPA);
+and for NLLB the source-language token of the post-processor's template, switched by `language=`.
 
 Truncation keeps the end token last, as both references do: open_clip cuts ``[sot] + ids + [eot]`` to
 `context_length` and writes `eot` into the last slot; transformers (tokenizers' truncation) keeps
-``context_length - 2`` content tokens between the special tokens. These are the same sequence.
+``context_length`` minus the template's special tokens between them. These are the same sequence.
 
 Bounded cost. Only the first ``context_length - 2`` tokens are kept, so a truncated text is tokenized
 from a prefix ("head") of about `HEAD_CHARS` non-blank characters, cut at ASCII whitespace, and grown
@@ -21,7 +29,10 @@ from a prefix ("head") of about `HEAD_CHARS` non-blank characters, cut at ASCII 
 token never spans ASCII whitespace: the CLIP pre-tokenizer regex matches no whitespace, the
 normalizers (NFC, whitespace collapse, lowercase) and open_clip's cleaning (ftfy per line,
 html.unescape whose entity names stop at whitespace, whitespace collapse, str.lower whose final sigma
-looks only at the next character, here whitespace or the end) act within whitespace-separated words.
+looks only at the next character, here whitespace or the end) act within whitespace-separated words;
+for other tokenizers the same holds when no token of the vocabulary joins two words (a "▁", "Ġ" or space after
+another character: SentencePiece and byte-level vocabularies trained word by word), checked at load
+(`_word_local`); a tokenizer that fails the check reads heads of up to 256 K characters instead.
 So the head's tokens are the first tokens of the whole text, and once the head overflows the context
 the truncated ids are the whole text's. Whitespace runs longer than `_FLOOD` characters are shortened
 (they only separate words; a run that holds newlines keeps one, for ftfy's per-line processing).

@@ -439,3 +439,14 @@ def test_offline_without_the_tokenizer_is_one_line(text_hub, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "bert-base-uncased" in result.stderr and "not cached" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_language_reaches_worker_processes(exports):
+    """parallel= rebuilds the model in other processes: the source language goes with it."""
+    import fastclip
+
+    texts = ["un chat noir", "une table en bois", "un chien"] * 4
+    with fastclip.TextEmbedding(exports("nllb"), language="fra_Latn") as model:
+        here = np.stack(list(model.embed(texts, batch_size=4)))
+        there = np.stack(list(model.embed(texts, batch_size=4, parallel=2)))
+    np.testing.assert_allclose(there, here, atol=1e-6)

@@ -450,3 +450,26 @@ def test_language_reaches_worker_processes(exports):
         here = np.stack(list(model.embed(texts, batch_size=4)))
         there = np.stack(list(model.embed(texts, batch_size=4, parallel=2)))
     np.testing.assert_allclose(there, here, atol=1e-6)
+
+
+def test_broken_language_or_tokenizer_files_are_model_errors(exports, tmp_path):
+    """A manifest may list languages its tokenizer cannot switch to, or name a tokenizer.json that is not one:
+    ModelError naming the file, not a crash."""
+    import fastclip
+    from fastclip.errors import ModelError
+
+    folder = tmp_path / "nllb"
+    shutil.copytree(exports("nllb"), folder)
+    tok = json.loads((folder / "text" / "tokenizer.json").read_text())
+    tok["post_processor"] = None
+    (folder / "text" / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ModelError, match="post-processor does not place the language token"):
+        fastclip.TextEmbedding(folder, language="fra_Latn")
+    del tok["added_tokens"][[t["content"] for t in tok["added_tokens"]].index("deu_Latn")]
+    (folder / "text" / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ModelError, match="'deu_Latn' is listed in the manifest but not a token"):
+        fastclip.TextEmbedding(folder, language="deu_Latn")
+    for content in ("[1, 2, 3]", "[" * 100000 + "]" * 100000):
+        (folder / "text" / "tokenizer.json").write_text(content)
+        with pytest.raises(ModelError, match="cannot load tokenizer"):
+            fastclip.TextEmbedding(folder)

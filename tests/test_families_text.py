@@ -166,39 +166,55 @@ def test_cli_export_from_the_offline_hub(text_hub, tmp_path):
     assert "token ids equal to the reference" in result.stdout + result.stderr
 
 
-def test_coca_text_tower_matches_open_clip(tmp_path):
-    """CoCa's contrastive text embedding (class token appended after the tokens, padding masked for it, pooled
-    last, ln_final after pooling) traced to ONNX equals open_clip's encode_text on the full 76-token context.
-    The export refuses CoCa for its vision tower; the text side is proven at the tower."""
+def _tower_matches(tower, ids, want_fn, tmp_path, name: str) -> None:
+    """`tower` traced to ONNX gives `want_fn(ids)` (unnormalized) within the fp32 thresholds."""
     import onnxruntime as ort
     import torch
 
     from fastclip_export import onnx_io
+
+    path = tmp_path / f"{name}.onnx"
+    onnx_io.export_tower(tower, ids[:2], path, "input_ids", "text_embeds", {0: "batch", 1: "sequence"})
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        want = want_fn(ids).numpy()
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (name, cos.min())
+
+
+@pytest.mark.parametrize("arch", ["coca_ViT-B-32", "coca_roberta-ViT-B-32"])
+def test_coca_text_towers_match_open_clip(text_hub, tmp_path, arch):
+    """CoCa's contrastive text embedding traced to ONNX equals open_clip's encode_text: the class token appended
+    after 76 CLIP BPE tokens (padding masked for it, pooled last, ln_final after pooling), and the RoBERTa
+    variant's HF tower, which also returns tokens. The export refuses CoCa for its vision tower; the text side
+    is proven at the tower."""
+    import torch
+
     from fastclip_export.open_clip_source import _text_tower, text_tokenizer
     from fastclip_export.torchvision_compat import import_open_clip
 
     open_clip = import_open_clip()
-    cfg = json.loads(json.dumps(open_clip.get_model_config("coca_ViT-B-32")))
+    cfg = json.loads(json.dumps(open_clip.get_model_config(arch)))
     cfg["embed_dim"] = 16
     cfg["vision_cfg"].update(hubcache.TINY_VISION)
-    cfg["text_cfg"].update(hubcache.TINY_TEXT)
+    if not cfg["text_cfg"].get("hf_model_name"):
+        cfg["text_cfg"].update(hubcache.TINY_TEXT)
     cfg["multimodal_cfg"].update(width=32, heads=2, layers=1)
-    path = tmp_path / "fastclip-tiny-coca.json"
+    name = f"fastclip-tiny-{arch}"
+    path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("fastclip-tiny-coca", pretrained=None).eval()
-    plan = text_tokenizer("fastclip-tiny-coca")
-    tower, _, _ = _text_tower("fastclip-tiny-coca", model)
-    assert plan.context_length == 76 and not tower.dynamic and tower.pool_type == "last"
-    ids = plan.tokenize(hubcache.sentences())
-    onnx_io.export_tower(tower, ids[:2], tmp_path / "text.onnx", "input_ids", "text_embeds", {0: "batch", 1: "sequence"})
-    got = ort.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids.numpy()})[0]
-    with torch.no_grad():
-        want = model.encode_text(ids, normalize=False).numpy()
-    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cos.min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    with hubcache.offline(text_hub.home):
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None, pretrained_text=False).eval()
+        plan = text_tokenizer(name)
+    tower, _, _ = _text_tower(name, model)
+    if arch == "coca_ViT-B-32":
+        assert plan.context_length == 76 and not tower.dynamic and tower.pool_type == "last"
+    else:
+        assert tower.dynamic and tower.pool_type == "mean"
+    _tower_matches(tower, plan.tokenize(hubcache.sentences()), lambda ids: model.encode_text(ids, normalize=False),
+                   tmp_path, name)
 
 
 @pytest.fixture(scope="module")

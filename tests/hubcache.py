@@ -227,7 +227,7 @@ def _tokenizers() -> dict[str, tuple]:
 def _hf_config(repo: str, vocab: int) -> dict:
     """Tiny transformers configs for the text models open_clip's HF towers build by id (and the tokenizer repos'
     config.json, which AutoTokenizer reads)."""
-    from transformers import (BertConfig, M2M100Config, MT5Config, RobertaConfig, T5Config, XLMRobertaConfig)
+    from transformers import BertConfig, M2M100Config, MT5Config, RobertaConfig, XLMRobertaConfig
 
     common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=64, max_position_embeddings=130)
@@ -245,7 +245,7 @@ def _hf_config(repo: str, vocab: int) -> dict:
                             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
                             decoder_ffn_dim=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
                             eos_token_id=2, decoder_start_token_id=2).to_dict()
-    return T5Config(vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2).to_dict()
+    raise ValueError(f"no tiny transformers config for {repo}")
 
 
 # name -> (real open_clip architecture, pretrained tag or None (no tag: a checkpoint file), what it covers)
@@ -304,7 +304,10 @@ def build(root: Path, families=None) -> TextHub:
         tok = builder()
         vocab[repo] = tok.get_vocab_size(with_added_tokens=True)
         files = dict(save_tokenizer(tok, cls, **kwargs))
-        files["config.json"] = json.dumps(_hf_config(repo, vocab[repo]))
+        # timm's repos carry timm's own config.json (no transformers model_type); AutoTokenizer then goes by
+        # tokenizer_config.json alone, as with the real files.
+        files["config.json"] = json.dumps({"architecture": "vit_base_patch16_siglip_224", "num_classes": 0}
+                                          if repo.startswith("timm/") else _hf_config(repo, vocab[repo]))
         seed_repo(hub, repo, files)
     configs, pretrained = {}, {}
     (root / "configs").mkdir(exist_ok=True)

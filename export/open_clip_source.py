@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fastclip import hub
 from fastclip.errors import ExportError, first_line
 
 from .open_clip_towers import HFTextTower, OpenClipTextTower, OpenClipVisionTower, check_blocks
@@ -148,11 +149,15 @@ def text_tokenizer(arch: str) -> TokenizerPlan:
     (rebuilt as tokenizer.json, "open_clip" cleaning) or an HFTokenizer (its transformers fast tokenizer's
     own tokenizer.json, open_clip's clean function, strip_sep_token, the NLLB source language)."""
     open_clip = import_open_clip()
+    name = _text_cfg(arch).get("hf_tokenizer_name")
+    offline = hub.go_offline_if_unreachable() if name else None  # transformers fetches it: fail fast offline
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:  # transformers / huggingface_hub: offline, not cached, no such repo
-        name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name", arch)
-        raise ExportError(f"open_clip:{arch}: could not get the tokenizer {name!r} (no network and not cached?): "
+        if offline is not None:
+            raise ExportError(hub.not_cached(f"open_clip:{arch}: the tokenizer {name!r}", offline,
+                                             "run the export where the hub is reachable once")) from None
+        raise ExportError(f"open_clip:{arch}: could not get the tokenizer {name or arch!r}: "
                           f"{first_line(exc)[:200]}") from None
     if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
         if tokenizer.vocab_size != CLIP_VOCAB or tokenizer.clean_fn.__name__ != "_clean_lower" \
@@ -213,6 +218,10 @@ def text_tokenizer(arch: str) -> TokenizerPlan:
     )
 
 
+def _text_cfg(arch: str) -> dict:
+    return (import_open_clip().get_model_config(arch) or {}).get("text_cfg", {})
+
+
 def vision_family(arch: str) -> str:
     """The kind of vision tower, as open_clip's config describes it."""
     vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
@@ -256,15 +265,19 @@ def count_parameters(arch: str) -> tuple[int, int]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "No pretrained weights loaded": expected here
+    hf_name = _text_cfg(arch).get("hf_model_name")
+    offline = hub.go_offline_if_unreachable() if hf_name else None  # its config.json comes from the hub
     try:
         with torch.device("meta"):
             model = open_clip.create_model(arch, pretrained=None, device="meta", pretrained_text=False)
-    except Exception as exc:  # a Hugging Face text tower's config comes from the hub
-        hf_name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
+    except Exception as exc:
         if not hf_name:
             raise
-        raise ExportError(f"open_clip:{arch}: could not get the text model config {hf_name!r} (no network and not "
-                          f"cached?): {first_line(exc)[:200]}") from None
+        if offline is not None:
+            raise ExportError(hub.not_cached(f"open_clip:{arch}: the text model config {hf_name!r}", offline,
+                                             "run the export where the hub is reachable once")) from None
+        raise ExportError(f"open_clip:{arch}: could not get the text model config {hf_name!r}: "
+                          f"{first_line(exc)[:200]}") from None
     finally:
         root.setLevel(level)
     vision = sum(p.numel() for p in model.visual.parameters())
@@ -334,18 +347,28 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     problem = config_problem(arch, weights)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
+    # A tag is fetched from the hub (cached after the first time); a file or `none` needs no network.
+    offline = hub.go_offline_if_unreachable() if weights is not None and not Path(weights).is_file() else None
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    if offline is not None:
+        root.setLevel(logging.CRITICAL)  # open_clip logs the download failure that the error below reports
     try:
         # pretrained_text=False: a Hugging Face text tower is built from its config alone (the CLIP checkpoint,
         # or random weights for 'none', fill it); True would download the text model's own weights.
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, pretrained_text=False)
-    except (OSError, urllib.error.URLError) as exc:
-        raise ExportError(
-            f"could not get open_clip:{arch} weights {weights!r} (no network and not cached?): {type(exc).__name__}"
-        ) from None
     except Exception as exc:
-        if _is_hub_error(exc):
-            raise ExportError(f"could not download open_clip:{arch} weights {weights!r}: no network and not cached") from None
+        if offline is not None:
+            raise ExportError(hub.not_cached(
+                f"open_clip:{arch} weights {weights!r}", offline, "run the export where the hub is reachable, "
+                "or pass a checkpoint file (--pretrained FILE)")) from None
+        if isinstance(exc, (OSError, urllib.error.URLError)) or _is_hub_error(exc):
+            raise ExportError(f"could not download open_clip:{arch} weights {weights!r}: {first_line(exc)}") from None
         raise ExportError(f"could not load open_clip:{arch} with {weights!r}: {first_line(exc)}") from None
+    finally:
+        root.setLevel(level)
     model.eval()
 
     image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))

@@ -32,12 +32,14 @@ class CLIP:
         fast: bool | str = False,
         workers: int | None = None,
         concurrent_runs: int | None = None,
+        language: str | None = None,
         **common: Any,
     ):
         self.images = ImageEmbedding(
             model_name or DEFAULT_VISION_REPO, exif_transpose=exif_transpose, fast=fast, workers=workers, **common
         )
-        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, **common)
+        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, language=language,
+                                   **common)
         if self.images.dim != self.texts.dim:
             raise ModelError(
                 f"vision tower gives {self.images.dim}-d vectors, text tower {self.texts.dim}-d: not one CLIP model"

@@ -138,6 +138,9 @@ class TextEmbedding(TowerModel, FastembedTextNames):
     Same vectors; the second session is opened on the first large job and costs the model's size
     in memory again (~250 MB for ViT-B/32). Short jobs keep the multi-threaded session and its latency.
     The same as tuning=Tuning(concurrent_runs=...), which it overrides.
+    language: the source language of the texts, for towers that take one (NLLB: a FLORES-200 code such as
+    "fra_Latn"; the manifest lists the codes and the default, "eng_Latn" as open_clip's tokenizer has it).
+    ValueError for a model that takes none or a code it does not know.
     Other options: see fastclip.tower.TowerModel.
     """
 
@@ -152,6 +155,7 @@ class TextEmbedding(TowerModel, FastembedTextNames):
         *,
         concurrent_runs: int | None = None,
         tuning: Tuning | None = None,
+        language: str | None = None,
         **options: Any,
     ):
         tuning = tuning if tuning is not None else Tuning()
@@ -161,7 +165,9 @@ class TextEmbedding(TowerModel, FastembedTextNames):
             tuning = replace(tuning, concurrent_runs=max(1, int(options.get("threads") or available_cores())))
         self.concurrent_runs = tuning.concurrent_runs
         super().__init__(model_name, tuning=tuning, **options)
-        self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec)
+        self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec, language=language)
+        self.language = self._tokenizer.language
+        self._options["language"] = language
         self._runner = TextRunner(self.spec, self._tokenizer, self._session.get, dim=self.dim, tuning=self.tuning,
                                   owner=self._name())
 

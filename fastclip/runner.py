@@ -296,7 +296,7 @@ class TextRunner(_Runner):
         # Small runs pay on CPU; a GPU wants the whole batch in one run.
         rows = batch_size if tower.device == "cuda" else min(batch_size, self.tuning.text_run_rows)
         if self._bucketing() and len(texts) > rows:
-            return self._run_sorted(self._feeds(texts, 0, truncate), rows, normalize)
+            return self._run_sorted(*self._feeds_and_lengths(texts, 0, truncate), rows, normalize)
         if len(texts) <= batch_size:
             return run(tower, self.spec, self._feeds(texts, 0, truncate), normalize)
         return np.concatenate([
@@ -308,23 +308,29 @@ class TextRunner(_Runner):
         return self.spec.dynamic_length and self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
-        if self.spec.attention_mask_input:
-            ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
-            return {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
-        return {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
+        return self._feeds_and_lengths(chunk, start, truncate)[0]
 
-    def _run_sorted(self, feeds: dict[str, np.ndarray], rows: int, normalize: bool) -> np.ndarray:
-        ids = feeds[self.spec.input_name]
+    def _feeds_and_lengths(self, chunk: list, start: int, truncate: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(graph inputs, real tokens per text). The lengths come from the tokenizer's attention mask, not from
+        the first end token: a masked-mean tower (XLM-R, mT5) reads every real token, and a text may
+        spell an end token inside itself."""
+        ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
+        feeds = {self.spec.input_name: ids}
         if self.spec.attention_mask_input:
-            lengths = feeds[self.spec.attention_mask_input].sum(axis=1)
-        else:  # real tokens run up to and including the first end token
-            lengths = np.argmax(ids == self.spec.eos_token_id, axis=1) + 1
+            feeds[self.spec.attention_mask_input] = mask
+        return feeds, mask.sum(axis=1)
+
+    def _run_sorted(self, feeds: dict[str, np.ndarray], lengths: np.ndarray, rows: int, normalize: bool) -> np.ndarray:
+        ids = feeds[self.spec.input_name]
         order = np.argsort(lengths, kind="stable")
         runs = [order[b : b + rows] for b in range(0, len(ids), rows)]
+        # Padding on the left (padding_side="left") puts the real tokens last: keep the last `width` columns.
+        left = self.spec.padding_side == "left"
 
         def run_one(picked: np.ndarray, tower: LoadedTower = self._tower()) -> np.ndarray:
             width = max(int(lengths[picked].max()), 1)
-            return run(tower, self.spec, {k: v[picked, :width] for k, v in feeds.items()}, normalize)
+            cols = slice(ids.shape[1] - width, None) if left else slice(0, width)
+            return run(tower, self.spec, {k: v[picked, cols] for k, v in feeds.items()}, normalize)
 
         second = self._second_session() if len(runs) >= self._second_min_runs else None
         if second is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 from .common import UsageError
 
@@ -109,5 +110,11 @@ def cmd_serve(args) -> int:
     server_box.append(server)
     log.info("fastclip serve: %d model(s) on http://%s:%d%s%s", len(args.model), args.host, args.port,
              ", API key required" if api_key else "", ", image URLs allowed" if limits.allow_urls else "")
-    server.run()
+    # uvicorn drains the requests in flight on SIGTERM, restores the previous handler and raises the signal
+    # again so the process dies of it; this handler makes a drained server exit 0 instead.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 1 if failed else 0

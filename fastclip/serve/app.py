@@ -150,6 +150,14 @@ class Server:
         """Every route's errors as JSON (OpenAI's error shape); an unexpected one is logged, never sent."""
 
         async def endpoint(request: Request) -> Response:
+            response = await answer(request)
+            if response.status_code >= 400 and request.method == "POST" and not getattr(request.state, "body_read", False):
+                # The body was refused unread: closing the connection stops the server reading it (uvicorn
+                # would otherwise read and discard it until the keep-alive timeout).
+                response.headers["Connection"] = "close"
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 if not public:
                     self._authorize(request)
@@ -218,6 +226,7 @@ class Server:
                 chunks.append(chunk)
             body = b"".join(chunks)
             chunks.clear()
+            request.state.body_read = True
             yield body
         finally:
             self.budget.give(held)

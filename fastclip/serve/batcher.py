@@ -79,7 +79,7 @@ def fair_shares(waiting: Sequence[int], capacity: int) -> list[int]:
     """
     shares = [0] * len(waiting)
     left = capacity
-    order = sorted(range(min(len(waiting), capacity)), key=lambda i: (waiting[i], i))
+    order = sorted(range(min(len(waiting), capacity)), key=lambda i: (waiting[i], -i))  # ties: the oldest last, so it gets the remainder
     for k, i in enumerate(order):
         share = min(waiting[i], left // (len(order) - k))
         shares[i] = share

@@ -314,20 +314,24 @@ class Server:
             raise
         gone = asyncio.ensure_future(_disconnected(request))
         everything = asyncio.ensure_future(asyncio.gather(*(job.future for _, job in jobs)))
+        finished = False
         try:
             done, _ = await asyncio.wait({everything, gone}, timeout=self.limits.request_timeout or None,
                                          return_when=asyncio.FIRST_COMPLETED)
             if everything in done:
-                return everything.result()
-            for batcher, job in jobs:
-                batcher.cancel(job)
+                rows = everything.result()  # a failed batch raises here (500)
+                finished = True
+                return rows
             if gone in done:
                 raise ClientGone()
             raise GatewayTimeout(f"no answer within {self.limits.request_timeout:g} s (--request-timeout)")
         finally:
             gone.cancel()
-            if not everything.done():
-                everything.cancel()
+            if not finished:  # whatever ended the wait, the inputs still queued are nobody's now
+                for batcher, job in jobs:
+                    batcher.cancel(job)
+                if not everything.done():
+                    everything.cancel()
                 everything.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _count(self, model: ServedModel, tower: str, ok: int, failed: int) -> None:

@@ -118,7 +118,9 @@ class Server:
         try:
             yield
         finally:
-            self.close()
+            if self._url_client is not None:
+                await self._url_client.aclose()
+            await anyio.to_thread.run_sync(self.close)
 
     def _load(self) -> None:
         try:
@@ -139,10 +141,6 @@ class Server:
             self._loader.join(timeout=60)
         for model in self.models.values():
             model.close()
-        if self._url_client is not None:
-            client, self._url_client = self._url_client, None
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().create_task(client.aclose())
 
     # ------------------------------------------------------------------------------ request plumbing
 
@@ -467,7 +465,7 @@ class Server:
                         continue  # busy or recently working: no probe needed
                     item = self._probe_image if tower == "image" else "a photo"
                     try:
-                        job = batcher.submit([item], loop, probe=True)
+                        job = batcher.submit([item], loop)
                     except QueueFull:
                         continue
                     try:

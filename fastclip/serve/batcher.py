@@ -41,7 +41,7 @@ class QueueFull(Exception):
 class Job:
     """One request's inputs for one tower; `future` resolves to a list of (vector or FastClipError) per input."""
 
-    def __init__(self, items: Sequence[Any], loop: asyncio.AbstractEventLoop, probe: bool = False):
+    def __init__(self, items: Sequence[Any], loop: asyncio.AbstractEventLoop):
         self.items = list(items)
         self.results: list[np.ndarray | FastClipError | None] = [None] * len(self.items)
         self.loop = loop
@@ -50,7 +50,6 @@ class Job:
         self.outstanding = len(self.items)  # inputs whose result has not come back
         self.arrived = time.monotonic()
         self.cancelled = False
-        self.probe = probe
 
     @property
     def waiting(self) -> int:
@@ -131,8 +130,8 @@ class Batcher:
         """Inputs waiting for a worker."""
         return self._queued
 
-    def submit(self, items: Sequence[Any], loop: asyncio.AbstractEventLoop, *, probe: bool = False) -> Job:
-        job = Job(items, loop, probe)
+    def submit(self, items: Sequence[Any], loop: asyncio.AbstractEventLoop) -> Job:
+        job = Job(items, loop)
         if not job.items:
             job.future.set_result([])
             return job
@@ -214,10 +213,12 @@ class Batcher:
                     if job.waiting == 0:
                         self._jobs.remove(job)
             # Jobs that still wait go behind the ones that arrived after them: round robin between requests.
-            for job in jobs:
-                if job.waiting and job in self._jobs and any(j is job for j, _, _ in taken):
+            for job, _, _ in taken:
+                if job.waiting:
                     self._jobs.remove(job)
                     self._jobs.append(job)
+            if self._jobs:
+                self._cond.notify()  # an idle worker may start on the rest now
             return taken
 
     def _work(self) -> None:

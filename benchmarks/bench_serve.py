@@ -17,6 +17,15 @@ generator costs little CPU beside the servers on a small machine. The model is t
 of benchmarks/common.py (`fastclip export`ed once); the photos are its 1-4 MP JPEGs, sent as data URIs.
 
     python benchmarks/bench_serve.py [--images 96] [--texts 512] [--rounds 3] [--infinity /tmp/infinity-venv/bin/infinity_emb]
+
+infinity-emb 0.0.78 in its own virtualenv (it pins transformers 4.x; torch from the CPU wheel):
+
+    python -m venv /tmp/infinity-venv && . /tmp/infinity-venv/bin/activate
+    pip install -c .ci/constraints.txt torch "infinity-emb[server,torch,vision]==0.0.78" aiohttp
+    pip uninstall -y torchvision   # its CUDA build's compiled ops fail to load beside CPU torch (see
+                                   # export/torchvision_compat.py); transformers' CLIP needs none of it
+    # aiohttp: infinity reads even data URIs through it. Run with --no-compile (torch.compile on CPU needs a
+    # compiler and minutes) and fp32, as fastclip.
 """
 
 from __future__ import annotations
@@ -212,10 +221,14 @@ def rows(bodies: list[bytes]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ flood
 
-def flood(server: Server, request: bytes, seconds: float, connections: int = 64) -> dict:
-    """`connections` clients resending `request` for `seconds`; RSS sampled every 50 ms."""
+def flood(server: Server, request: bytes, seconds: float, connections: int = 64, drain: float = 60,
+          rss_cap_mb: float = 3500) -> dict:
+    """`connections` clients resending `request` for `seconds` (then up to `drain` s for the last answers);
+    RSS sampled every 50 ms. A server growing past `rss_cap_mb` is killed (the machine's rule: one process
+    above 4 GB at most) and reported as such."""
     idle = server.rss_mb()
     peak = [idle]
+    killed = []
     stop = threading.Event()
 
     def sample():
@@ -223,6 +236,10 @@ def flood(server: Server, request: bytes, seconds: float, connections: int = 64)
             try:
                 peak[0] = max(peak[0], server.rss_mb())
             except Exception:  # noqa: BLE001 - the process may be gone
+                return
+            if peak[0] > rss_cap_mb and not killed:
+                killed.append(peak[0])
+                server.proc.kill()
                 return
             time.sleep(0.05)
 
@@ -234,8 +251,8 @@ def flood(server: Server, request: bytes, seconds: float, connections: int = 64)
         while time.monotonic() < deadline:
             t = time.perf_counter()
             try:
-                status, _ = await conn.request(request)
-            except (OSError, asyncio.IncompleteReadError) as exc:
+                status, _ = await asyncio.wait_for(conn.request(request), deadline + drain - time.monotonic())
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                 status = type(exc).__name__
                 await conn.close()
             latencies.append(time.perf_counter() - t)
@@ -254,6 +271,7 @@ def flood(server: Server, request: bytes, seconds: float, connections: int = 64)
     stop.set()
     sampler.join()
     return {"idle_rss_mb": idle, "peak_rss_mb": peak[0], "answers": counts, "seconds": elapsed,
+            "killed_over_mb": killed[0] if killed else None,
             "p99_s": float(np.percentile(latencies, 99)) if latencies else None}
 
 
@@ -290,7 +308,8 @@ def main() -> None:
         port = free_port()
         servers["infinity"] = Server("infinity", [a.infinity, "v2", "--model-id", str(hf_folder()), "--served-model-name",
                                                   "clip", "--engine", "torch", "--device", "cpu", "--batch-size", "32",
-                                                  "--port", str(port), "--no-model-warmup"],
+                                                  "--port", str(port), "--no-model-warmup", "--no-compile",
+                                                  "--no-bettertransformer", "--dtype", "float32"],
                                      port, "/health", {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"})
     else:
         skipped["infinity"] = f"{a.infinity} not found (pip install infinity-emb in its own virtualenv)"
@@ -345,7 +364,7 @@ def main() -> None:
     if "infinity" in servers:
         floods["infinity"] = flood(servers["infinity"], post("/embeddings", {"model": "clip", "input": uris[:8],
                                                                              "modality": "image"}), a.flood_seconds)
-    exits = {s: server.stop() for s, server in servers.items()}
+    exits = {s: server.stop() for s, server in servers.items() if not floods.get(s, {}).get("killed_over_mb")}
     load_end = os.getloadavg()
 
     print()
@@ -369,9 +388,12 @@ def main() -> None:
     for (s, kind), d in diffs.items():
         what = "max |server - in-process|" if s == "fastclip" else "min cosine to fastclip in-process"
         print(f"- {s} {kind} vectors: {what} = {d:.2e}" if s == "fastclip" else f"- {s} {kind}: {what} = {d:.6f}")
-    print("\nflood (64 connections, 8 photos per request):\n")
+    print(f"\nflood ({a.flood_seconds:g} s of 64 connections sending 8 photos per request, then up to 60 s for "
+          "the last answers; a server past 3.5 GB RSS is killed):\n")
     print(md_table(["server", "idle RSS MB", "peak RSS MB", "answers", "p99 s"],
-                   [[s, f"{f['idle_rss_mb']:.0f}", f"{f['peak_rss_mb']:.0f}", json.dumps(f["answers"]),
+                   [[s, f"{f['idle_rss_mb']:.0f}",
+                     f"{f['peak_rss_mb']:.0f}" + (" (killed at the cap)" if f["killed_over_mb"] else ""),
+                     json.dumps(f["answers"]),
                      f"{f['p99_s']:.1f}" if f["p99_s"] is not None else "-"] for s, f in floods.items()]), end="")
     for s, why in skipped.items():
         print(f"- {s} not run: {why}")

@@ -53,11 +53,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(model: Path, limits: Limits = TEST_LIMITS, wait_ready: bool = True, **options):
+def running(model: Path, limits: Limits = TEST_LIMITS, wait_ready: bool = True, http: str = "auto", **options):
     """A server on a free loopback port in a thread; yields (base URL, Server). Stopped on exit."""
     app = create_app([ModelSource(NAME, str(model))], limits, **options)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -361,6 +362,16 @@ def raw_request(port: int, head: bytes, body_chunks=(), read_timeout: float = 10
 
 
 def test_body_over_limit_is_413_and_not_read(served):
+    check_413(served)
+
+
+def test_body_over_limit_on_h11(model):
+    """The same with uvicorn's pure-Python HTTP parser (the one used when httptools is not installed)."""
+    with running(model, http="h11") as served:
+        check_413(served)
+
+
+def check_413(served):
     port = int(served[0].rsplit(":", 1)[1])
     # Declared size: refused from the header, not one body byte read.
     head = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"

@@ -53,9 +53,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(model: Path, limits: Limits = TEST_LIMITS, wait_ready: bool = True, http: str = "auto", **options):
+def running(model: Path, limits: Limits = TEST_LIMITS, wait_ready: bool = True, http: str = "auto",
+            names: tuple[str, ...] = (NAME,), **options):
     """A server on a free loopback port in a thread; yields (base URL, Server). Stopped on exit."""
-    app = create_app([ModelSource(NAME, str(model))], limits, **options)
+    app = create_app([ModelSource(name, str(model)) for name in names], limits, **options)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                                            http=http))
@@ -605,6 +606,17 @@ def _load(url, server, photos, reference):
     assert elapsed < 60
     assert batcher(server, "image").queued == 0 and batcher(server, "text").queued == 0
     assert server.budget.held == 0
+
+
+def test_several_models_are_picked_by_name(model, reference):
+    with running(model, names=("one", "two")) as (url, _):
+        r = httpx.post(url + "/v1/embeddings", json={"input": SENTENCES[:2]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        for name in ("one", "two"):
+            r = httpx.post(url + "/v1/embeddings", json={"input": SENTENCES[:2], "model": name})
+            assert_close(vectors(r), reference["texts"][:2])
+            assert r.json()["model"] == name
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["one", "two"]
 
 
 def test_parse_model_arg_and_default_host():

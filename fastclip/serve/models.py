@@ -99,13 +99,18 @@ def _batcher(model: str, tower: str, run, max_batch: int, workers: int, limits: 
 
 
 class _Rows:
-    """Stands in for one tower inside CLIP.classify: `embed` returns vectors already computed."""
+    """Stands in for one tower inside CLIP.classify: `embed` returns vectors already computed; anything else
+    (its manifest, dim) is the real tower's."""
 
-    def __init__(self, lookup):
+    def __init__(self, tower, lookup):
+        self._tower = tower
         self._lookup = lookup
 
     def embed(self, items: Iterable[Any], *args: Any, **kw: Any):
         return (self._lookup(item) for item in items)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tower, name)
 
 
 class _Precomputed:
@@ -114,8 +119,8 @@ class _Precomputed:
 
     def __init__(self, clip: CLIP, images: np.ndarray, prompts: dict[str, np.ndarray]):
         self._clip = clip
-        self.images = _Rows(lambda i: images[i])
-        self.texts = _Rows(lambda prompt: prompts[prompt])
+        self.images = _Rows(clip.images, lambda i: images[i])
+        self.texts = _Rows(clip.texts, lambda prompt: prompts[prompt])
 
     def embed_images(self, images, *args, **kw):
         return self.images.embed(images)

@@ -43,6 +43,7 @@ from fastclip.serve.batcher import fair_shares  # noqa: E402
 NAME = "tiny"
 TEST_LIMITS = Limits(max_body_bytes=4 * 2**20, max_inflight_bytes=16 * 2**20, max_inputs=16, max_queue=32,
                      max_batch_images=4, max_batch_texts=8, max_wait=0.02, stall_timeout=30, request_timeout=60,
+                     body_timeout=3.0,
                      image_workers=1)  # one worker per tower: a wedged batch call holds the whole tower
 
 
@@ -396,6 +397,16 @@ def check_413(served):
 
 def post(url: str, **body):
     return httpx.post(url + "/v1/embeddings", json=body, timeout=60)
+
+
+def test_trickled_body_is_408(served):
+    port = int(served[0].rsplit(":", 1)[1])
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    t = time.monotonic()
+    data, _ = raw_request(port, head, [b'{"input": '], read_timeout=10)  # and then nothing
+    assert data.startswith(b"HTTP/1.1 408") and b"body-timeout" in data
+    assert 3.0 <= time.monotonic() - t < 10
+    assert served[1].budget.held == 0
 
 
 def test_full_queue_is_503_with_retry_after_and_queued_work_survives(served, photos, reference):

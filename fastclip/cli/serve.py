@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
                    help="image batches in progress at once per model (2: one decodes while one runs)")
     g.add_argument("--text-workers", type=int, default=d.text_workers, help="text batches in progress at once")
     g.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds before 504 (0: none)")
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout,
+                   help="seconds to receive a request body before 408 (0: none)")
+    g.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="connections and requests at once; past it uvicorn answers 503")
     g.add_argument("--stall-timeout", type=float, default=d.stall_timeout,
                    help="a batch running longer than this makes /health fail")
     g.add_argument("--url-timeout", type=float, default=d.url_timeout, help="seconds to fetch one image URL")
@@ -71,7 +75,7 @@ def limits_from(args):
             max_batch_texts=args.max_batch_texts, max_wait=args.max_wait_ms / 1000, image_workers=args.image_workers,
             text_workers=args.text_workers, request_timeout=args.request_timeout, stall_timeout=args.stall_timeout,
             allow_urls=args.allow_urls, url_timeout=args.url_timeout, max_url_bytes=int(args.max_url_mb * MIB),
-            max_labels=args.max_labels,
+            max_labels=args.max_labels, body_timeout=args.body_timeout, max_connections=args.max_connections,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -105,6 +109,7 @@ def cmd_serve(args) -> int:
     log.setLevel(logging.getLogger("fastclip").getEffectiveLevel())
     config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", access_log=args.access_log,
                             timeout_graceful_shutdown=args.graceful_timeout, log_level="info",
+                            limit_concurrency=limits.max_connections,
                             server_header=False, proxy_headers=False)
     server = uvicorn.Server(config)
     server_box.append(server)

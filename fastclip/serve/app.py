@@ -31,7 +31,7 @@ from starlette.routing import Route
 from ..errors import FastClipError, first_line
 from .batcher import Batcher, QueueFull
 from .inputs import BadRequest, InputError, fetch_url, image_bytes, parse_classify, parse_embeddings
-from .limits import Busy, ByteBudget, Limits, TooLarge
+from .limits import Busy, ByteBudget, Limits, SlowBody, TooLarge
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import ModelSource, ServedModel, classify_probabilities, load_model
 
@@ -178,6 +178,8 @@ class Server:
                 self.metrics.rejected.labels("busy").inc()
                 return _error(503, f"server busy: {exc}; retry later", "server_error", code="overloaded",
                               headers={"Retry-After": str(self.limits.retry_after)})
+            except SlowBody as exc:
+                return _error(408, str(exc), "invalid_request_error", code="body_timeout")
             except GatewayTimeout as exc:
                 return _error(504, str(exc), "server_error", code="timeout")
             except ClientGone:
@@ -216,12 +218,17 @@ class Server:
         held = 0
         try:
             chunks = []
-            async for chunk in request.stream():
-                if held + len(chunk) > limit:
-                    raise TooLarge(f"request body over {limit} bytes (--max-body-mb)")
-                self.budget.take(len(chunk))
-                held += len(chunk)
-                chunks.append(chunk)
+            try:
+                with anyio.fail_after(self.limits.body_timeout or None):
+                    async for chunk in request.stream():
+                        if held + len(chunk) > limit:
+                            raise TooLarge(f"request body over {limit} bytes (--max-body-mb)")
+                        self.budget.take(len(chunk))
+                        held += len(chunk)
+                        chunks.append(chunk)
+            except TimeoutError:
+                raise SlowBody(f"the request body did not arrive within {self.limits.body_timeout:g} s "
+                               "(--body-timeout)") from None
             body = b"".join(chunks)
             chunks.clear()
             request.state.body_read = True

@@ -13,6 +13,9 @@ The defaults are sized for the model this project benchmarks (ViT-B/32: ~40 phot
   are the memory a flood of large requests costs; this caps it where max_queue (counted in inputs) cannot.
 * max_batch 32 images / 128 texts, max_wait 5 ms: batch 32 reaches the model's throughput on CPU; text
   runs are cheap, so more of them merge. 5 ms is small beside one image's ~25 ms of work.
+* body_timeout 60 s: a body not fully received by then answers 408 (a 32 MiB body at 1 MB/s takes 32 s), so a
+  client trickling bytes cannot hold its share of max_inflight_bytes for ever.
+* max_connections 1000: uvicorn answers 503 past that many connections and requests at once.
 * request_timeout 120 s, url_timeout 10 s, max_url_bytes 20 MiB (with --allow-urls only).
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-__all__ = ["Limits", "ByteBudget", "TooLarge", "Busy"]
+__all__ = ["Limits", "ByteBudget", "TooLarge", "Busy", "SlowBody"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Limits:
     image_workers: int = 2
     text_workers: int = 1
     request_timeout: float = 120.0
+    body_timeout: float = 60.0
+    max_connections: int = 1000
     stall_timeout: float = 60.0
     allow_urls: bool = False
     url_timeout: float = 10.0
@@ -45,11 +50,11 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_inputs", "max_queue", "max_inflight_bytes", "max_batch_images",
-                     "max_batch_texts", "image_workers", "text_workers", "max_url_bytes", "max_labels"):
+                     "max_batch_texts", "image_workers", "text_workers", "max_url_bytes", "max_labels", "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_wait", "request_timeout", "stall_timeout", "url_timeout"):
+        for name in ("max_wait", "request_timeout", "stall_timeout", "url_timeout", "body_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_inputs > self.max_queue:
@@ -58,6 +63,10 @@ class Limits:
         if self.max_body_bytes > self.max_inflight_bytes:
             raise ValueError(f"max_body_bytes ({self.max_body_bytes}) above max_inflight_bytes "
                              f"({self.max_inflight_bytes}): a full-size body could never be read")
+
+
+class SlowBody(Exception):
+    """408: the body did not arrive within body_timeout."""
 
 
 class TooLarge(Exception):

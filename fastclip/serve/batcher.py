@@ -169,6 +169,10 @@ class Batcher:
                 return f"{self.name}: worker thread {t.name} has died"
             if since is not None and now - since > stall_after:
                 return f"{self.name}: a batch has been running for {now - since:.0f} s (limit {stall_after:g} s)"
+        with self._cond:
+            oldest = min((job.arrived for job in self._jobs), default=None)
+        if oldest is not None and now - oldest > stall_after and now - self.last_batch_done > stall_after:
+            return f"{self.name}: inputs have waited {now - oldest:.0f} s and no batch finished in that time"
         return None
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -234,28 +238,27 @@ class Batcher:
             self._busy_since[me] = started
             try:
                 batch = self._run(items)
+                if batch.count != len(items):
+                    raise RuntimeError(f"the batch call returned {batch.count} results for {len(items)} inputs")
+                results = [row if row is not None else batch.failures[i] for i, row in enumerate(batch.rows())]
                 error = None
             except Exception as exc:  # noqa: BLE001 - a failure of the model itself fails this batch's requests only
                 log.exception("%s: batch of %d inputs failed", self.name, len(items))
-                batch, error = None, exc
+                results, error = None, exc
             finally:
                 self._busy_since[me] = None
             self.last_batch_done = time.monotonic()
             self.batches += 1
             if self._on_batch is not None:
                 self._on_batch(len(items), self.last_batch_done - started)
-            self._deliver(taken, batch, error)
+            self._deliver(taken, results, error)
 
-    def _deliver(self, taken: list[tuple[Job, int, int]], batch: EmbeddingBatch | None,
-                 error: BaseException | None) -> None:
-        rows = iter(batch.rows()) if batch is not None else None
+    def _deliver(self, taken: list[tuple[Job, int, int]], results: list | None, error: BaseException | None) -> None:
         position = 0
         for job, first, n in taken:
-            for k in range(n):
-                if rows is not None:
-                    row = next(rows)
-                    job.results[first + k] = row if row is not None else batch.failures[position]
-                position += 1
+            if results is not None:
+                job.results[first:first + n] = results[position:position + n]
+            position += n
             with self._cond:
                 job.outstanding -= n
                 done = job.outstanding == 0

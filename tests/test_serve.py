@@ -462,6 +462,32 @@ def test_fair_shares():
     assert sum(fair_shares([3, 7, 50, 1], 16)) == 16
 
 
+def test_batcher_survives_a_broken_batch_call():
+    from fastclip import EmbeddingBatch
+    from fastclip.serve.batcher import Batcher
+
+    calls = []
+
+    def run(items):
+        calls.append(len(items))
+        n = len(items) - 1 if len(calls) == 1 else len(items)  # the first call returns one row short
+        return EmbeddingBatch(start_index=0, count=n, vectors=np.ones((n, 2), np.float32))
+
+    batcher = Batcher("t", run, max_batch=4, max_wait=0.0, max_queue=8, workers=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with pytest.raises(RuntimeError, match="2 inputs"):
+            await batcher.submit(["a", "b"], loop).future
+        return await batcher.submit(["a", "b", "c"], loop).future
+
+    try:
+        assert [r.tolist() for r in asyncio.run(main())] == [[1.0, 1.0]] * 3
+        assert batcher.health(10) is None and batcher.queued == 0
+    finally:
+        batcher.stop()
+
+
 def test_client_disconnect_cancels_its_queued_work(served, photos):
     url, server = served
     image = batcher(server, "image")

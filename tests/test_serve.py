@@ -666,6 +666,20 @@ def test_parse_model_arg_and_default_host():
     assert args.host == "127.0.0.1" and not args.allow_urls
 
 
+def test_cli_works_without_the_serve_extra():
+    """`fastclip --help` and every other command must not need uvicorn & co.; `serve` says what to install."""
+    code = ("import sys\n"
+            "for m in ('starlette', 'uvicorn', 'prometheus_client', 'httpx', 'anyio'): sys.modules[m] = None\n"
+            "from fastclip.cli import main\n"
+            "assert main(['serve', '--help']) == 0\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "usage: fastclip serve" in r.stdout, r.stderr
+    code = code.replace("assert main(['serve', '--help']) == 0", "sys.exit(main(['serve', '--model', 'm']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "pip install 'fastclip[serve]'" in r.stderr, r.stderr
+
+
 def test_sigterm_finishes_requests_in_flight_and_exits_0(model):
     port = free_port()
     key = "k-" + os.urandom(8).hex()

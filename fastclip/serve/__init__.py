@@ -7,11 +7,21 @@
     metrics.py  Prometheus metrics
     models.py   loading the models, CLIP's own zero-shot scoring over batched vectors
 
-The runtime never imports this package; this package imports the runtime.
+The runtime never imports this package; this package imports the runtime. Only app.py and metrics.py need
+the extra's packages, and they are imported on first use: `fastclip --help` works without the extra.
 """
 
-from .app import Server, create_app
+from typing import Any
+
 from .limits import Limits
 from .models import ModelSource, parse_model_arg
 
 __all__ = ["Server", "create_app", "Limits", "ModelSource", "parse_model_arg"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Server", "create_app"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

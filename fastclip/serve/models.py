@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -14,7 +14,9 @@ from ..errors import ModelError
 from ..model import load_manifest, resolve_folder
 from .batcher import Batcher
 from .limits import Limits
-from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("fastclip.serve")
 

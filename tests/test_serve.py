@@ -255,6 +255,20 @@ def test_classify_is_the_models_own_zero_shot(client, model, photos):
     assert [d["label"] for d in r.json()["data"]] == [labels[k] for k in want.argmax(1)]
 
 
+def test_classify_skip_and_raise(client, model, photos):
+    labels = ["a cat", "a rocket"]
+    inputs = [b64(photos[1]), "not base64!", b64(b"not an image " * 10), b64(photos[3])]
+    r = client.post("/v1/classify", json={"input": inputs, "labels": labels, "errors": "skip"})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["probs"] is None for d in data] == [False, True, True, False] and data[1]["error"] and data[2]["error"]
+    with CLIP(str(model)) as clip:
+        want = clip.classify([photos[1], photos[3]], labels)
+    assert_close(np.array([data[0]["probs"], data[3]["probs"]], np.float32), want)
+    r = client.post("/v1/classify", json={"input": inputs[2:], "labels": labels})
+    assert r.status_code == 400 and r.json()["error"]["index"] == 0
+
+
 @pytest.mark.parametrize("template", ["{:>999999999}", "{0.__class__}", "no placeholder", "{} and {}"])
 def test_classify_refuses_format_strings(client, photos, template):
     r = client.post("/v1/classify", json={"input": [b64(photos[0])], "labels": ["a"], "template": template})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import os
 import signal
 import socket
@@ -208,7 +207,6 @@ def test_image_vectors_equal_in_process(client, photos, reference):
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(served, photos, reference):
     url, server = served
-    image_sizes = batcher(server, "image")  # noqa: F841 - the histogram below is what counts
     before = merged_batches(url)
 
     async def main():

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import FastClipError, first_line
+from ..errors import first_line
 from .batcher import Batcher, QueueFull
 from .inputs import BadRequest, InputError, fetch_url, image_bytes, parse_classify, parse_embeddings
 from .limits import Busy, ByteBudget, Limits, SlowBody, TooLarge
@@ -347,6 +347,33 @@ class Server:
 
     # ---------------------------------------------------------------------------------------- routes
 
+    async def _inputs(self, inputs: list, modality: str, errors: str, big: bool) -> tuple[list, dict, list[int]]:
+        """(items, {index: InputError}, indices to embed): images decoded to bytes or fetched, texts type-checked;
+        with errors="raise" the lowest failing index answers 400 before anything is queued."""
+        if modality == "image":
+            items, failures = await self._images(inputs, big)
+        else:
+            items = inputs
+            failures = {i: InputError(i, f"expected a string, got {type(t).__name__}")
+                        for i, t in enumerate(items) if not isinstance(t, str)}
+        if failures and errors == "raise":
+            raise failures[min(failures)]
+        return items, failures, [i for i in range(len(items)) if i not in failures]
+
+    def _results(self, model: ServedModel, tower: str, count: int, failures: dict, good: list[int], rows: list,
+                 errors: str) -> list:
+        """One vector or error per input, in input order; with errors="raise" the lowest failing index answers 400."""
+        results: list[Any] = [None] * count
+        for i, exc in failures.items():
+            results[i] = exc
+        for i, row in zip(good, rows):
+            results[i] = row
+        bad = [i for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
+        self._count(model, tower, count - len(bad), len(bad))
+        if bad and errors == "raise":
+            raise InputError(bad[0], _reason(results[bad[0]]))
+        return results
+
     async def embeddings(self, request: Request) -> Response:
         self._check_ready()
         async with self._body(request) as body:
@@ -356,27 +383,10 @@ class Server:
             if req.dimensions is not None and req.dimensions != model.dim:
                 raise BadRequest(f"dimensions: this model gives {model.dim}-d vectors (no shortening)",
                                  param="dimensions")
-            big = len(body) > THREAD_PARSE_BYTES
-            if req.modality == "image":
-                items, failures = await self._images(req.inputs, big)
-            else:
-                items = req.inputs
-                failures = {i: InputError(i, f"expected a string, got {type(t).__name__}")
-                            for i, t in enumerate(items) if not isinstance(t, str)}
-            if failures and req.errors == "raise":
-                raise failures[min(failures)]
-            good = [i for i in range(len(items)) if i not in failures]
+            items, failures, good = await self._inputs(req.inputs, req.modality, req.errors,
+                                                       len(body) > THREAD_PARSE_BYTES)
             (rows,) = await self._run(request, [(batcher, [items[i] for i in good])])
-        results: list[Any] = [None] * len(items)
-        for i, exc in failures.items():
-            results[i] = exc
-        for i, row in zip(good, rows):
-            results[i] = row
-        bad = {i: r for i, r in enumerate(results) if not isinstance(r, np.ndarray)}
-        self._count(model, req.modality, len(results) - len(bad), len(bad))
-        if bad and req.errors == "raise":
-            first = min(bad)
-            raise InputError(first, _reason(bad[first]))
+        results = self._results(model, req.modality, len(items), failures, good, rows, req.errors)
 
         def render() -> bytes:
             data = []
@@ -400,26 +410,15 @@ class Server:
             model = self._model(req.model)
             if model.clip is None:
                 raise BadRequest(f"model {model.name!r} does not hold both towers: it cannot classify", param="model")
-            items, failures = await self._images(req.inputs, len(body) > THREAD_PARSE_BYTES)
-            if failures and req.errors == "raise":
-                raise failures[min(failures)]
-            good = [i for i in range(len(items)) if i not in failures]
+            items, failures, good = await self._inputs(req.inputs, "image", req.errors, len(body) > THREAD_PARSE_BYTES)
             prompts = [req.template.format(label) for label in req.labels]
             image_rows, prompt_rows = await self._run(request, [(model.batchers["image"], [items[i] for i in good]),
                                                                 (model.batchers["text"], prompts)])
         for k, row in enumerate(prompt_rows):
             if not isinstance(row, np.ndarray):
                 raise BadRequest(f"label {k}: {_reason(row)}", param="labels")
-        results: list[Any] = [None] * len(items)
-        for i, exc in failures.items():
-            results[i] = exc
-        for i, row in zip(good, image_rows):
-            results[i] = row
+        results = self._results(model, "image", len(items), failures, good, image_rows, req.errors)
         ok = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
-        self._count(model, "image", len(ok), len(results) - len(ok))
-        bad = [i for i in range(len(results)) if i not in set(ok)]
-        if bad and req.errors == "raise":
-            raise InputError(bad[0], _reason(results[bad[0]]))
         probs = np.empty((0, len(req.labels)), np.float32)
         if ok:
             probs = await anyio.to_thread.run_sync(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from fastclip import hub
 from fastclip.errors import ExportError, first_line
 
 from .hf_towers import FullTextTower, FullVisionTower, towers
@@ -24,10 +25,18 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _offline_error(model: str, exc: BaseException) -> ExportError:
-    first = first_line(exc)
-    return ExportError(f"cannot get {model!r} from the Hugging Face hub (no network and not cached, "
-                       f"or no such repo): {first[:200]}")
+def _hub_error(model: str, exc: BaseException) -> ExportError:
+    """One line for a failed hub request: not cached while offline, no such repo, or the hub's own first line."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    reason = hub.unreachable()
+    if reason is not None or isinstance(exc, LocalEntryNotFoundError):
+        return ExportError(hub.not_cached(
+            model, reason, f"run the export where the hub is reachable (or after `hf download {model}` there, "
+            "copying the cache), or pass a local folder written by save_pretrained"))
+    if isinstance(exc, RepositoryNotFoundError):
+        return ExportError(f"{model}: no such repo on the Hugging Face hub (or it is private: log in with `hf auth login`)")
+    return ExportError(f"{model}: could not get it from the Hugging Face hub: {first_line(exc)}")
 
 
 def _fetch(model: str, revision: str | None, name: str) -> Path | None:
@@ -41,14 +50,15 @@ def _fetch(model: str, revision: str | None, name: str) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    hub.go_offline_if_unreachable()
     try:
         return Path(hf_hub_download(model, name, revision=revision))
     except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: check it first
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
     except EntryNotFoundError:
         return None
     except Exception as exc:  # offline, unknown repo, HTTP errors: all one line for the user
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
 
 
 def _image_settings(model: str, revision: str | None, config) -> tuple[int, tuple, tuple]:
@@ -82,8 +92,13 @@ def _config(model: str, revision: str | None):
         config = AutoConfig.from_pretrained(str(config_path.parent))
     except (ValueError, KeyError, OSError) as exc:
         raise ExportError(f"{model}: unreadable config.json ({first_line(exc)[:200]})") from None
-    if config.model_type != "clip":
-        raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP (model_type 'clip')")
+    if config.model_type == "siglip2":
+        from .hf_siglip import NAFLEX_REFUSAL
+
+        raise ExportError(f"{model} {NAFLEX_REFUSAL}")
+    if config.model_type not in ("clip", "siglip"):
+        raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP or SigLIP "
+                          "(model_type 'clip' or 'siglip')")
     return config
 
 
@@ -96,9 +111,12 @@ def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
     hf_logging.set_verbosity_error()
     random_init = pretrained is not None and pretrained.lower() == "none"
     config = _config(model, None if random_init else pretrained)
+    if config.model_type == "siglip":
+        from transformers import SiglipModel as CLIPModel  # noqa: N806 - same counting, SigLIP's class
     with torch.device("meta"):
         clip = CLIPModel(config)
-    vision = sum(p.numel() for m in (clip.vision_model, clip.visual_projection) for p in m.parameters())
+    heads = [clip.vision_model] + ([clip.visual_projection] if hasattr(clip, "visual_projection") else [])
+    vision = sum(p.numel() for m in heads for p in m.parameters())
     return vision, sum(p.numel() for p in clip.parameters()) - vision
 
 
@@ -112,8 +130,24 @@ def load_hf(model: str, pretrained: str | None) -> Source:
     revision = None if random_init else pretrained
     config = _config(model, revision)
 
-    image_size, mean, std = _image_settings(model, revision, config)
     local = {name: _fetch(model, revision, name) for name in TOKENIZER_FILES}
+    if config.model_type == "siglip":
+        from .hf_siglip import load_hf_siglip
+
+        def load_model(cls):
+            if random_init:
+                torch.manual_seed(0)
+                return cls(config)
+            try:
+                return cls.from_pretrained(model, revision=revision)
+            except OSError as exc:
+                raise _offline_error(model, exc) from None
+
+        source = load_hf_siglip(model if not Path(model).is_dir() else Path(model).name, config, local,
+                                _fetch(model, revision, "preprocessor_config.json"), load_model)
+        source.description.update(revision=revision, pretrained="none" if random_init else None)
+        return source
+    image_size, mean, std = _image_settings(model, revision, config)
     if local["tokenizer.json"] is None or local["tokenizer_config.json"] is None:
         raise ExportError(f"{model}: no tokenizer.json / tokenizer_config.json; cannot export the text tower")
 
@@ -124,7 +158,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         else:
             clip = CLIPModel.from_pretrained(model, revision=revision)
     except OSError as exc:
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
     clip.eval()
     vision, text = towers(clip)
     tokenizer = AutoTokenizer.from_pretrained(str(local["tokenizer.json"].parent))

@@ -442,6 +442,21 @@ def test_full_queue_is_503_with_retry_after_and_queued_work_survives(served, pho
             assert_close(vectors(f.result()), np.concatenate([reference["images"]] * 3)[:16])
 
 
+def test_byte_budget_is_503_and_request_timeout_504(model, photos):
+    limits = Limits(max_body_bytes=600_000, max_inflight_bytes=1_000_000, request_timeout=2.0, image_workers=1)
+    pad = "x" * 450_000  # an unknown field is ignored, its bytes still count
+    with running(model, limits) as (url, server), ThreadPoolExecutor(2) as pool:
+        with wedged(server, "image") as entered:
+            first = pool.submit(post, url, input=b64(photos[0]), modality="image", pad=pad)
+            assert entered.wait(10)  # its 450 kB body is held while it waits
+            second = post(url, input=b64(photos[1]), modality="image", pad=pad)
+            assert second.status_code == 503 and second.headers["retry-after"] == "1"
+            assert "bytes" in second.json()["error"]["message"]
+            r = first.result()
+            assert r.status_code == 504 and "request-timeout" in r.json()["error"]["message"]
+        wait_until(lambda: server.budget.held == 0, 10)
+
+
 def test_big_request_does_not_starve_small_ones(served, photos):
     url, server = served
     finished = {}

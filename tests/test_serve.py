@@ -644,6 +644,9 @@ def test_bounded_load(model, photos, reference):
 
 
 def _load(url, server, photos, reference):
+    # One merged batch of 39 texts: the length-sorted, concurrent runs path of the text batch call.
+    r = httpx.post(url + "/v1/embeddings", json={"input": SENTENCES * 3}, timeout=60)
+    assert_close(vectors(r), np.concatenate([reference["texts"]] * 3))
     started = time.monotonic()
 
     async def main():

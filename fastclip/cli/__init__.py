@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import embed, eval, export, info, search
+from . import embed, eval, export, info, search, serve
 from .common import UsageError
 
 DESCRIPTION = """\
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (embed, export, info, eval, search):
+    for command in (embed, export, info, eval, search, serve):
         command.add_parser(sub)
     _quiet_anywhere(parser)
     return parser

@@ -228,12 +228,14 @@ def _manifest(source: Source, specs: dict) -> dict:
         "embed_dim": source.embed_dim,
         "logit_scale": source.logit_scale,
         "logit_bias": source.logit_bias,
+        "scoring": source.scoring,
         "opset": onnx_io.OPSET,
         "vision": {
             **specs["vision"],
             "image_size": source.image_size,
-            "resize_mode": "shortest",
-            "interpolation": "bicubic",
+            "resize_mode": source.resize_mode,
+            "interpolation": source.interpolation,
+            "fill": source.fill,
             "mean": list(source.mean),
             "std": list(source.std),
         },
@@ -251,11 +253,20 @@ def _manifest(source: Source, specs: dict) -> dict:
     }
 
 
+# PIL's resampling codes, as transformers' image processors record them.
+PIL_RESAMPLE = {"bicubic": 3, "bilinear": 2}
+
+
 def _write_vision_config(source: Source, vision_dir: Path) -> None:
-    """transformers' CLIPImageProcessor format, which fastembed reads too."""
+    """transformers' image-processor format, which fastembed reads too: CLIPImageProcessor's keys for a
+    shortest-side resize + crop, a plain (height, width) resize without crop for "squash" (as
+    SiglipImageProcessor writes it), and the longest edge + padding for "longest"."""
+    size = source.image_size
+    resize = {"shortest": {"shortest_edge": size}, "squash": {"height": size, "width": size},
+              "longest": {"longest_edge": size}}[source.resize_mode]
     config = {
-        "crop_size": {"height": source.image_size, "width": source.image_size},
-        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_center_crop": source.resize_mode == "shortest",
         "do_convert_rgb": True,
         "do_normalize": True,
         "do_rescale": True,
@@ -263,10 +274,12 @@ def _write_vision_config(source: Source, vision_dir: Path) -> None:
         "image_mean": list(source.mean),
         "image_processor_type": "CLIPImageProcessor",
         "image_std": list(source.std),
-        "resample": 3,  # PIL bicubic
+        "resample": PIL_RESAMPLE[source.interpolation],
         "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": source.image_size},
+        "size": resize,
     }
+    if source.resize_mode == "longest":
+        config.update(do_pad=True, pad_size={"height": size, "width": size}, fill=source.fill)
     (vision_dir / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 

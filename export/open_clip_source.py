@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastclip import manifest
 from fastclip.errors import ExportError, first_line
 
 from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
@@ -92,16 +93,36 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
     size = vision.get("image_size", 224)
     if isinstance(size, (tuple, list)) and len(set(size)) != 1:
         return f"non-square input {tuple(size)} is not supported"
-    pre = dict(cfg.get("preprocess_cfg", {}))
+    return _preprocess_problem(preprocess_cfg(arch, tag), tag)
+
+
+def preprocess_cfg(arch: str, tag: str | None = None) -> dict:
+    """open_clip's eval preprocessing of ARCH with pretrained `tag`, as create_model_and_transforms
+    merges it: PreprocessCfg's defaults, the model config's preprocess_cfg, then the tag's entries."""
+    open_clip = import_open_clip()
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = open_clip.get_model_config(arch) or {}
+    pre = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
+    if "image_size" in cfg.get("vision_cfg", {}):
+        pre["size"] = cfg["vision_cfg"]["image_size"]
     if tag is not None and not Path(tag).is_file():
         from open_clip.pretrained import get_pretrained_cfg
 
-        pre.update({k: v for k, v in get_pretrained_cfg(arch, tag).items() if k in ("resize_mode", "interpolation")})
-    resize_mode, interpolation = pre.get("resize_mode", "shortest"), pre.get("interpolation", "bicubic")
-    if resize_mode != "shortest" or interpolation != "bicubic":
-        where = f"pretrained {tag!r} preprocesses" if tag else "preprocesses"
-        return (f"{where} with resize_mode={resize_mode!r}, interpolation={interpolation!r}; fastclip only "
-                "reproduces shortest-side bicubic resize + center crop")
+        pre = merge_preprocess_dict(pre, get_pretrained_cfg(arch, tag))
+    return pre
+
+
+def _preprocess_problem(pre: dict, tag: str | None) -> str | None:
+    where = f"pretrained {tag!r} preprocesses" if tag else "preprocesses"
+    if pre.get("resize_mode", "shortest") not in manifest.RESIZE_MODES:
+        return f"{where} with resize_mode={pre['resize_mode']!r}; fastclip reproduces {', '.join(manifest.RESIZE_MODES)}"
+    if pre.get("interpolation", "bicubic") not in manifest.INTERPOLATIONS:
+        return (f"{where} with interpolation={pre['interpolation']!r}; fastclip reproduces "
+                f"{', '.join(manifest.INTERPOLATIONS)}")
+    fill = pre.get("fill_color", 0)
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+        return f"{where} with fill_color={fill!r}; fastclip pads with one value 0-255 in every band"
     return None
 
 
@@ -157,20 +178,22 @@ def count_parameters(arch: str) -> tuple[int, int]:
     return vision, sum(p.numel() for p in model.parameters()) - vision
 
 
-def _check_preprocessing(arch: str, cfg: dict) -> tuple[int, tuple, tuple]:
+def _check_preprocessing(arch: str, cfg: dict) -> dict:
+    """The Source's image settings from the built model's preprocess cfg (what its transform uses)."""
     size = cfg.get("size", 224)
     if isinstance(size, (tuple, list)):
         if len(set(size)) != 1:
             raise ExportError(f"open_clip:{arch} uses a non-square input {tuple(size)}; not supported")
         size = size[0]
-    resize_mode = cfg.get("resize_mode", "shortest")
-    interpolation = cfg.get("interpolation", "bicubic")
-    if resize_mode != "shortest" or interpolation != "bicubic":
-        raise ExportError(
-            f"open_clip:{arch} preprocesses with resize_mode={resize_mode!r}, interpolation={interpolation!r}; "
-            "fastclip only reproduces shortest-side bicubic resize + center crop"
-        )
-    return int(size), tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    problem = _preprocess_problem(cfg, None)
+    if problem:
+        raise ExportError(f"open_clip:{arch} {problem}")
+    mean, std = cfg["mean"], cfg["std"]
+    # open_clip's image_transform broadcasts a single mean/std value to the three channels.
+    mean, std = ((v,) * 3 if not isinstance(v, (list, tuple)) else v for v in (mean, std))
+    return dict(image_size=int(size), mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+                resize_mode=cfg.get("resize_mode", "shortest"), interpolation=cfg.get("interpolation", "bicubic"),
+                fill=int(cfg.get("fill_color", 0)))
 
 
 def _text_tower(arch: str, model: nn.Module) -> tuple[OpenClipTextTower, int, int]:
@@ -230,7 +253,7 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         raise ExportError(f"could not load open_clip:{arch} with {weights!r}: {first_line(exc)}") from None
     model.eval()
 
-    image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
+    image = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
     tokenizer = clip_tokenizer(arch)
     context_length = int(tokenizer.context_length)
 
@@ -259,9 +282,9 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
         vision=OpenClipVisionTower(visual) if OpenClipVisionTower.supports(visual) else visual,
         text=text,
-        image_size=image_size,
-        mean=mean,
-        std=std,
+        **image,
+        # open_clip gives sigmoid-trained models (SigLIP's loss) a learned logit_bias; CLIP's softmax has none.
+        scoring="softmax" if logit_bias is None else "sigmoid",
         preprocess=preprocess,
         context_length=context_length,
         bos_token_id=int(tokenizer.sot_token_id),

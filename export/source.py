@@ -26,7 +26,7 @@ class Source:
     vision: torch.nn.Module  # pixel_values (B,3,S,S) float32 -> (B,embed_dim)
     text: torch.nn.Module  # input_ids (B,L) int64 -> (B,embed_dim)
 
-    # Image preprocessing (already checked to be shortest-side bicubic resize + center crop).
+    # Image preprocessing (the resize mode, filter and fill are below, with their defaults).
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -46,6 +46,13 @@ class Source:
     # re-implementations of them: verification measures the graphs against these, not our wrappers.
     reference_vision: Callable[[torch.Tensor], torch.Tensor] | None = None
     reference_text: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    # Image preprocessing by name (fastclip.manifest.RESIZE_MODES / INTERPOLATIONS) and the "longest" fill.
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    fill: int = 0
+    # How probabilities come from logits (fastclip.manifest.SCORINGS): "sigmoid" for sigmoid-trained models.
+    scoring: str = "softmax"
 
     # Attention shape, for onnxruntime's transformer optimizer.
     vision_heads: int = 0

@@ -28,9 +28,8 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     assert "refused: CoCa" in row["coca_ViT-L-14"]
     assert "refused: text tower is the Hugging Face model xlm-roberta-large" in row["xlm-roberta-large-ViT-H-14"]
     assert "refused: bidirectional text tower" in row["MobileCLIP-S1"]
-    # The DFN weights squash the image instead of cropping it: the architecture exports, that tag not.
-    after_h14 = lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
-    assert "refused with pretrained 'dfn5b'" in after_h14 and "resize_mode='squash'" in after_h14
+    # The DFN weights squash the image instead of cropping it: that tag exports too, with its own resize.
+    assert "refused" not in lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
 
 
 def test_list_follows_the_configs_not_a_table(tiny_openclip_config, tmp_path):
@@ -72,9 +71,14 @@ def test_listed_vit_architectures_pass_the_loader_checks():
     assert checked >= 25
 
 
-def test_pretrained_tag_with_other_preprocessing_refused_before_loading(tmp_path):
-    assert "squash" in config_problem("ViT-H-14-378-quickgelu", "dfn5b")
-    with pytest.raises(ExportError, match="squash"):
+def test_pretrained_tag_with_unknown_preprocessing_refused_before_loading(tmp_path, monkeypatch):
+    from open_clip import pretrained
+
+    real = pretrained.get_pretrained_cfg
+    monkeypatch.setattr(pretrained, "get_pretrained_cfg",
+                        lambda arch, tag: {**real(arch, tag), "interpolation": "lanczos"} if tag == "dfn5b" else real(arch, tag))
+    assert "interpolation='lanczos'" in config_problem("ViT-H-14-378-quickgelu", "dfn5b")
+    with pytest.raises(ExportError, match="lanczos"):
         api.export_model("open_clip:ViT-H-14-378-quickgelu", tmp_path / "m", pretrained="dfn5b", log=lambda _: None)
 
 

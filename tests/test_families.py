@@ -1,0 +1,275 @@
+"""Model families: per-tag preprocessing, per-family scoring and vision towers, against open_clip.
+
+Preprocessing is compared pixel by pixel with the transform open_clip builds for the model
+(`create_model_and_transforms(...)[2]`), scoring with torch's own softmax / sigmoid over open_clip's
+encoders, towers with `model.encode_image` on real photos. Random weights, tiny configs: no downloads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+from photos import cosines, photo_array, write_photos
+from PIL import Image
+
+from fastclip import CLIP, ImageEmbedding, manifest
+from fastclip.errors import ModelError
+from fastclip.families.resize import RESAMPLING, RESIZERS
+from fastclip.families.score import SCORERS
+from fastclip.images import ImagePreprocessor, preprocess
+from fastclip.manifest import VisionSpec
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "camera"]
+SIZES = [None, (1000, 300), (301, 999), (50, 40)]  # None: the photo's own size; then wide, tall, upscaled
+IMAGE_MODES = ["RGB", "L", "RGBA", "P"]
+COMBOS = [(mode, interp) for mode in manifest.RESIZE_MODES for interp in manifest.INTERPOLATIONS]
+
+
+def _open_clip():
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    return import_open_clip()
+
+
+def _spec(resize_mode="shortest", interpolation="bicubic", **kw) -> VisionSpec:
+    return VisionSpec(input_name="pixel_values", output_name="image_embeds", files={}, resize_mode=resize_mode,
+                      interpolation=interpolation, **kw)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {name: Image.fromarray(photo_array(name)) for name in PHOTOS}
+
+
+def test_tables_cover_every_manifest_name():
+    assert set(RESIZERS) == set(manifest.RESIZE_MODES)
+    assert set(RESAMPLING) == set(manifest.INTERPOLATIONS)
+    assert set(SCORERS) == set(manifest.SCORINGS)
+
+
+# --------------------------------------------------------------------------- preprocessing, pixel-exact
+
+
+@pytest.mark.parametrize("resize_mode,interpolation", COMBOS)
+def test_pixels_equal_open_clip_transform(tiny_openclip_config, photos, resize_mode, interpolation):
+    """Max difference 0.0 on the normalized tensor, every photo, size and image mode."""
+    _, _, reference = _open_clip().create_model_and_transforms(
+        "fastclip-tiny", pretrained=None, image_resize_mode=resize_mode, image_interpolation=interpolation)
+    spec = _spec(resize_mode, interpolation)
+    worst = 0.0
+    for name, photo in photos.items():
+        for size in SIZES:
+            img = photo if size is None else photo.resize(size, Image.Resampling.BILINEAR)
+            for mode in IMAGE_MODES:
+                x = img.convert(mode)
+                ours = preprocess(x, spec)
+                assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
+                worst = max(worst, float(np.abs(ours - reference(x).numpy()).max()))
+    assert worst == 0.0
+
+
+@pytest.mark.parametrize("fill", [0, 128, 255])
+def test_longest_pads_with_the_fill_in_every_image_mode(photos, fill):
+    _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    for interpolation in manifest.INTERPOLATIONS:
+        reference = image_transform_v2(PreprocessCfg(size=224, resize_mode="longest", interpolation=interpolation,
+                                                     fill_color=fill), is_train=False)
+        spec = _spec("longest", interpolation, fill=fill)
+        for name in ("rocket", "camera"):
+            for size in (None, (1000, 300), (301, 999), (225, 224)):
+                img = photos[name] if size is None else photos[name].resize(size)
+                for mode in ("RGB", "L", "LA", "RGBA", "P", "1"):
+                    x = img.convert(mode)
+                    assert float(np.abs(preprocess(x, spec) - reference(x).numpy()).max()) == 0.0, (name, size, mode)
+
+
+def test_longest_refuses_a_strip_too_thin_to_keep(photos):
+    strip = png_bytes(Image.new("RGB", (3, 2000)))
+    with pytest.raises(Exception, match=r"#4.*too elongated"):
+        ImagePreprocessor(_spec("longest"))(strip, 4)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("resize_mode,interpolation", [("squash", "bilinear"), ("longest", "bicubic")])
+def test_files_through_the_preprocessor_equal_reference(tmp_path, resize_mode, interpolation):
+    """Decoding files (EXIF off, as the reference reads them) then resizing: the same 0.0."""
+    _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    reference = image_transform_v2(PreprocessCfg(size=224, resize_mode=resize_mode, interpolation=interpolation),
+                                   is_train=False)
+    pre = ImagePreprocessor(_spec(resize_mode, interpolation), exif_transpose=False)
+    paths = write_photos(tmp_path, PHOTOS)
+    batch = pre.batch(paths)
+    for row, path in zip(batch, paths):
+        with Image.open(path) as im:
+            assert float(np.abs(row - reference(im).numpy()).max()) == 0.0, path.name
+
+
+@pytest.mark.parametrize("resize_mode", manifest.RESIZE_MODES)
+def test_fast_mode_resamples_the_photo_region_in_every_mode(photos, tmp_path, resize_mode):
+    """fast=True on a large JPEG: reduced decoding moves pixels by a few uint8 steps in every resize
+    mode alike (the drafted box is the photo, whatever the mode). The shortest-mode bound of
+    test_images applies: the vector shifts measured for shortest (README) hold for these modes too."""
+    path = tmp_path / "big.jpg"
+    photos["chelsea"].resize((1804, 1200), Image.Resampling.BICUBIC).save(path, quality=90)
+    spec = _spec(resize_mode, "bilinear")
+    exact = ImagePreprocessor(spec)(path, 0)
+    fast = ImagePreprocessor(spec, fast=True)(path, 0)
+    diff = np.abs(fast - exact)
+    assert 0 < diff.mean() < 0.05 and diff.max() < 0.3
+    assert cosines(fast.reshape(1, -1), exact.reshape(1, -1))[0] > 0.999
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _manifest_dict(**vision) -> dict:
+    return {"format": "fastclip", "format_version": manifest.FORMAT_VERSION, "architecture": "x", "embed_dim": 4,
+            "logit_scale": 10.0, "vision": {"input_name": "pixel_values", "output_name": "image_embeds",
+                                            "files": {"fp32": {"path": "vision/model.onnx"}}, "image_size": 224,
+                                            "mean": [0.5] * 3, "std": [0.5] * 3, **vision}}
+
+
+def test_manifest_records_and_checks_the_preprocessing():
+    m = manifest.parse(_manifest_dict(resize_mode="longest", interpolation="bilinear", fill=128))
+    assert (m.vision.resize_mode, m.vision.interpolation, m.vision.fill, m.scoring) == ("longest", "bilinear", 128, "softmax")
+    v1 = {**_manifest_dict(), "format_version": 1}  # written before the field existed: CLIP's defaults
+    assert (manifest.parse(v1).vision.resize_mode, manifest.parse(v1).vision.fill) == ("shortest", 0)
+    with pytest.raises(ModelError, match="resize_mode 'crop_pad' is not one this fastclip knows"):
+        manifest.parse(_manifest_dict(resize_mode="crop_pad"))
+    with pytest.raises(ModelError, match="interpolation 'lanczos'"):
+        manifest.parse(_manifest_dict(interpolation="lanczos"))
+    with pytest.raises(ModelError, match="vision.fill must be between 0 and 255"):
+        manifest.parse(_manifest_dict(fill=300))
+    with pytest.raises(ModelError, match="scoring 'sigmoid' needs a logit_bias"):
+        manifest.parse({**_manifest_dict(), "scoring": "sigmoid"})
+    with pytest.raises(ModelError, match="scoring 'argmax'"):
+        manifest.parse({**_manifest_dict(), "scoring": "argmax", "logit_bias": 0.0})
+
+
+def test_export_reads_every_tags_preprocessing():
+    from fastclip_export.open_clip_source import config_problem, preprocess_cfg
+
+    pe = preprocess_cfg("PE-Core-B-16", "meta")
+    assert (pe["resize_mode"], pe["interpolation"], tuple(pe["mean"])) == ("squash", "bilinear", (0.5, 0.5, 0.5))
+    mobile = preprocess_cfg("MobileCLIP2-B", "dfndr2b")
+    assert (mobile["resize_mode"], mobile["interpolation"], tuple(mobile["mean"])) == ("shortest", "bilinear", (0.0,) * 3)
+    assert preprocess_cfg("ViT-L-14", "laion2b_s32b_b82k")["mean"] == (0.5, 0.5, 0.5)
+    assert preprocess_cfg("ViT-B-32", "openai")["resize_mode"] == "shortest"
+    assert config_problem("ViT-H-14-378-quickgelu", "dfn5b") is None  # squash: refused before, exact now
+
+
+# --------------------------------------------------------------------------- squash + bilinear + sigmoid, end to end
+
+SIGLIKE = "fastclip-tiny-sigmoid"
+SIGLIKE_CONFIG = {
+    "embed_dim": 32,
+    "init_logit_scale": math.log(10.0),
+    "init_logit_bias": -2.0,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def sigmoid_export(tmp_path_factory):
+    """A tiny model trained (here: initialised) with a logit bias, exported with SigLIP's preprocessing
+    (squash, bilinear, mean/std 0.5) as a SigLIP tag would set it; and the torch model with its transform."""
+    import torch
+
+    from fastclip_export.api import export_model
+
+    open_clip = _open_clip()
+    folder = tmp_path_factory.mktemp("siglike")
+    config = folder / f"{SIGLIKE}.json"
+    config.write_text(json.dumps(SIGLIKE_CONFIG))
+    open_clip.add_model_config(config)
+    settings = dict(image_resize_mode="squash", image_interpolation="bilinear", image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    original = open_clip.create_model_and_transforms
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(open_clip, "create_model_and_transforms", functools.partial(original, **settings))
+        out = export_model(f"open_clip:{SIGLIKE}", folder / "model", pretrained="none", log=lambda _: None)
+    torch.manual_seed(0)  # the export's seed: the same random weights
+    model, _, transform = original(SIGLIKE, pretrained=None, **settings)
+    return out, model.eval(), transform, open_clip.get_tokenizer(SIGLIKE)
+
+
+def test_sigmoid_model_manifest_and_vectors(sigmoid_export, tmp_path):
+    import torch
+
+    folder, model, transform, _ = sigmoid_export
+    m = manifest.load(folder)
+    assert (m.scoring, m.vision.resize_mode, m.vision.interpolation, m.vision.mean) == ("sigmoid", "squash", "bilinear", (0.5,) * 3)
+    assert m.logit_bias == pytest.approx(-2.0) and m.logit_scale == pytest.approx(10.0)
+    config = json.loads((folder / "vision" / "preprocessor_config.json").read_text())
+    assert (config["do_center_crop"], config["resample"], config["size"]) == (False, 2, {"height": 224, "width": 224})
+
+    paths = write_photos(tmp_path, PHOTOS)
+    got = np.stack(list(ImageEmbedding(folder, exif_transpose=False).embed(paths)))
+    with torch.no_grad():
+        want = model.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=True).numpy()
+    assert cosines(got, want).min() >= 0.99999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def _torch_probs(model, transform, tokenizer, paths, prompts, scoring):
+    import torch
+
+    with torch.no_grad():
+        image = model.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=True)
+        text = model.encode_text(tokenizer(prompts), normalize=True)
+        logits = model.logit_scale.exp() * image @ text.T
+        if scoring == "sigmoid":
+            return torch.sigmoid(logits + model.logit_bias).numpy()
+        return logits.softmax(dim=-1).numpy()
+
+
+LABELS = ["cat", "rocket", "astronaut", "cup of coffee", "microscope slide"]
+
+
+def test_classify_sigmoid_equals_torch(sigmoid_export, tmp_path):
+    folder, model, transform, tokenizer = sigmoid_export
+    paths = write_photos(tmp_path, PHOTOS[:5])
+    clip = CLIP(folder, exif_transpose=False)
+    probs = clip.classify(paths, LABELS)
+    want = _torch_probs(model, transform, tokenizer, paths, [f"a photo of a {x}." for x in LABELS], "sigmoid")
+    assert probs.shape == (5, 5) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, want, rtol=0, atol=1e-5)
+    assert not np.allclose(probs.sum(1), 1.0, atol=1e-3)  # independent per label, not a softmax
+    # The bias matters here (it cancels in a softmax): probabilities sit around sigmoid(-2 + 10 * cos).
+    assert np.abs(probs - SCORERS["softmax"](clip.similarity(*_vectors(clip, paths)), 10.0, None)).max() > 0.05
+
+
+def _vectors(clip, paths):
+    return (np.stack(list(clip.embed_images(paths))), np.stack(list(clip.embed_texts([f"a photo of a {x}." for x in LABELS]))))
+
+
+def test_classify_softmax_equals_torch(tiny_openclip_export, tiny_openclip_model, tmp_path):
+    model, transform, tokenizer = tiny_openclip_model
+    paths = write_photos(tmp_path, PHOTOS[:5])
+    clip = CLIP(tiny_openclip_export, exif_transpose=False)
+    assert clip.scoring == "softmax"
+    probs = clip.classify(paths, LABELS)
+    want = _torch_probs(model, transform, tokenizer, paths, [f"a photo of a {x}." for x in LABELS], "softmax")
+    np.testing.assert_allclose(probs, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_sigmoid_scorer_is_stable_at_extreme_logits():
+    cos = np.array([[1.0, -1.0, 0.0]])
+    probs = SCORERS["sigmoid"](cos, 1000.0, 0.0)
+    assert np.all(np.isfinite(probs)) and probs.tolist() == [[1.0, 0.0, 0.5]]

@@ -8,6 +8,7 @@ file stem - the way to export a custom architecture from the command line.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import urllib.error
 from pathlib import Path
@@ -18,8 +19,8 @@ from torch import nn
 from fastclip import manifest
 from fastclip.errors import ExportError, first_line
 
-from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
-from .source import Source
+from .open_clip_towers import OpenClipTextTower, check_blocks, vision_module
+from .source import NO_TEXT, Source
 from .torchvision_compat import import_open_clip
 
 
@@ -90,6 +91,12 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
         return "text tower with a class token is not supported"
     if text.get("pool_type", "argmax") not in ("argmax", "eos"):
         return f"text pooling {text['pool_type']!r} is not supported (only argmax, eos)"
+    return vision_problem(arch, tag)
+
+
+def vision_problem(arch: str, tag: str | None = None) -> str | None:
+    """Why the image tower of open_clip:ARCH (with pretrained `tag`) cannot be exported exactly, or None."""
+    vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
     size = vision.get("image_size", 224)
     if isinstance(size, (tuple, list)) and len(set(size)) != 1:
         return f"non-square input {tuple(size)} is not supported"
@@ -126,14 +133,31 @@ def _preprocess_problem(pre: dict, tag: str | None) -> str | None:
     return None
 
 
+# timm trunk name (a part of it) -> vision family, first match wins. tests/test_families.py exports a
+# tiny variant of each against open_clip's encode_image.
+TIMM_FAMILIES = (
+    ("_siglip", "SigLIP ViT"),
+    ("vit_pe_core_", "PE-Core"),
+    ("eva02_", "EVA02"),
+    ("eva_", "EVA01"),
+    ("convnext_", "ConvNeXt"),
+    ("swin_", "Swin"),
+    ("vitamin_", "ViTamin"),
+    ("fastvit_mci", "FastViT-MCi"),
+    ("vit_base_mci", "ViT-MCi"),
+    ("vit_", "timm ViT"),
+)
+
+
 def vision_family(arch: str) -> str:
     """The kind of vision tower, as open_clip's config describes it."""
     vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
-    if vision.get("timm_model_name"):
-        return f"timm {vision['timm_model_name']}"
+    name = vision.get("timm_model_name")
+    if name:
+        return next((family for part, family in TIMM_FAMILIES if part in name), f"timm {name}")
     if isinstance(vision.get("layers"), (list, tuple)):
         return "ModifiedResNet"
-    return "ViT"
+    return "ViT + attentional pooler" if vision.get("attentional_pool") else "ViT"
 
 
 def architectures() -> list[dict]:
@@ -156,16 +180,24 @@ def architectures() -> list[dict]:
     return rows
 
 
-def count_parameters(arch: str) -> tuple[int, int]:
+def count_parameters(arch: str, towers: tuple[str, ...] = ("vision", "text")) -> tuple[int, int]:
     """(vision, text) parameter counts of open_clip:ARCH, from a model built on the meta device:
     no memory, no weights, a fraction of a second even for ViT-bigG-14."""
     import logging
 
     open_clip = import_open_clip()
     arch = resolve_arch(arch)
-    problem = config_problem(arch)  # before building: a refused config may need the network to build
+    # before building: a refused config may need the network to build
+    problem = config_problem(arch) if "text" in towers else vision_problem(arch)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
+    if "text" not in towers:  # the image tower alone: a text tower may need the network just to be built
+        from open_clip.model import _build_vision_tower
+
+        cfg = open_clip.get_model_config(arch)
+        with torch.device("meta"):
+            visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+        return sum(p.numel() for p in visual.parameters()), 0
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "No pretrained weights loaded": expected here
@@ -234,11 +266,13 @@ def clip_tokenizer(arch: str):
     return tokenizer
 
 
-def load_open_clip(arch: str, pretrained: str | None) -> Source:
+def load_open_clip(arch: str, pretrained: str | None, towers: tuple[str, ...] = ("vision", "text")) -> Source:
+    """`towers=("vision",)`: the image tower alone, checked on the vision side only (a model whose text
+    tower fastclip does not reproduce still gives exact image vectors)."""
     open_clip = import_open_clip()
     arch = resolve_arch(arch)
     weights = _resolve_pretrained(arch, pretrained)
-    problem = config_problem(arch, weights)
+    problem = config_problem(arch, weights) if "text" in towers else vision_problem(arch, weights)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
     try:
@@ -254,13 +288,34 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     model.eval()
 
     image = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
+    visual = model.visual
+    logit_bias = getattr(model, "logit_bias", None)
+    vision = dict(
+        kind="open_clip",
+        description={"kind": "open_clip", "model": arch,
+                     "pretrained": "none" if weights is None else (Path(weights).name if Path(weights).is_file() else weights)},
+        architecture=arch,
+        logit_scale=float(model.logit_scale.detach().exp().reshape(-1)[0]),
+        logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
+        vision=vision_module(visual),
+        **image,
+        # open_clip gives sigmoid-trained models (SigLIP's loss) a learned logit_bias; CLIP's softmax has none.
+        scoring="softmax" if logit_bias is None else "sigmoid",
+        preprocess=preprocess,
+        vision_heads=getattr(visual, "heads", 0) or 0,
+        vision_width=getattr(getattr(visual, "transformer", None), "width", 0),
+        reference_vision=functools.partial(model.encode_image, normalize=False),  # CoCa's normalizes by default
+    )
+    if "text" not in towers:
+        with torch.no_grad():  # the text tower is not exported: free its weights before tracing
+            for name, child in model.named_children():
+                for t in child.parameters() if name != "visual" else ():
+                    t.data = torch.empty(0, dtype=t.dtype)
+        return Source(**vision, embed_dim=int((open_clip.get_model_config(arch) or {}).get("embed_dim")), **NO_TEXT)
     tokenizer = clip_tokenizer(arch)
     context_length = int(tokenizer.context_length)
 
     text, text_width, text_heads = _text_tower(arch, model)
-    visual = model.visual
-    vision_width = getattr(getattr(visual, "transformer", None), "width", 0)
-    logit_bias = getattr(model, "logit_bias", None)
 
     def write_tokenizer(out_dir: Path) -> None:
         from .tokenizer_files import write_open_clip_tokenizer
@@ -273,19 +328,9 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     with torch.no_grad():
         embed_dim = int(text(tokenizer(["a"])).shape[-1])
     return Source(
-        kind="open_clip",
-        description={"kind": "open_clip", "model": arch,
-                     "pretrained": "none" if weights is None else (Path(weights).name if Path(weights).is_file() else weights)},
-        architecture=arch,
+        **vision,
         embed_dim=embed_dim,
-        logit_scale=float(model.logit_scale.detach().exp().reshape(-1)[0]),
-        logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
-        vision=OpenClipVisionTower(visual) if OpenClipVisionTower.supports(visual) else visual,
         text=text,
-        **image,
-        # open_clip gives sigmoid-trained models (SigLIP's loss) a learned logit_bias; CLIP's softmax has none.
-        scoring="softmax" if logit_bias is None else "sigmoid",
-        preprocess=preprocess,
         context_length=context_length,
         bos_token_id=int(tokenizer.sot_token_id),
         eos_token_id=int(tokenizer.eot_token_id),
@@ -294,11 +339,8 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         cleaning="open_clip",
         tokenize=tokenize,
         write_tokenizer=write_tokenizer,
-        vision_heads=getattr(visual, "heads", 0) or 0,
-        vision_width=vision_width,
         text_heads=text_heads,
         text_width=text_width,
-        reference_vision=model.encode_image,
         reference_text=model.encode_text,
     )
 

@@ -24,7 +24,7 @@ class Source:
 
     # Towers ending at the projected, unnormalized embedding.
     vision: torch.nn.Module  # pixel_values (B,3,S,S) float32 -> (B,embed_dim)
-    text: torch.nn.Module  # input_ids (B,L) int64 -> (B,embed_dim)
+    text: torch.nn.Module | None  # input_ids (B,L) int64 -> (B,embed_dim); None: image tower only (NO_TEXT)
 
     # Image preprocessing (the resize mode, filter and fill are below, with their defaults).
     image_size: int
@@ -60,6 +60,10 @@ class Source:
     text_heads: int = 0
     text_width: int = 0
 
+    @property
+    def towers(self) -> tuple[str, ...]:
+        return ("vision", "text") if self.text is not None else ("vision",)
+
     def release(self, tower: str) -> None:
         """Free the torch weights of `tower` ("vision" | "text") once it is traced and its reference
         outputs are computed; the rest of the export reads ONNX files. Storage is emptied in place
@@ -68,3 +72,8 @@ class Source:
         with torch.no_grad():
             for t in (*module.parameters(), *module.buffers()):
                 t.data = torch.empty(0, dtype=t.dtype)
+
+
+# The text fields of a Source that exports its image tower alone.
+NO_TEXT: dict[str, Any] = dict(text=None, context_length=0, bos_token_id=0, eos_token_id=0, pad_token_id=0, pooling="",
+                               cleaning="none", tokenize=None, write_tokenizer=None)

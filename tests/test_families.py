@@ -273,3 +273,131 @@ def test_sigmoid_scorer_is_stable_at_extreme_logits():
     cos = np.array([[1.0, -1.0, 0.0]])
     probs = SCORERS["sigmoid"](cos, 1000.0, 0.0)
     assert np.all(np.isfinite(probs)) and probs.tolist() == [[1.0, 0.0, 0.5]]
+
+
+# --------------------------------------------------------------------------- vision towers, one tiny variant per family
+
+TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+
+
+def _tiny_timm(base: str, **kwargs) -> str:
+    """Register fastclip_tiny_<base> in timm: `base` with smaller widths and depths, the same code."""
+    from timm.models import is_model, model_entrypoint, register_model
+
+    name = f"fastclip_tiny_{base}"
+    if not is_model(name):
+        build = model_entrypoint(base)
+
+        def entry(pretrained=False, **kw):
+            return build(pretrained=False, **{**kwargs, **kw})
+
+        entry.__name__, entry.__module__ = name, build.__module__
+        register_model(entry)
+    return name
+
+
+def _tiny_vit_mci() -> str:
+    """MobileCLIP-B's trunk (timm vit_base_mci_224: a conv stem, then a ViT) at 1/12 of its width."""
+    from timm.models import is_model, register_model
+    from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
+    from torch import nn
+
+    name = "fastclip_tiny_vit_base_mci_224"
+    if not is_model(name):
+        def fastclip_tiny_vit_base_mci_224(pretrained=False, **kwargs):
+            stem = ConvStem(channels=(16, 16, 64), stride=(4, 2, 2), kernel_size=(4, 2, 2), padding=0, in_chans=3,
+                            act_layer=nn.GELU)
+            return _create_vision_transformer_hybrid("vit_base_mci_224", backbone=stem, embed_args=dict(proj=False),
+                                                     pretrained=False, **{**dict(embed_dim=64, depth=2, num_heads=2,
+                                                                                 no_embed_class=True), **kwargs})
+
+        fastclip_tiny_vit_base_mci_224.__module__ = "timm.models.vision_transformer_hybrid"
+        register_model(fastclip_tiny_vit_base_mci_224)
+    return name
+
+
+def _tiny_vitamin() -> str:
+    from timm.models.vitamin import VitCfg, VitConvCfg
+
+    embed = VitCfg(embed_dim=(16, 32, 64), depths=(1, 1, 1), stem_width=16,
+                   conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d")
+    return _tiny_timm("vitamin_small_224", embed_cfg=embed, embed_dim=64, depth=2, num_heads=2)
+
+
+def _timm_cfg(trunk: str, pool: str, proj: str | None, image_size: int = 224) -> dict:
+    return {"image_size": image_size, "timm_model_name": trunk, "timm_model_pretrained": False, "timm_pool": pool,
+            "timm_proj": proj}
+
+
+# family -> a function giving the open_clip model config of a tiny variant (timm names are registered lazily).
+TOWERS = {
+    "SigLIP ViT": lambda: {"embed_dim": 64, "init_logit_bias": -10.0, "vision_cfg": _timm_cfg(
+        _tiny_timm("vit_base_patch16_siglip_256", embed_dim=64, depth=2, num_heads=2),
+        "map", "none", 256)},
+    "PE-Core": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("vit_pe_core_base_patch16_224", embed_dim=64, depth=2, num_heads=2,
+        attn_pool_num_heads=2), "map", None)},
+    "EVA02": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("eva02_base_patch16_clip_224", embed_dim=64, depth=2, num_heads=2), "token", None)},
+    "EVA01": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("eva_giant_patch14_224", embed_dim=64, depth=2, num_heads=2), "token", None)},
+    "ConvNeXt": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("convnext_base", depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)), "", "linear", 256)},
+    "Swin": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("swin_base_patch4_window7_224", embed_dim=16, depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 2, 2)), "", "linear")},
+    "ViTamin": lambda: {"vision_cfg": _timm_cfg(_tiny_vitamin(), "", "linear")},
+    "FastViT-MCi": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("fastvit_mci0", layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128)), "avg", None, 256)},
+    "FastViT-MCi, 5 stages (MCi3/4)": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("fastvit_mci3", layers=(1, 1, 1, 1, 1), embed_dims=(16, 32, 64, 128, 256)),
+        "avg", None, 256)},
+    "ViT-MCi": lambda: {"vision_cfg": _timm_cfg(_tiny_vit_mci(), "token", None)},
+    "timm ViT": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("vit_large_patch14_clip_224", embed_dim=64, depth=2, num_heads=2), "token", None)},
+    "ModifiedResNet": lambda: {"vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None}},
+    "ViT + attentional pooler": lambda: {  # CoCa: its contrastive image embedding
+        "custom_text": True,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "attentional_pool": True,
+                       "attn_pooler_heads": 2, "output_tokens": True},
+        "text_cfg": {**TINY_TEXT, "context_length": 76, "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                           "attn_pooler_heads": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def tower_photos(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("tower-photos"), PHOTOS)
+
+
+def _register(family: str, folder) -> str:
+    open_clip = _open_clip()  # before timm: the CPU-torch torchvision workaround
+    name = "fastclip-tiny-" + "".join(c if c.isalnum() else "-" for c in family.lower())
+    config = {"embed_dim": 32, "text_cfg": TINY_TEXT, **TOWERS[family]()}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
+@pytest.mark.parametrize("family", list(TOWERS))
+def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_path):
+    """Exported image tower, run by fastclip from the photo files, against open_clip's encode_image on
+    open_clip's own preprocessing: fp32 min cosine >= 0.99999, max |diff| <= 1e-4 x max |ref| on the
+    unnormalized vectors, unit length once normalized."""
+    import torch
+
+    from fastclip_export.api import export_model
+    from fastclip_export.open_clip_source import vision_family
+
+    name = _register(family, tmp_path)
+    assert vision_family(name) == family.split(",")[0]
+    out = export_model(f"open_clip:{name}", tmp_path / "model", pretrained="none", towers=("vision",),
+                       log=lambda _: None)
+    torch.manual_seed(0)  # the export's seed: the same random weights
+    model, _, transform = _open_clip().create_model_and_transforms(name, pretrained=None)
+    model.eval()
+    with torch.no_grad():
+        want = model.encode_image(torch.stack([transform(Image.open(p)) for p in tower_photos]), normalize=False).numpy()
+    embedder = ImageEmbedding(out, exif_transpose=False)
+    got = np.stack(list(embedder.embed(tower_photos, normalize=False)))
+    assert got.shape == want.shape
+    assert cosines(got, want).min() >= 0.99999
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    unit = np.stack(list(embedder.embed(tower_photos)))
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    m = manifest.load(out)
+    assert m.text is None and m.scoring == ("sigmoid" if "init_logit_bias" in TOWERS[family]() else "softmax")

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
+    p.add_argument("--vision-only", action="store_true",
+                   help="export the image tower alone (for a model whose text tower is refused, or to save the space)")
     p.add_argument("--ignore-memory-estimate", action="store_true",
                    help="export even when the estimated peak memory exceeds what the machine has available")
     p.set_defaults(func=cmd_export)
@@ -57,6 +59,7 @@ def cmd_export(args) -> int:
         external_data=True if args.external_data else None,
         check_memory=not args.ignore_memory_estimate,
         log=lambda message: print(message, file=sys.stderr),
+        towers=("vision",) if args.vision_only else ("vision", "text"),
     )
     return 0
 

@@ -160,23 +160,37 @@ def vision_family(arch: str) -> str:
     return "ViT + attentional pooler" if vision.get("attentional_pool") else "ViT"
 
 
-def architectures() -> list[dict]:
-    """Every architecture open_clip lists, with whether (and why not) it exports, and the pretrained
-    tags refused for their own preprocessing."""
+# Families with a tiny variant exported and compared with encode_image in CI (tests/test_families.py):
+# every family open_clip's configs use. A timm trunk outside TIMM_FAMILIES is traced as is, untested.
+TESTED_FAMILIES = frozenset({family for _, family in TIMM_FAMILIES} | {"ViT", "ModifiedResNet", "ViT + attentional pooler"})
+
+
+def architectures(memory_available: float | None = None) -> list[dict]:
+    """Every architecture open_clip lists, with whether (and why not) it exports - both towers
+    ("problem"), the image tower alone ("vision_problem") - and the pretrained tags refused for their
+    own preprocessing. With `memory_available` (bytes), each row also gets "peak_bytes", the
+    estimated peak memory of the export that goes ahead (counted on the meta device: ~0.1 s a model)."""
+    from . import memory
+
     open_clip = import_open_clip()
     rows = []
     for arch in open_clip.list_models():
         problem = config_problem(arch)
+        vision = problem and vision_problem(arch)
         refused_tags = {}
-        if problem is None:
+        if vision is None:
             for tag in open_clip.list_pretrained_tags_by_model(arch):
-                tag_problem = config_problem(arch, tag)
+                tag_problem = vision_problem(arch, tag)
                 if tag_problem:
                     refused_tags[tag] = tag_problem
         cfg = open_clip.get_model_config(arch) or {}
-        rows.append({"architecture": arch, "problem": problem, "refused_tags": refused_tags,
-                     "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
-                     "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))})
+        row = {"architecture": arch, "problem": problem, "vision_problem": vision, "refused_tags": refused_tags,
+               "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
+               "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))}
+        if memory_available is not None and vision is None:
+            params = count_parameters(arch, ("vision", "text") if problem is None else ("vision",))
+            row["peak_bytes"] = memory.estimate(*params, ["fp32"]).peak_bytes
+        rows.append(row)
     return rows
 
 

@@ -18,16 +18,20 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     assert main(["export", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     total = len(import_open_clip().list_models())
-    assert f" of {total} export" in lines[0]
-    row = {line.split()[0]: line for line in lines[2:] if line and not line.startswith(" ")}
+    assert f" of {total} export both towers, {total} of {total} the image tower" in lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("ARCHITECTURE"))
+    row = {line.split()[0]: line for line in lines[header + 1:] if line and not line.startswith(" ")}
     assert len([name for name in row if not name.startswith("transformers:")]) == total
-    for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu"):
-        assert row[arch].split()[3] == "yes", row[arch]
+    for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu", "RN50x4", "EVA02-L-14", "convnext_base_w"):
+        assert row[arch].split()[4] == "yes", row[arch]
     assert "QuickGELU" in row["ViT-H-14-378-quickgelu"]
-    assert "refused: tokenizer timm/ViT-B-16-SigLIP is not CLIP's BPE" in row["ViT-B-16-SigLIP"]
-    assert "refused: CoCa" in row["coca_ViT-L-14"]
-    assert "refused: text tower is the Hugging Face model xlm-roberta-large" in row["xlm-roberta-large-ViT-H-14"]
-    assert "refused: bidirectional text tower" in row["MobileCLIP-S1"]
+    # Every vision family is tested (tests/test_families.py): nothing is left "untested".
+    assert not [line for line in row.values() if "untested" in line]
+    assert "SigLIP ViT" in row["ViT-B-16-SigLIP"]
+    assert "image tower only (text refused: tokenizer timm/ViT-B-16-SigLIP is not CLIP's BPE" in row["ViT-B-16-SigLIP"]
+    assert "image tower only (text refused: CoCa" in row["coca_ViT-L-14"]
+    assert "(text refused: text tower is the Hugging Face model xlm-roberta-large" in row["xlm-roberta-large-ViT-H-14"]
+    assert "FastViT-MCi" in row["MobileCLIP-S1"] and "(text refused: bidirectional text tower" in row["MobileCLIP-S1"]
     # The DFN weights squash the image instead of cropping it: that tag exports too, with its own resize.
     assert "refused" not in lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
 
@@ -122,3 +126,16 @@ def test_hf_parameters_counted_from_the_config(tiny_hf_checkpoint):
     model = CLIPModel.from_pretrained(tiny_hf_checkpoint)
     vision = sum(p.numel() for m in (model.vision_model, model.visual_projection) for p in m.parameters())
     assert api.count_parameters(str(tiny_hf_checkpoint), None) == (vision, sum(p.numel() for p in model.parameters()) - vision)
+
+
+def test_list_status_states_memory_against_this_machine():
+    from fastclip.cli.export import _status
+
+    row = {"architecture": "ViT-bigG-14", "problem": None, "vision_problem": None, "vision": "ViT", "quick_gelu": False,
+           "peak_bytes": 25.0e9}
+    assert _status(row, frozenset({"ViT"}), 18.5e9) == "yes; ~25.0 GB peak > 18.5 GB available here"
+    assert _status({**row, "peak_bytes": 4.2e9}, frozenset({"ViT"}), 18.5e9) == "yes; ~4.2 GB peak"
+    text_refused = {**row, "problem": "tokenizer x is not CLIP's BPE", "peak_bytes": None, "vision": "timm foo"}
+    assert _status(text_refused, frozenset({"ViT"}), None) == (
+        "image tower only (text refused: tokenizer x is not CLIP's BPE); untested family: timm foo traced as is, "
+        "verification decides")

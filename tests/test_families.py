@@ -360,7 +360,8 @@ TOWERS = {
 
 @pytest.fixture(scope="module")
 def tower_photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("tower-photos"), PHOTOS)
+    # JPEG, PNG, JPEG, grayscale PNG (write_photos' choice by position): every decode path, half the photos.
+    return write_photos(tmp_path_factory.mktemp("tower-photos"), ["astronaut", "chelsea", "rocket", "camera"])
 
 
 def _register(family: str, folder) -> str:
@@ -382,6 +383,7 @@ def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_pa
 
     from fastclip_export.api import export_model
     from fastclip_export.open_clip_source import vision_family
+    from fastclip_export.open_clip_towers import reparameterizable, vision_module
 
     name = _register(family, tmp_path)
     assert vision_family(name) == family.split(",")[0]
@@ -401,3 +403,14 @@ def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_pa
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
     m = manifest.load(out)
     assert m.text is None and m.scoring == ("sigmoid" if "init_logit_bias" in TOWERS[family]() else "softmax")
+    if reparameterizable(model.visual):  # MobileCLIP's FastViT: the graph is the fused (deploy) form
+        import onnx
+
+        graph_convs = sum(node.op_type == "Conv" for node in onnx.load(out / "vision" / "model.onnx").graph.node)
+        assert graph_convs == _convs(vision_module(model.visual)) < _convs(model.visual)
+
+
+def _convs(module) -> int:
+    from torch import nn
+
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())

@@ -51,25 +51,37 @@ def _fetch(model: str, revision: str | None, name: str) -> Path | None:
         raise _offline_error(model, exc) from None
 
 
-def _image_settings(model: str, revision: str | None, config) -> tuple[int, tuple, tuple]:
+# PIL resampling codes in transformers' image-processor configs -> fastclip's filter names.
+PIL_FILTERS = {2: "bilinear", 3: "bicubic"}
+
+
+def _image_settings(model: str, revision: str | None, config) -> dict:
+    """The Source's image settings from preprocessor_config.json: CLIPImageProcessor's shortest edge +
+    center crop ("shortest"), or a plain (height, width) resize with no crop, as SiglipImageProcessor
+    writes it ("squash"); bicubic or bilinear. Anything else is refused."""
     size = int(config.vision_config.image_size)
     path = _fetch(model, revision, "preprocessor_config.json")
-    if path is None:
-        return size, DEFAULT_MEAN, DEFAULT_STD  # CLIPImageProcessor's defaults
+    if path is None:  # CLIPImageProcessor's defaults
+        return dict(image_size=size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    shortest = cfg.get("size", {})
-    shortest = shortest.get("shortest_edge") if isinstance(shortest, dict) else shortest
+    resize = cfg.get("size", {})
+    shortest = resize.get("shortest_edge") if isinstance(resize, dict) else resize
     crop = cfg.get("crop_size", size)
     crop = crop.get("height") if isinstance(crop, dict) else crop
     square = not isinstance(cfg.get("crop_size"), dict) or cfg["crop_size"].get("height") == cfg["crop_size"].get("width")
-    if (cfg.get("resample", 3) != 3 or not cfg.get("do_center_crop", True) or not cfg.get("do_resize", True)
-            or shortest is None or shortest != crop or crop != size or not square):
+    squash = (isinstance(resize, dict) and resize.get("height") == resize.get("width") == size
+              and not cfg.get("do_center_crop", False))
+    crops = cfg.get("do_center_crop", True) and shortest is not None and shortest == crop == size and square
+    interpolation = PIL_FILTERS.get(cfg.get("resample", 3))
+    if not cfg.get("do_resize", True) or interpolation is None or not (crops or squash):
         raise ExportError(
-            f"{model}: preprocessing {path.name} is not shortest-side bicubic resize + center crop to "
-            f"{size} (resample={cfg.get('resample')}, size={cfg.get('size')}, crop_size={cfg.get('crop_size')}); "
-            "fastclip cannot reproduce it"
+            f"{model}: preprocessing {path.name} is neither shortest-side resize + center crop nor a plain resize "
+            f"to {size} x {size}, bicubic or bilinear (resample={cfg.get('resample')}, size={cfg.get('size')}, "
+            f"crop_size={cfg.get('crop_size')}, do_center_crop={cfg.get('do_center_crop')}); fastclip cannot reproduce it"
         )
-    return size, tuple(cfg.get("image_mean", DEFAULT_MEAN)), tuple(cfg.get("image_std", DEFAULT_STD))
+    return dict(image_size=size, mean=tuple(float(v) for v in cfg.get("image_mean", DEFAULT_MEAN)),
+                std=tuple(float(v) for v in cfg.get("image_std", DEFAULT_STD)),
+                resize_mode="shortest" if crops else "squash", interpolation=interpolation)
 
 
 def _config(model: str, revision: str | None):
@@ -112,7 +124,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
     revision = None if random_init else pretrained
     config = _config(model, revision)
 
-    image_size, mean, std = _image_settings(model, revision, config)
+    image = _image_settings(model, revision, config)
     local = {name: _fetch(model, revision, name) for name in TOKENIZER_FILES}
     if local["tokenizer.json"] is None or local["tokenizer_config.json"] is None:
         raise ExportError(f"{model}: no tokenizer.json / tokenizer_config.json; cannot export the text tower")
@@ -148,8 +160,10 @@ def load_hf(model: str, pretrained: str | None) -> Source:
             if path is not None:
                 shutil.copyfile(path, out_dir / name)
 
-    def preprocess(image):
-        return import_open_clip().transform.image_transform(image_size, is_train=False, mean=mean, std=std)(image)
+    def preprocess(pil):
+        return import_open_clip().transform.image_transform(
+            image["image_size"], is_train=False, mean=image["mean"], std=image["std"],
+            resize_mode=image.get("resize_mode"), interpolation=image.get("interpolation"))(pil)
 
     description = {"kind": "hf", "model": model if not Path(model).is_dir() else Path(model).name,
                    "revision": revision, "pretrained": "none" if random_init else None}
@@ -162,9 +176,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         logit_bias=None,
         vision=vision,
         text=text,
-        image_size=image_size,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
+        **image,
         preprocess=preprocess,
         context_length=context_length,
         bos_token_id=int(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else text_cfg.bos_token_id),

@@ -416,3 +416,40 @@ def _convs(module) -> int:
     from torch import nn
 
     return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def test_transformers_plain_resize_processor_exports_as_squash(tiny_hf_checkpoint, tmp_path):
+    """A preprocessor_config.json in SiglipImageProcessor's form (size height x width, bilinear, no
+    crop) is recorded as squash + bilinear, and the runtime's vectors match the torch model's on that
+    preprocessing."""
+    import shutil
+
+    import torch
+    from transformers import CLIPModel
+
+    from fastclip_export.api import export_model
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_hf_checkpoint, ckpt)
+    cfg = json.loads((ckpt / "preprocessor_config.json").read_text())
+    for key in ("crop_size", "do_center_crop"):
+        cfg.pop(key)
+    cfg.update(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    (ckpt / "preprocessor_config.json").write_text(json.dumps(cfg))
+    out = export_model(str(ckpt), tmp_path / "m", log=lambda _: None)
+    m = manifest.load(out)
+    assert (m.vision.resize_mode, m.vision.interpolation, m.vision.mean) == ("squash", "bilinear", (0.5,) * 3)
+
+    _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    transform = image_transform_v2(PreprocessCfg(size=224, resize_mode="squash", interpolation="bilinear",
+                                                 mean=(0.5,) * 3, std=(0.5,) * 3), is_train=False)
+    paths = write_photos(tmp_path / "photos", ["astronaut", "chelsea", "rocket", "camera"])
+    model = CLIPModel.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        want = model.get_image_features(pixel_values=torch.stack([transform(Image.open(p)) for p in paths]))
+    want = getattr(want, "pooler_output", want).numpy()
+    got = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
+    assert cosines(got, want).min() >= 0.99999
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

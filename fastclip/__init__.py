@@ -4,9 +4,10 @@
     vectors = ImageEmbedding("models/clip-b32").embed(["photo.jpg"])   # lazy generator of (dim,) float32
 """
 
+from .batch import EmbeddingBatch, ImageBatch
 from .embedding import CLIP, ImageEmbedding, TextEmbedding, l2_normalize
 from .errors import ExportError, FastClipError, ImageError, ModelError, TextError
-from .runner import ImageBatch, Tuning
+from .runner import Tuning
 
 __version__ = "0.1.0"
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ImageEmbedding",
     "TextEmbedding",
     "l2_normalize",
+    "EmbeddingBatch",
     "ImageBatch",
     "Tuning",
     "FastClipError",

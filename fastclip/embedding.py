@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import FastClipError, ImageError, ModelError, TextError
+from .batch import EmbeddingBatch
+from .errors import FastClipError, ImageError, ModelError, TextError, TextTypeError
 from .families.score import SCORERS
 from .images import ImagePreprocessor
 from .manifest import Manifest, Tower, tower_fingerprint
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
-from .runner import ImageBatch, Tuning, available_cores
+from .runner import Tuning, available_cores
 from .session import CPU, CUDA, LoadedTower, check_graph, open_tower
 from .text import TextTokenizer
 
@@ -228,6 +229,22 @@ def _run(loaded: LoadedTower, spec: Tower, feeds: dict[str, np.ndarray], normali
     return l2_normalize(out) if normalize else out
 
 
+def _split(batch: EmbeddingBatch, size: int) -> Iterator[EmbeddingBatch]:
+    """`batch` as consecutive batches of `size` inputs (views of its vectors, no copy)."""
+    if batch.count <= size:
+        yield batch
+        return
+    ok = batch.ok
+    row = 0
+    for lo in range(0, batch.count, size):
+        hi = min(lo + size, batch.count)
+        n_ok = int(ok[lo:hi].sum())
+        start = batch.start_index + lo
+        failures = {i: e for i, e in batch.failures.items() if start <= i < batch.start_index + hi}
+        yield EmbeddingBatch(start_index=start, count=hi - lo, vectors=batch.vectors[row : row + n_ok], failures=failures)
+        row += n_ok
+
+
 class _PendingImages:
     """One batch of images being decoded, each straight into its row of one (n, 3, S, S) array."""
 
@@ -336,7 +353,7 @@ class ImageEmbedding(_TowerModel):
                                 on_error=on_error)
         return self._embed(images, batch_size, normalize, errors, on_error)
 
-    def embed_batch(self, images: Sequence[Any], *, start_index: int = 0, normalize: bool = True) -> ImageBatch:
+    def embed_batch(self, images: Sequence[Any], *, start_index: int = 0, normalize: bool = True) -> EmbeddingBatch:
         """Embed one list of images at once: decode + preprocess (on the decode threads), one run, normalize.
 
         Never raises for an image that cannot be read: it lands in the result's `failures` (keyed by
@@ -348,6 +365,17 @@ class ImageEmbedding(_TowerModel):
         pixels, failures = self._start(images, start_index, pool).collect()
         return self._run_images(start_index, len(images), pixels, failures, normalize)
 
+    def embed_batches(self, images: Iterable[Any], batch_size: int = 32, *, normalize: bool = True,
+                      errors: str = "raise") -> Iterator[EmbeddingBatch]:
+        """Yield one EmbeddingBatch per `batch_size` consecutive images, in input order, decoding ahead
+        as `embed` does. errors="raise" raises the first unreadable image's ImageError once the
+        batches before it were yielded; "skip" leaves it in its batch's `failures`."""
+        _check_common(batch_size, errors)
+        self._check_open()
+        if isinstance(images, (str, Path)):
+            images = [images]
+        return self._stream(images, batch_size, normalize, errors)
+
     def _embed(self, images, batch_size, normalize, errors, on_error) -> Iterator[np.ndarray | None]:
         for batch in self._stream(images, batch_size, normalize, errors):
             for index, row in zip(itertools.count(batch.start_index), batch.rows()):
@@ -355,7 +383,7 @@ class ImageEmbedding(_TowerModel):
                     on_error(batch.failures[index])
                 yield row
 
-    def _stream(self, images: Iterable[Any], batch_size: int, normalize: bool, errors: str) -> Iterator[ImageBatch]:
+    def _stream(self, images: Iterable[Any], batch_size: int, normalize: bool, errors: str) -> Iterator[EmbeddingBatch]:
         """embed_batch over consecutive batches, with the next `read_ahead` batches decoded in the
         decode threads (Pillow and numpy release the GIL) while the model runs on the current one;
         the bound keeps memory flat. Closing the generator cancels the decodes not yet started."""
@@ -405,12 +433,12 @@ class ImageEmbedding(_TowerModel):
             return exc  # reported in input order by the consuming thread, not from a decode thread
         return None
 
-    def _run_images(self, start: int, count: int, pixels: np.ndarray, failures: dict, normalize: bool) -> ImageBatch:
+    def _run_images(self, start: int, count: int, pixels: np.ndarray, failures: dict, normalize: bool) -> EmbeddingBatch:
         if len(pixels):
             vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, normalize)
         else:
             vectors = np.empty((0, self.dim), dtype=np.float32)
-        return ImageBatch(start_index=start, count=count, vectors=vectors, failures=failures)
+        return EmbeddingBatch(start_index=start, count=count, vectors=vectors, failures=failures)
 
     def _decode_pool(self) -> ThreadPoolExecutor | None:
         if self.workers <= 0:
@@ -490,14 +518,17 @@ class TextEmbedding(_TowerModel):
         *,
         normalize: bool = True,
         truncate: bool = True,
-    ) -> Iterator[np.ndarray]:
+        errors: str = "raise",
+    ) -> Iterator[np.ndarray | None]:
         """Yield one float32 vector of shape (dim,) per text, in input order.
 
         Texts longer than the context are cut with the end token kept last (as the reference
         tokenizers do); truncate=False raises TextError naming the text's index instead.
+        errors="skip" yields None for a text that cannot be embedded (not a str, too long with
+        truncate=False) instead of raising, so outputs stay aligned with inputs.
         parallel: as for ImageEmbedding.embed (None: this process; N: N worker processes; 0: one per core).
         """
-        _check_common(batch_size, "raise")
+        _check_common(batch_size, errors)
         _check_parallel(parallel)
         self._check_open()
         if isinstance(texts, str):
@@ -505,8 +536,20 @@ class TextEmbedding(_TowerModel):
         if parallel is not None:
             from .bulk.pool import pooled_embed  # the process machinery is imported only when used
 
-            return pooled_embed(self, texts, batch_size, parallel, normalize=normalize, truncate=truncate)
-        return self._embed(texts, batch_size, normalize, truncate)
+            return pooled_embed(self, texts, batch_size, parallel, normalize=normalize, truncate=truncate,
+                                errors=errors)
+        return (row for batch in self._batches(texts, batch_size, normalize, truncate, errors) for row in batch.rows())
+
+    def embed_batches(self, texts: Iterable[str] | str, batch_size: int = 256, *, normalize: bool = True,
+                      truncate: bool = True, errors: str = "raise") -> Iterator[EmbeddingBatch]:
+        """Yield one EmbeddingBatch per `batch_size` consecutive texts, in input order (computed a
+        bucketing window at a time, see below). errors="raise" raises the first failing text's
+        TextError once the batches before it were yielded; "skip" leaves it in `failures`."""
+        _check_common(batch_size, errors)
+        self._check_open()
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._batches(texts, batch_size, normalize, truncate, errors)
 
     # Length bucketing: texts are tokenized `tuning.text_bucket_window` batches at a time, sorted by
     # token count and run `tuning.text_run_rows` at a time (at most batch_size), so each run is padded
@@ -514,23 +557,17 @@ class TextEmbedding(_TowerModel):
     # vectors are the same (the causal mask, or the attention mask, keeps padding out of the real
     # tokens) and come out in input order. Measured on ViT-B/32, 2 cores, 3-20 word texts: sorting
     # ~1.5x, and runs of 32 sorted texts ~1.2x more than runs of 256 (smaller activations stay in cache).
-    def _embed(self, texts, batch_size, normalize, truncate) -> Iterator[np.ndarray]:
+    def _batches(self, texts, batch_size, normalize, truncate, errors) -> Iterator[EmbeddingBatch]:
         numbered = iter(texts)
         start = 0
         window = batch_size * self.tuning.text_bucket_window if self._bucketing() else batch_size
         while chunk := list(itertools.islice(numbered, window)):
-            try:
-                vectors = self.embed_batch(chunk, start_index=start, normalize=normalize, truncate=truncate,
-                                           batch_size=batch_size)
-            except TextError:
-                if len(chunk) <= batch_size:
-                    raise
-                # Raise where batch-by-batch processing would: after the vectors of the batches before it.
-                for i in range(0, len(chunk), batch_size):
-                    yield from self.embed_batch(chunk[i : i + batch_size], start_index=start + i,
-                                                normalize=normalize, truncate=truncate, batch_size=batch_size)
-                raise AssertionError("unreachable: the window's TextError did not recur batch by batch") from None
-            yield from vectors
+            done = self.embed_batch(chunk, start_index=start, normalize=normalize, truncate=truncate,
+                                    batch_size=batch_size)
+            for batch in _split(done, batch_size):
+                if errors == "raise" and batch.failures:
+                    raise batch.first_failure()
+                yield batch
             start += len(chunk)
 
     def embed_batch(
@@ -541,27 +578,56 @@ class TextEmbedding(_TowerModel):
         normalize: bool = True,
         truncate: bool = True,
         batch_size: int = 256,
-    ) -> np.ndarray:
-        """float32 (len(texts), dim): tokenize → run → normalize for one list of texts, in input order.
+    ) -> EmbeddingBatch:
+        """tokenize → run → normalize for one list of texts, in input order.
 
+        Never raises for one text that cannot be embedded (not a str; too long with truncate=False):
+        it lands in `failures` (keyed by start_index + its position) and has no row in `vectors`.
         With a dynamic-length graph and more texts than one run takes (batch_size, at most
         tuning.text_run_rows on CPU), the texts are sorted by length and run in groups (see above);
-        otherwise they run in input-order batches of batch_size. Indices in errors count from start_index.
+        otherwise they run in input-order batches of batch_size.
         """
         self._check_open()
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
+        failures: dict[int, FastClipError] = {
+            start_index + i: TextTypeError(start_index + i, f"expected str, got {type(t).__module__}.{type(t).__qualname__}")
+            for i, t in enumerate(texts) if not isinstance(t, str)
+        }
+
+        def good() -> list:
+            return [t for i, t in enumerate(texts) if start_index + i not in failures] if failures else texts
+
+        try:
+            vectors = self._vectors(good(), normalize, truncate, batch_size)
+        except TextError:
+            # Rare (truncate=False, malformed unicode): find the texts at fault one by one, run the rest.
+            failures.update(self._failing(texts, start_index, truncate, failures))
+            vectors = self._vectors(good(), normalize, truncate, batch_size)
+        return EmbeddingBatch(start_index=start_index, count=len(texts), vectors=vectors, failures=failures)
+
+    def _failing(self, texts: list, start_index: int, truncate: bool, known: dict) -> dict[int, FastClipError]:
+        found: dict[int, FastClipError] = {}
+        for i, text in enumerate(texts):
+            if start_index + i not in known:
+                try:
+                    self._tokenizer.encode_batch([text], start_index=start_index + i, truncate=truncate)
+                except TextError as exc:
+                    found[start_index + i] = exc
+        return found
+
+    def _vectors(self, texts: list, normalize: bool, truncate: bool, batch_size: int) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         # Small runs pay on CPU; a GPU wants the whole batch in one run.
         rows = batch_size if self.device == "cuda" else min(batch_size, self.tuning.text_run_rows)
         if self._bucketing() and len(texts) > rows:
-            return self._run_sorted(self._feeds(texts, start_index, truncate), rows, normalize)
+            return self._run_sorted(self._feeds(texts, 0, truncate), rows, normalize)
         if len(texts) <= batch_size:
-            return _run(self._tower, self.spec, self._feeds(texts, start_index, truncate), normalize)
+            return _run(self._tower, self.spec, self._feeds(texts, 0, truncate), normalize)
         return np.concatenate([
-            _run(self._tower, self.spec, self._feeds(texts[i : i + batch_size], start_index + i, truncate), normalize)
+            _run(self._tower, self.spec, self._feeds(texts[i : i + batch_size], i, truncate), normalize)
             for i in range(0, len(texts), batch_size)
         ])
 

@@ -31,6 +31,9 @@ class ImageError(FastClipError):
         self.reason = reason
         super().__init__(f"image #{index} ({source}): {reason}")
 
+    def __reduce__(self):  # crosses process boundaries (the pool, Ray) with its fields intact
+        return type(self), (self.index, self.source, self.reason)
+
 
 class ImageTypeError(ImageError, TypeError):
     """An input is not of a type `embed` can read (None, an int...). An ImageError, so errors="skip"
@@ -44,6 +47,14 @@ class TextError(FastClipError):
         self.index = index
         self.reason = reason
         super().__init__(f"text #{index}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.index, self.reason)
+
+
+class TextTypeError(TextError, TypeError):
+    """An input is not a str. A TextError, so batch calls report it per text; a TypeError, since that is
+    what it is."""
 
 
 class ExportError(FastClipError):

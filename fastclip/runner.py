@@ -2,7 +2,7 @@
 
 `Tuning` is the one documented place for scheduling choices (decode threads, text bucketing, concurrent
 text runs, onnxruntime spin-waiting), so benchmarks and users set them by name instead of patching
-private attributes. `ImageBatch` is what one batch-level call returns: the in-process generators, the
+private attributes. `EmbeddingBatch` (fastclip.batch) is what one batch-level call returns: the in-process generators, the
 process pool (fastclip.bulk) and the Ray integration all build on `ImageEmbedding.embed_batch` /
 `TextEmbedding.embed_batch`, so every path computes vectors the same way.
 """
@@ -10,14 +10,9 @@ process pool (fastclip.bulk) and the Ray integration all build on `ImageEmbeddin
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
-import numpy as np
-
-from .errors import ImageError
-
-__all__ = ["Tuning", "ImageBatch", "available_cores"]
+__all__ = ["Tuning", "available_cores"]
 
 
 def available_cores() -> int:
@@ -64,34 +59,3 @@ class Tuning:
             raise ValueError(f"Tuning.text_bucket_window must be a non-negative integer, got {self.text_bucket_window!r}")
         if self.allow_spinning not in (None, True, False):
             raise ValueError(f"Tuning.allow_spinning must be True, False or None, got {self.allow_spinning!r}")
-
-
-@dataclass(frozen=True)
-class ImageBatch:
-    """The result of `ImageEmbedding.embed_batch` for inputs start_index .. start_index + count - 1.
-
-    vectors: float32 (n_ok, dim), one row per image that could be read, in input order.
-    failures: {input index: ImageError} for the others.
-    `ok` (bool mask over the inputs) and `indices` (input index of each row of `vectors`) map rows back
-    to inputs; `rows()` yields one vector or None per input, as `embed(errors="skip")` does.
-    """
-
-    start_index: int
-    count: int
-    vectors: np.ndarray
-    failures: dict[int, ImageError] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> np.ndarray:
-        mask = np.ones(self.count, dtype=bool)
-        mask[[i - self.start_index for i in self.failures]] = False
-        return mask
-
-    @property
-    def indices(self) -> np.ndarray:
-        return np.flatnonzero(self.ok) + self.start_index
-
-    def rows(self) -> Iterator[np.ndarray | None]:
-        vectors = iter(self.vectors)
-        for i in range(self.start_index, self.start_index + self.count):
-            yield None if i in self.failures else next(vectors)

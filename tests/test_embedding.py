@@ -274,11 +274,29 @@ def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files,
     assert abs(np.linalg.norm(raw) - 1) > 1e-3
 
     text = TextEmbedding(tiny_openclip_export)
-    vectors = text.embed_batch(SENTENCES, start_index=5)
-    assert vectors.shape == (len(SENTENCES), text.dim) and vectors.dtype == np.float32
-    np.testing.assert_array_equal(vectors, np.stack(list(text.embed(SENTENCES))))
-    with pytest.raises(TextError, match="#6"):
-        text.embed_batch(["short", "word " * 200], start_index=5, truncate=False)
+    texts = text.embed_batch(SENTENCES, start_index=5)
+    assert isinstance(texts, ImageBatch) and texts.count == len(SENTENCES) and not texts.failures
+    assert texts.vectors.shape == (len(SENTENCES), text.dim) and texts.vectors.dtype == np.float32
+    np.testing.assert_array_equal(texts.vectors, np.stack(list(text.embed(SENTENCES))))
+    # One text over the context with truncate=False, one that is not a str: both land in failures, by
+    # input index, and the others keep exactly the vectors they get alone.
+    mixed = text.embed_batch(["short", "word " * 200, None, SENTENCES[0]], start_index=5, truncate=False)
+    assert sorted(mixed.failures) == [6, 7] and list(mixed.indices) == [5, 8]
+    assert isinstance(mixed.failures[6], TextError) and "77" in str(mixed.failures[6])
+    assert isinstance(mixed.failures[7], TypeError) and mixed.failures[7].index == 7
+    np.testing.assert_allclose(mixed.vectors, text.embed_batch(["short", SENTENCES[0]]).vectors, atol=1e-6)
+    with pytest.raises(TextError, match="#1"):
+        list(text.embed(["short", "word " * 200], truncate=False))
+    skipped = list(text.embed(["short", "word " * 200, "short"], truncate=False, errors="skip"))
+    assert skipped[1] is None and np.array_equal(skipped[0], skipped[2])
+    batches = list(text.embed_batches(SENTENCES * 3, batch_size=4))
+    assert [b.count for b in batches] == [4] * (len(SENTENCES) * 3 // 4) + ([len(SENTENCES) * 3 % 4] if len(SENTENCES) * 3 % 4 else [])
+    assert [b.start_index for b in batches] == list(range(0, len(SENTENCES) * 3, 4))
+    np.testing.assert_array_equal(np.concatenate([b.vectors for b in batches]), np.stack(list(text.embed(SENTENCES * 3, batch_size=4))))
+    image_batches = list(model.embed_batches(items, batch_size=3, errors="skip"))
+    assert [(b.start_index, b.count, sorted(b.failures)) for b in image_batches] == [(0, 3, [1]), (3, 1, [])]
+    with pytest.raises(ImageError, match="#1"):
+        list(model.embed_batches(items, batch_size=3))
 
 
 def test_tuning_is_public_and_old_arguments_still_work(tiny_openclip_export):

@@ -116,13 +116,7 @@ def _worker_main(conn, kind: str, folder: str, options: dict) -> None:
     while True:
         task_id, start, items, kw = tasks.get()
         try:
-            if kind == "image":
-                batch = model.embed_batch(items, start_index=start, normalize=kw["normalize"])
-                failures = {i: (e.source, e.reason) for i, e in batch.failures.items()}
-                result: Any = (batch.vectors, failures)
-            else:
-                result = model.embed_batch(items, start_index=start, **kw)
-            message = ("ok", task_id, result)
+            message = ("ok", task_id, model.embed_batch(items, start_index=start, **kw))  # errors pickle themselves
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it in input order
             message = ("error", task_id, _pack_error(exc))
         try:
@@ -303,22 +297,13 @@ class EmbeddingPool:
                                 "finish or close that one first")
         call = self._active = next(self._call)
         try:
-            for start, result in self._ordered(call, items, batch_size, kw):
-                if self.kind == "text":
-                    yield from result
-                    continue
-                vectors, failures = result
-                failures = {i: ImageError(i, *detail) for i, detail in failures.items()}
-                if errors == "raise" and failures:
-                    raise failures[min(failures)]
-                rows = iter(vectors)
-                for i in range(start, start + len(vectors) + len(failures)):
-                    if i in failures:
-                        if on_error is not None:
-                            on_error(failures[i])
-                        yield None
-                    else:
-                        yield next(rows)
+            for _, batch in self._ordered(call, items, batch_size, kw):
+                if errors == "raise" and batch.failures:
+                    raise batch.first_failure()
+                for i, row in enumerate(batch.rows(), batch.start_index):
+                    if row is None and on_error is not None:
+                        on_error(batch.failures[i])
+                    yield row
         finally:
             self._active = None
 

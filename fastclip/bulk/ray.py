@@ -308,8 +308,11 @@ class TextEmbedder(_Embedder):
                     self._fail(i, items[i], exc.reason, reasons)
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        return self.model.embed_batch(texts, normalize=self.normalize, truncate=self.truncate,
-                                      batch_size=max(1, len(texts)))
+        batch = self.model.embed_batch(texts, normalize=self.normalize, truncate=self.truncate,
+                                       batch_size=max(1, len(texts)))
+        if batch.failures:
+            raise batch.first_failure()
+        return batch.vectors
 
     def _fail(self, i: int, text: Any, reason: str, reasons: list[str]) -> None:
         if self.errors == "raise":

@@ -23,7 +23,7 @@ fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
                                                   turn a CLIP model into ONNX (needs fastclip[export])
   fastclip info models/clip-b32                   dims, precisions and verification figures
   fastclip search vectors.npy --text "a dog"      nearest images to a text (or --image PATH)
-  fastclip eval retrieval captions.csv --model M  Recall@K, text->image and image->text
+  fastclip eval retrieval captions.csv --model M  Recall@K, mAP, nDCG@K: text->image, image->text
 
 Vectors are L2-normalized: the dot product of two of them is their cosine similarity.
 Run `fastclip COMMAND --help` for each command's options.
@@ -61,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (embed, export, info, eval, search):
         command.add_parser(sub)
+    _quiet_anywhere(parser)
     return parser
+
+
+def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept -q after the subcommand too (`fastclip embed ... -q`), at every level of subcommands.
+
+    SUPPRESS as the default: a subcommand that is not given -q must leave the value the top level set
+    (argparse writes a subparser's defaults over the namespace it was handed).
+    """
+    for action in parser._actions:  # argparse has no public walk over subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if "-q" not in child._option_string_actions:
+                    child.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                       help="only warnings and errors on stderr")
+                _quiet_anywhere(child)
 
 
 __all__ = ["main", "build_parser", "UsageError"]

@@ -178,13 +178,15 @@ def architectures(memory_available: float | None = None) -> list[dict]:
         problem = config_problem(arch)
         vision = problem and vision_problem(arch)
         refused_tags = {}
+        tags = open_clip.list_pretrained_tags_by_model(arch)
         if vision is None:
-            for tag in open_clip.list_pretrained_tags_by_model(arch):
+            for tag in tags:
                 tag_problem = vision_problem(arch, tag)
                 if tag_problem:
                     refused_tags[tag] = tag_problem
         cfg = open_clip.get_model_config(arch) or {}
         row = {"architecture": arch, "problem": problem, "vision_problem": vision, "refused_tags": refused_tags,
+               "tags": {tag: _preprocess_summary(preprocess_cfg(arch, tag)) for tag in tags},
                "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
                "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))}
         if memory_available is not None and vision is None:
@@ -192,6 +194,11 @@ def architectures(memory_available: float | None = None) -> list[dict]:
             row["peak_bytes"] = memory.estimate(*params, ["fp32"]).peak_bytes
         rows.append(row)
     return rows
+
+
+def _preprocess_summary(pre: dict) -> str:
+    mean, std = (tuple(round(float(v), 4) for v in pre[k]) for k in ("mean", "std"))
+    return f"{pre['resize_mode']}, {pre['interpolation']}, mean {mean}, std {std}"
 
 
 def count_parameters(arch: str, towers: tuple[str, ...] = ("vision", "text")) -> tuple[int, int]:

@@ -23,7 +23,7 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     row = {line.split()[0]: line for line in lines[header + 1:] if line and not line.startswith(" ")}
     assert len([name for name in row if not name.startswith("transformers:")]) == total
     for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu", "RN50x4", "EVA02-L-14", "convnext_base_w"):
-        assert row[arch].split()[4] == "yes", row[arch]
+        assert row[arch].split()[4].rstrip(";") == "yes", row[arch]
     assert "QuickGELU" in row["ViT-H-14-378-quickgelu"]
     # Every vision family is tested (tests/test_families.py): nothing is left "untested".
     assert not [line for line in row.values() if "untested" in line]
@@ -34,6 +34,29 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     assert "FastViT-MCi" in row["MobileCLIP-S1"] and "(text refused: bidirectional text tower" in row["MobileCLIP-S1"]
     # The DFN weights squash the image instead of cropping it: that tag exports too, with its own resize.
     assert "refused" not in lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
+    assert "; tags: 4 of 4 export" in row["ViT-H-14"]
+
+
+def test_list_tags_gives_each_tags_preprocessing(capsys):
+    from fastclip.cli import main
+
+    assert main(["export", "--list", "--tags"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("PE-Core-B-16 ")) + 1]
+    assert after.strip() == "tag meta: exports (squash, bilinear, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5))"
+    dfn = [line.strip() for line in lines if line.strip().startswith("tag dfn5b:")]
+    assert dfn and all(line.startswith("tag dfn5b: exports (squash, bicubic") for line in dfn)
+
+
+def test_vision_only_from_the_command_line(tiny_openclip_config, tmp_path, capsys):
+    from fastclip import ImageEmbedding, manifest
+    from fastclip.cli import main
+
+    out = tmp_path / "vision-only"
+    assert main(["export", f"open_clip:{tiny_openclip_config}", str(out), "--pretrained", "none", "--vision-only"]) == 0
+    m = manifest.load(out)
+    assert m.text is None and m.vision is not None and not (out / "text").exists()
+    assert ImageEmbedding(out).dim == 32
 
 
 def test_list_follows_the_configs_not_a_table(tiny_openclip_config, tmp_path):

@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="folder to create")
     p.add_argument("--list", action="store_true", help="list the open_clip architectures and whether each exports (and why not)")
     p.add_argument("--memory", action="store_true", help="with --list: each export's estimated peak memory vs this machine's")
+    p.add_argument("--tags", action="store_true", help="with --list: every pretrained tag, its preprocessing and whether it exports")
     p.add_argument("--pretrained", metavar="TAG|FILE|none", help="open_clip weights: a tag, a checkpoint file, or none (random)")
     p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -40,7 +41,7 @@ def cmd_export(args) -> int:
     if args.list:
         if args.model or args.out_dir:
             raise UsageError("--list takes no MODEL or OUT_DIR")
-        return _list(with_memory=args.memory)
+        return _list(with_memory=args.memory, with_tags=args.tags)
     if not args.model or not args.out_dir:
         raise UsageError("export needs MODEL and OUT_DIR (or --list)")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -78,7 +79,7 @@ def _missing_export_extra() -> bool:
     return False
 
 
-def _list(with_memory: bool = False) -> int:
+def _list(with_memory: bool = False, with_tags: bool = False) -> int:
     if _missing_export_extra():
         return 1
     from fastclip_export import memory
@@ -96,14 +97,19 @@ def _list(with_memory: bool = False) -> int:
         print(f"memory: {len(over)} need more than the {available / memory.GB:.1f} GB available here "
               "(estimated peak, fp32; --ignore-memory-estimate to try anyway)")
     elif not with_memory:
-        print("(--list --memory adds each export's estimated peak memory against this machine's)")
+        print("(--list --memory adds each export's estimated peak memory against this machine's; --list --tags each "
+              "pretrained tag's preprocessing)")
     width = max(len(r["architecture"]) for r in rows)
     family_width = max(len(r["vision"]) for r in rows)
     print(f"{'ARCHITECTURE':<{width}}  {'SIZE':>4}  {'DIM':>4}  {'VISION TOWER':<{family_width}}  STATUS")
     for r in sorted(rows, key=lambda r: (r["problem"] is not None, r["vision_problem"] is not None, r["architecture"].lower())):
         status = _status(r, TESTED_FAMILIES, available)
         print(f"{r['architecture']:<{width}}  {r['image_size']!s:>4}  {r['embed_dim']!s:>4}  {r['vision']:<{family_width}}  {status}")
-        for tag, problem in r["refused_tags"].items():
+        for tag, pre in r["tags"].items() if with_tags else ():
+            problem = r["vision_problem"] or r["refused_tags"].get(tag)
+            print(f"{'':<{width}}  {'':>4}  {'':>4}  {'':<{family_width}}    tag {tag}: "
+                  f"{'refused, ' + problem if problem else 'exports'} ({pre})")
+        for tag, problem in r["refused_tags"].items() if not with_tags else ():
             print(f"{'':<{width}}  {'':>4}  {'':>4}  {'':<{family_width}}    tag {tag}: refused, {problem}")
 
     print("transformers: any CLIPModel checkpoint (config model_type 'clip') whose preprocessor_config.json is "
@@ -119,6 +125,9 @@ def _status(row: dict, tested: frozenset, available: float | None) -> str:
         status += " (QuickGELU)"
     if row["vision"] not in tested:
         status += f"; untested family: {row['vision']} traced as is, verification decides"
+    tags = row.get("tags") or {}
+    if tags:
+        status += f"; tags: {len(tags) - len(row['refused_tags'])} of {len(tags)} export"
     peak = row.get("peak_bytes")
     if peak is not None:
         status += f"; ~{peak / 1e9:.1f} GB peak" + (f" > {available / 1e9:.1f} GB available here" if available and peak > available else "")

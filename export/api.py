@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from fastclip import manifest
+from fastclip.families.resize import PIL_RESAMPLE
 from fastclip.errors import ExportError
 
 from . import memory, onnx_io, variants, verify
@@ -265,10 +266,6 @@ def _manifest(source: Source, specs: dict) -> dict:
             "pooling": source.pooling,
         },
     }
-
-
-# PIL's resampling codes, as transformers' image processors record them.
-PIL_RESAMPLE = {"bicubic": 3, "bilinear": 2}
 
 
 def _write_vision_config(source: Source, vision_dir: Path) -> None:

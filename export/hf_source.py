@@ -61,37 +61,23 @@ def _fetch(model: str, revision: str | None, name: str) -> Path | None:
         raise _hub_error(model, exc) from None
 
 
-# PIL resampling codes in transformers' image-processor configs -> fastclip's filter names.
-PIL_FILTERS = {2: "bilinear", 3: "bicubic"}
-
-
 def _image_settings(model: str, revision: str | None, config) -> dict:
-    """The Source's image settings from preprocessor_config.json: CLIPImageProcessor's shortest edge +
-    center crop ("shortest"), or a plain (height, width) resize with no crop, as SiglipImageProcessor
-    writes it ("squash"); bicubic or bilinear. Anything else is refused."""
+    """The Source's image settings from preprocessor_config.json (see fastclip.families.resize.from_processor_config)."""
+    from fastclip.families.resize import from_processor_config
+
     size = int(config.vision_config.image_size)
     path = _fetch(model, revision, "preprocessor_config.json")
     if path is None:  # CLIPImageProcessor's defaults
         return dict(image_size=size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    resize = cfg.get("size", {})
-    shortest = resize.get("shortest_edge") if isinstance(resize, dict) else resize
-    crop = cfg.get("crop_size", size)
-    crop = crop.get("height") if isinstance(crop, dict) else crop
-    square = not isinstance(cfg.get("crop_size"), dict) or cfg["crop_size"].get("height") == cfg["crop_size"].get("width")
-    squash = (isinstance(resize, dict) and resize.get("height") == resize.get("width") == size
-              and not cfg.get("do_center_crop", False))
-    crops = cfg.get("do_center_crop", True) and shortest is not None and shortest == crop == size and square
-    interpolation = PIL_FILTERS.get(cfg.get("resample", 3))
-    if not cfg.get("do_resize", True) or interpolation is None or not (crops or squash):
-        raise ExportError(
-            f"{model}: preprocessing {path.name} is neither shortest-side resize + center crop nor a plain resize "
-            f"to {size} x {size}, bicubic or bilinear (resample={cfg.get('resample')}, size={cfg.get('size')}, "
-            f"crop_size={cfg.get('crop_size')}, do_center_crop={cfg.get('do_center_crop')}); fastclip cannot reproduce it"
-        )
-    return dict(image_size=size, mean=tuple(float(v) for v in cfg.get("image_mean", DEFAULT_MEAN)),
-                std=tuple(float(v) for v in cfg.get("image_std", DEFAULT_STD)),
-                resize_mode="shortest" if crops else "squash", interpolation=interpolation)
+    try:
+        image = from_processor_config(cfg, size)
+    except ValueError as exc:
+        raise ExportError(f"{model}: {path.name}: {exc}; fastclip cannot reproduce it") from None
+    if image["image_size"] != size:
+        raise ExportError(f"{model}: {path.name} resizes to {image['image_size']} px, the model takes {size} px")
+    return dict(image, mean=tuple(float(v) for v in cfg.get("image_mean", DEFAULT_MEAN)),
+                std=tuple(float(v) for v in cfg.get("image_std", DEFAULT_STD)))
 
 
 def _config(model: str, revision: str | None):

@@ -453,3 +453,47 @@ def test_transformers_plain_resize_processor_exports_as_squash(tiny_hf_checkpoin
     got = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
     assert cosines(got, want).min() >= 0.99999
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("config,want", [
+    ({"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "resample": 3},
+     {"image_size": 224, "resize_mode": "shortest", "interpolation": "bicubic"}),
+    ({"size": 224, "crop_size": 224, "resample": 3}, {"image_size": 224, "resize_mode": "shortest", "interpolation": "bicubic"}),
+    ({"size": {"height": 384, "width": 384}, "resample": 2, "image_processor_type": "SiglipImageProcessor"},
+     {"image_size": 384, "resize_mode": "squash", "interpolation": "bilinear"}),
+    ({}, {"image_size": 224, "resize_mode": "shortest", "interpolation": "bicubic"}),
+])
+def test_processor_config_settings(config, want):
+    from fastclip.families.resize import from_processor_config
+
+    assert from_processor_config(config) == want
+
+
+@pytest.mark.parametrize("config", [
+    {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 1},  # Lanczos
+    {"size": {"height": 224, "width": 256}, "resample": 2},  # not square
+    {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "resample": 3},  # resize 256, crop 224
+    {"size": {"height": 224, "width": 224}, "do_center_crop": True, "crop_size": {"height": 200, "width": 200}},
+])
+def test_processor_config_refused(config):
+    from fastclip.families.resize import from_processor_config
+
+    with pytest.raises(ValueError, match="neither a shortest-side resize"):
+        from_processor_config(config)
+
+
+def test_fastembed_style_folder_with_a_siglip_processor_is_squashed(tiny_openclip_export, tmp_path):
+    """A model folder without a manifest (fastembed's layout) whose preprocessor_config.json is a
+    SiglipImageProcessor's: squashed, not center-cropped."""
+    import shutil
+
+    folder = tmp_path / "vision"
+    shutil.copytree(tiny_openclip_export / "vision", folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "SiglipImageProcessor", "size": {"height": 224, "width": 224}, "resample": 2,
+         "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_resize": True, "do_normalize": True, "do_rescale": True}))
+    spec = ImageEmbedding(folder).manifest.vision
+    assert (spec.resize_mode, spec.interpolation, spec.image_size, spec.mean) == ("squash", "bilinear", 224, (0.5,) * 3)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 224}, "resample": 0}))
+    with pytest.raises(ModelError, match="preprocessor_config.json: preprocessing is neither"):
+        ImageEmbedding(folder)

@@ -166,3 +166,35 @@ def _resize_window(image: Image.Image, resized: tuple[int, int], offset: tuple[i
     region = region.resize((size, rows), resample, box=(box[0], 0, box[2], rows))
     region = region.resize((size, size), resample, box=(0, box[1], size, box[3]))
     return region.convert(mode) if mode in _PREMULTIPLIED else region
+
+
+# PIL's resampling codes, as transformers' image-processor configs record them.
+PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}
+
+
+def from_processor_config(cfg: dict, default_size: int = 224) -> dict:
+    """The manifest's vision settings from a transformers preprocessor_config.json, or ValueError.
+
+    CLIPImageProcessor: shortest edge + center crop of the same size -> "shortest". A plain
+    {"height": S, "width": S} resize with no crop (SiglipImageProcessor, which has no crop at all)
+    -> "squash": center-cropping such a model, as some runtimes do, cuts off what it was trained to see.
+    `resample` 2 / 3 -> bilinear / bicubic. Anything else is refused rather than approximated.
+    """
+    resize = cfg.get("size", default_size)
+    shortest = resize.get("shortest_edge") if isinstance(resize, dict) else resize
+    crop = cfg.get("crop_size", shortest)
+    crop_h, crop_w = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    filters = {code: name for name, code in PIL_RESAMPLE.items()}
+    interpolation = filters.get(cfg.get("resample", 3))
+    if isinstance(resize, dict) and "height" in resize and not cfg.get("do_center_crop", False):
+        mode, size = "squash", resize["height"] if resize["height"] == resize.get("width") else None
+    elif cfg.get("do_center_crop", True) and shortest is not None and shortest == crop_h == crop_w:
+        mode, size = "shortest", shortest
+    else:
+        mode, size = None, None
+    if not cfg.get("do_resize", True) or interpolation is None or mode is None or not isinstance(size, int):
+        raise ValueError(
+            f"preprocessing is neither a shortest-side resize + center crop nor a plain square resize, bicubic or "
+            f"bilinear (resample={cfg.get('resample')}, size={cfg.get('size')}, crop_size={cfg.get('crop_size')}, "
+            f"do_center_crop={cfg.get('do_center_crop')})")
+    return {"image_size": size, "resize_mode": mode, "interpolation": interpolation}

@@ -14,6 +14,7 @@ Never run two at once on a shared machine; every figure comes with the load aver
 
     python benchmarks/bench_families.py                         # every model below that fits in memory
     python benchmarks/bench_families.py RN50x4 MobileCLIP2-S0   # some of them
+    python benchmarks/bench_families.py --fast-modes ViT-B-16-SigLIP2   # fast= per resize mode x filter
 """
 
 from __future__ import annotations
@@ -116,6 +117,45 @@ def runtime_child(out: Path, n_images: int) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------ child: fast= per mode
+
+def fast_modes_child(arch: str, n_images: int) -> dict:
+    """How far fast=True / "max" move the vectors in each resize mode x filter, one image tower.
+
+    The tower is exported once (fp32, random weights); each mode is the same ONNX file behind a manifest
+    that names another resize (a folder holding that manifest and a link to the tower): the comparison
+    is runtime against runtime, exact against drafted decoding, so the graph is the same on both sides.
+    """
+    import numpy as np
+
+    import common
+    from fastclip import ImageEmbedding
+    from fastclip_export import api
+
+    out = WORK / f"fast-modes-{arch}"
+    if not (out / "fastclip.json").is_file():
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", towers=("vision",), overwrite=True,
+                         log=lambda m: print(f"  {m}", file=sys.stderr))
+    base = json.loads((out / "fastclip.json").read_text())
+    photos = common.photos(n_images)
+    rows = {}
+    for mode in ("shortest", "squash", "longest"):
+        for interpolation in ("bicubic", "bilinear"):
+            folder = WORK / f"fast-modes-{arch}-{mode}-{interpolation}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            (folder / "vision").symlink_to((out / "vision").resolve(), target_is_directory=True)
+            manifest = {**base, "vision": {**base["vision"], "resize_mode": mode, "interpolation": interpolation}}
+            (folder / "fastclip.json").write_text(json.dumps(manifest))
+            exact = np.stack(list(ImageEmbedding(folder).embed(photos, batch_size=8)))
+            rows[f"{mode}, {interpolation}"] = {
+                str(fast): float(common.cosine_rows(np.stack(list(ImageEmbedding(folder, fast=fast).embed(photos, batch_size=8))), exact).min())
+                for fast in (True, "max")}
+            shutil.rmtree(folder)
+            print(f"  {mode}, {interpolation}: {rows[f'{mode}, {interpolation}']} (load {load_avg()})", file=sys.stderr)
+    return {"model": arch, "images": len(photos), "min_cos": rows, "load": load_avg()}
+
+
 # ------------------------------------------------------------------------------------------------ parent
 
 def run(arch: str, tag: str, n_images: int, keep: bool) -> dict:
@@ -178,7 +218,19 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help=f"keep the exported folders under {WORK}")
     ap.add_argument("--child-export", nargs=2, metavar=("ARCH", "TAG"), help=argparse.SUPPRESS)
     ap.add_argument("--child-runtime", nargs=2, metavar=("ARCH", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--fast-modes", metavar="ARCH",
+                    help="instead: how far fast=True / 'max' move ARCH's image vectors in each resize mode x filter")
     a = ap.parse_args()
+    if a.fast_modes:
+        result = fast_modes_child(a.fast_modes, a.images)
+        path = HERE / "results" / "fast_modes.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"fast= against exact, min cosine over {result['images']} photos of 1-4 MP, {a.fast_modes} image tower "
+              f"(random weights), load average {result['load']}")
+        for combo, cos in result["min_cos"].items():
+            print(f"  {combo:20} fast=True {cos['True']:.6f}   fast='max' {cos['max']:.6f}")
+        return
     if a.child_export:
         print(json.dumps(export_child(*a.child_export, WORK / a.child_export[0])))
         return

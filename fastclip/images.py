@@ -358,10 +358,10 @@ class ImagePreprocessor:
     ~3.6x faster, vectors within a cosine of about 1e-4.
 
     Every resize mode resamples the same box of the drafted photo at the original photo's output
-    size, so the shift does not depend on the mode. Measured on 48 photos of 1-4 MP with random-weight
-    full-size towers (benchmarks/bench_families.py), min cosine to exact for True / "max":
-    ViT-B-16-SigLIP2, squash + bicubic: 0.999995 / 0.999953; convnext_base_w, shortest + bicubic:
-    0.999959 / 0.999782 (a CNN at 256 px feels the drafted pixels more).
+    size, so the shift does not depend on the mode. Measured on 48 photos of 1-4 MP with a random-weight
+    ViT-B-16-SigLIP2 image tower (benchmarks/bench_families.py --fast-modes), min cosine to exact for
+    True / "max": 0.999992-0.999995 / 0.999943-0.999956 in all six resize mode x filter combinations;
+    convnext_base_w (shortest, bicubic, 256 px): 0.999959 / 0.999782, a CNN feels the drafted pixels more.
     """
 
     DRAFT_FACTORS = {False: None, True: 2, "max": 1}  # shortest side kept >= factor * image_size

@@ -304,8 +304,12 @@ def load_open_clip(arch: str, pretrained: str | None, towers: tuple[str, ...] = 
     level = root.level
     if offline is not None:
         root.setLevel(logging.CRITICAL)  # open_clip logs the download failure that the error below reports
+    hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+        if "text" not in towers and weights is None and hf_text:
+            model, preprocess = _image_tower_alone(arch)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
     except Exception as exc:
         if offline is not None:
             raise ExportError(hub.not_cached(
@@ -374,6 +378,40 @@ def load_open_clip(arch: str, pretrained: str | None, towers: tuple[str, ...] = 
         text_width=text_width,
         reference_text=model.encode_text,
     )
+
+
+class _ImageModel(nn.Module):
+    """An open_clip model's image side alone: what the export reads from a model (visual, logit scale
+    and bias, encode_image), without its text tower."""
+
+    def __init__(self, visual: nn.Module, init_logit_scale: float, init_logit_bias: float | None):
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.ones([]) * init_logit_bias)
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(image)
+        features = features[0] if isinstance(features, tuple) else features
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+
+def _image_tower_alone(arch: str) -> tuple[nn.Module, object]:
+    """(model, eval transform) of ARCH's image tower with random weights, its text tower never built:
+    a Hugging Face text tower fetches its config from the hub just to be built. CLIP and CustomTextCLIP
+    build the image tower first, so the seeded weights equal create_model's."""
+    from dataclasses import asdict
+
+    import numpy as np
+    from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = import_open_clip().get_model_config(arch)
+    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+    model = _ImageModel(visual, cfg.get("init_logit_scale", np.log(1 / 0.07)), cfg.get("init_logit_bias"))
+    pre = PreprocessCfg(size=visual.image_size)  # no tag: open_clip's defaults, as create_model gives them
+    set_model_preprocess_cfg(model, asdict(pre))
+    return model, image_transform_v2(pre, is_train=False)
 
 
 def _is_hub_error(exc: Exception) -> bool:

@@ -497,3 +497,36 @@ def test_fastembed_style_folder_with_a_siglip_processor_is_squashed(tiny_opencli
     (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 224}, "resample": 0}))
     with pytest.raises(ModelError, match="preprocessor_config.json: preprocessing is neither"):
         ImageEmbedding(folder)
+
+
+def test_image_tower_of_a_model_with_a_hub_text_tower_exports_offline(tmp_path, monkeypatch):
+    """xlm-roberta-*, mt5-*, nllb-clip-*: open_clip builds their Hugging Face text tower from a config on
+    the hub. The image tower alone is built without it, so --vision-only works offline, with the weights
+    create_model gives (its image tower is built first)."""
+    import torch
+    from transformers import RobertaConfig
+
+    from fastclip_export.api import export_model
+
+    open_clip = _open_clip()
+    text = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    text.save_pretrained(tmp_path / "tiny-roberta")
+    vision = {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32}
+    configs = {"fastclip-tiny-hubtext": "fastclip-test/not-on-any-hub", "fastclip-tiny-localtext": str(tmp_path / "tiny-roberta")}
+    for name, hf_name in configs.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"embed_dim": 32, "vision_cfg": vision, "text_cfg": {
+            "hf_model_name": hf_name, "hf_tokenizer_name": hf_name, "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler"}}))
+        open_clip.add_model_config(path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = export_model("open_clip:fastclip-tiny-hubtext", tmp_path / "m", pretrained="none", towers=("vision",),
+                       log=lambda _: None)
+    torch.manual_seed(0)
+    model, _, transform = open_clip.create_model_and_transforms("fastclip-tiny-localtext", pretrained=None,
+                                                                pretrained_text=False)
+    paths = write_photos(tmp_path / "photos", ["astronaut", "camera"])
+    with torch.no_grad():
+        want = model.eval().encode_image(torch.stack([transform(Image.open(p)) for p in paths])).numpy()
+    got = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
+    assert cosines(got, want).min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert manifest.load(out).logit_scale == pytest.approx(float(model.logit_scale.exp()))

@@ -349,6 +349,10 @@ TOWERS = {
     "timm ViT": lambda: {"vision_cfg": _timm_cfg(_tiny_timm("vit_large_patch14_clip_224", embed_dim=64, depth=2, num_heads=2), "token", None)},
     # Two blocks in the first stage: their random-init conv3 weights (BN scale zeroed, then folded) are
     # identical, which the exporter deduplicates; int8 must still quantize the graph (see variants.to_int8).
+    # CLIPA: no class token, average pooling, LayerNorm after the pool; traced as open_clip's own module.
+    "ViT, average pool (CLIPA)": lambda: {"vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32,
+                                                         "head_width": 32, "no_ln_pre": True, "pool_type": "avg",
+                                                         "final_ln_after_pool": True}},
     "ModifiedResNet": lambda: {"vision_cfg": {"image_size": 224, "layers": [2, 1, 1, 1], "width": 16, "patch_size": None}},
     "ViT + attentional pooler": lambda: {  # CoCa: its contrastive image embedding
         "custom_text": True,
@@ -547,3 +551,29 @@ def test_siglip_image_processor_pil_equals_squash_bilinear(photos):
         rgb = photo.convert("RGB")  # the processor converts to RGB before resizing, open_clip after
         got = np.asarray(processor(images=rgb, return_tensors="np")["pixel_values"][0])
         assert float(np.abs(preprocess(rgb, spec) - got).max()) <= 1e-6, name
+
+
+@pytest.mark.slow
+def test_every_open_clip_image_tower_builds_into_a_tested_form():
+    """All of open_clip's architectures, image tower built on the meta device (no memory): each is a
+    tested family and becomes one of the forms the tiny tests above export (ViT wrapper, open_clip's or
+    timm's module as is, reparameterized FastViT, CoCa's contrastive output)."""
+    import torch
+    from open_clip.model import _build_vision_tower
+
+    from fastclip_export.open_clip_source import TESTED_FAMILIES, vision_family
+    from fastclip_export.open_clip_towers import reparameterizable, vision_module
+
+    open_clip = _open_clip()
+    forms = {}
+    for arch in open_clip.list_models():
+        if arch.startswith("fastclip-"):
+            continue
+        assert vision_family(arch) in TESTED_FAMILIES, arch
+        cfg = open_clip.get_model_config(arch)
+        with torch.device("meta"):
+            visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+            form = type(vision_module(visual)).__name__ + (" reparameterized" if reparameterizable(visual) else "")
+        forms[form] = forms.get(form, 0) + 1
+    assert forms == {"OpenClipVisionTower": 48, "VisionTransformer": 6, "ContrastiveImage": 2, "ModifiedResNet": 10,
+                     "TimmModel": 72, "TimmModel reparameterized": 6}

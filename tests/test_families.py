@@ -559,12 +559,13 @@ def test_every_open_clip_image_tower_builds_into_a_tested_form():
     tested family and becomes one of the forms the tiny tests above export (ViT wrapper, open_clip's or
     timm's module as is, reparameterized FastViT, CoCa's contrastive output)."""
     import torch
-    from open_clip.model import _build_vision_tower
 
     from fastclip_export.open_clip_source import TESTED_FAMILIES, vision_family
     from fastclip_export.open_clip_towers import reparameterizable, vision_module
 
     open_clip = _open_clip()
+    from open_clip.model import _build_vision_tower
+
     forms = {}
     for arch in open_clip.list_models():
         if arch.startswith("fastclip-"):

@@ -24,19 +24,19 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import ModelError
+from .families.text import CLEANERS, PADDING_SIDES
 
 MANIFEST_NAME = "fastclip.json"
-# 2: vision.resize_mode "squash" / "longest", vision.interpolation "bilinear", vision.fill, and "scoring".
-# A version-1 reader would read those manifests as shortest-side bicubic softmax models and shift the
-# vectors or the probabilities silently; the version check makes it refuse them instead.
+# 2: vision.resize_mode "squash" / "longest", vision.interpolation "bilinear", vision.fill, "scoring";
+# the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
+# languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
+# silently; the version check makes it refuse them instead.
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# Text cleaning applied before the tokenizer.json pipeline:
-#   "open_clip": ftfy.fix_text, html.unescape twice, strip, collapse whitespace (open_clip's
-#                SimpleTokenizer does this; tokenizer.json alone does not).
-#   "none":      nothing; transformers' fast CLIP tokenizer is the reference.
-CLEANINGS = ("open_clip", "none")
+# Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
+# ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
+CLEANINGS = tuple(CLEANERS)
 
 # Image preprocessing, open_clip's names (PreprocessCfg.resize_mode / interpolation); the runtime keeps
 # one resizer per name (fastclip.families.resize).
@@ -158,8 +158,16 @@ class TextSpec(Tower):
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     pad_token_id: int = 0
-    pooling: str = "eos"  # "eos": first end-of-text token; "argmax": highest token id (open_clip)
+    pooling: str = "eos"  # "eos": first end-of-text token; "argmax": highest token id (open_clip); "last",
+    # "first", "mean": informative, the graph pools
     attention_mask_input: str | None = None  # name of the mask input when the graph takes one
+    padding_side: str = "right"  # the reference tokenizer's padding_side
+    # open_clip's strip_sep_token (CLIPA's BERT tokenizer): this id becomes 0 after tokenizing.
+    strip_sep_token_id: int | None = None
+    # Source-language towers (NLLB): the language codes the tokenizer knows and the one used when none is
+    # given. The tokenizer.json post-processor names `language`; another code from `languages` takes its place.
+    language: str | None = None
+    languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0, MAX_TOKEN_ID),
                 pooling=t.get("pooling", "eos"),
                 attention_mask_input=t.get("attention_mask_input"),
+                **_text_family(t, origin),
             )
         if vision is None and text is None:
             raise ModelError(f"{origin}: neither a vision nor a text tower is described")
@@ -285,6 +294,26 @@ def _choice(value: Any, choices: tuple[str, ...], what: str, origin: str) -> str
         raise ModelError(f"{origin}: {what} {value!r} is not one this fastclip knows ({', '.join(choices)}); "
                          "a newer export may need a newer fastclip")
     return value
+
+
+def _text_family(t: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The format-2 text fields: padding side, sep stripping, languages."""
+    side = t.get("padding_side", "right")
+    if side not in PADDING_SIDES:
+        raise ModelError(f"{origin}: text.padding_side must be one of {PADDING_SIDES}, got {side!r}")
+    strip = t.get("strip_sep_token_id")
+    languages = t.get("languages", [])
+    if not isinstance(languages, (list, tuple)) or not all(isinstance(x, str) and x for x in languages):
+        raise ModelError(f"{origin}: text.languages must be a list of language codes, got {languages!r}")
+    language = t.get("language")
+    if (language is None) != (not languages) or (language is not None and language not in languages):
+        raise ModelError(f"{origin}: text.language {language!r} must be one of text.languages (both or neither given)")
+    return dict(
+        padding_side=side,
+        strip_sep_token_id=None if strip is None else _int(strip, "text.strip_sep_token_id", origin, 0, MAX_TOKEN_ID),
+        language=language,
+        languages=tuple(languages),
+    )
 
 
 def _finite(value: Any, what: str, origin: str) -> float:

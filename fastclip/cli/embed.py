@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="inputs per model call (default 32 images, 256 texts)")
     p.add_argument("--skip-errors", action="store_true", help="report unreadable images and leave them out instead of stopping")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="pin a model variant (default: fp32 on CPU, fp16 on GPU when present)")
+    p.add_argument("--language", metavar="CODE", help="source language of the texts, for towers that take one (NLLB: e.g. fra_Latn; see `fastclip info`)")
     p.add_argument("--fast", action="store_true", help="reduced JPEG decoding (>= 2x the crop): ~2.4x faster preprocessing, vectors within cosine ~3e-5 of exact")
     p.add_argument("--fast-max", action="store_true", help="reduced JPEG decoding down to the crop size: ~3.6x faster, vectors within cosine ~1e-4")
     p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (bit-parity with reference pipelines)")
@@ -211,7 +212,10 @@ class Job:
         common: dict[str, Any] = dict(cache_dir=a.cache_dir, local_files_only=a.offline, precision=a.precision, threads=a.threads)
         if self.kind == "text":
             self.batch_size = a.batch_size or 256
-            return TextEmbedding(a.model, **common), {"batch_size": self.batch_size, "truncate": True}
+            options = {"batch_size": self.batch_size, "truncate": True}
+            if getattr(a, "language", None):
+                options["language"] = a.language  # recorded: a resumed run must tokenize the same way
+            return TextEmbedding(a.model, language=getattr(a, "language", None), **common), options
         self.batch_size = a.batch_size or 32
         fast = "max" if a.fast_max else a.fast
         model = ImageEmbedding(a.model, fast=fast, exif_transpose=not a.no_exif, **common)

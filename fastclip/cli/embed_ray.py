@@ -36,6 +36,8 @@ def cmd_embed_ray(args) -> int:
                                "precision": args.precision, "threads": args.threads}
     if kind == "image":
         options.update(fast="max" if args.fast_max else args.fast, exif_transpose=not args.no_exif)
+    elif getattr(args, "language", None):
+        options["language"] = args.language  # a TextEmbedding option: every actor tokenizes with it
     bar = progress(len(inputs), "text" if texts_mode else "img")
     failures: list[str] = []
 

@@ -112,8 +112,8 @@ def _list(with_memory: bool = False, with_tags: bool = False) -> int:
         for tag, problem in r["refused_tags"].items() if not with_tags else ():
             print(f"{'':<{width}}  {'':>4}  {'':>4}  {'':<{family_width}}    tag {tag}: refused, {problem}")
 
-    print("transformers: any CLIPModel checkpoint (config model_type 'clip') whose preprocessor_config.json is "
-          "shortest-side bicubic resize + center crop")
+    print("transformers: CLIPModel and SiglipModel checkpoints whose preprocessor_config.json is a shortest-edge "
+          "resize + center crop or a plain square resize, bicubic or bilinear")
     return 0
 
 

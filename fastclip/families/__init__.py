@@ -1,4 +1,4 @@
-"""Per-family recipes as data: small tables keyed by the strings a manifest carries.
+"""Per-family recipes as data: small tables keyed by the strings a manifest records.
 
-A new family adds entries (a resizer, a scorer) instead of editing the path that uses them.
+A new model family adds entries here rather than branches in the data path (STYLE.md, "Families as data").
 """

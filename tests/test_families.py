@@ -578,3 +578,28 @@ def test_every_open_clip_image_tower_builds_into_a_tested_form():
         forms[form] = forms.get(form, 0) + 1
     assert forms == {"OpenClipVisionTower": 48, "VisionTransformer": 6, "ContrastiveImage": 2, "ModifiedResNet": 10,
                      "TimmModel": 72, "TimmModel reparameterized": 6}
+
+
+def test_coca_exports_both_towers_end_to_end(tmp_path):
+    """CoCa whole: its contrastive image embedding (this file) and its class-token text tower (the text
+    families' work) in one folder; fastclip's vectors equal encode_image / encode_text."""
+    import torch
+
+    from fastclip import TextEmbedding
+    from fastclip_export.api import export_model
+
+    name = _register("ViT + attentional pooler", tmp_path)
+    out = export_model(f"open_clip:{name}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    torch.manual_seed(0)
+    open_clip = _open_clip()
+    model, _, transform = open_clip.create_model_and_transforms(name, pretrained=None)
+    model.eval()
+    paths = write_photos(tmp_path / "photos", ["astronaut", "camera"])
+    texts = ["a photo of an astronaut", "a grayscale photo of a man with a camera", ""]
+    with torch.no_grad():
+        want_image = model.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=False).numpy()
+        want_text = model.encode_text(open_clip.get_tokenizer(name)(texts), normalize=False).numpy()
+    got_image = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
+    got_text = np.stack(list(TextEmbedding(out).embed(texts, normalize=False)))
+    for got, want in ((got_image, want_image), (got_text, want_text)):
+        assert cosines(got, want).min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -61,6 +61,7 @@ def load_avg() -> str:
 # ------------------------------------------------------------------------------------------ child: export
 
 def export_child(arch: str, tag: str, out: Path) -> dict:
+    from fastclip.errors import ExportError
     from fastclip_export import api
     from fastclip_export.open_clip_source import config_problem, preprocess_cfg
     from fastclip_export.torchvision_compat import import_open_clip
@@ -74,13 +75,25 @@ def export_child(arch: str, tag: str, out: Path) -> dict:
     open_clip.create_model_and_transforms = functools.partial(open_clip.create_model_and_transforms, **settings)
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    api.export_model(f"open_clip:{arch}", out, pretrained="none", precisions=PRECISIONS, overwrite=True,
-                     towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
+    note = None
+    try:
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", precisions=PRECISIONS, overwrite=True,
+                         towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
+    except ExportError as exc:
+        # The text tower's tokenizer (or HF text config) lives on the hub; offline and not cached, the
+        # image tower is still measured, and the row says why the text tower is missing.
+        if towers == ("vision",) or "hub" not in str(exc):
+            raise
+        note = f"text tower: {str(exc).splitlines()[0][:160]}"
+        towers = ("vision",)
+        started = time.perf_counter()
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", precisions=PRECISIONS, overwrite=True,
+                         towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
     seconds = time.perf_counter() - started
     manifest = json.loads((out / "fastclip.json").read_text())
     cosines = {tower: {p: manifest[tower]["verification"][p]["min_cosine"] for p in PRECISIONS}
                for tower in ("vision", "text") if manifest.get(tower)}
-    return {"towers": list(towers), "export_s": round(seconds, 1),
+    return {"towers": list(towers), "note": note, "export_s": round(seconds, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
             "folder_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 1),
             "cosines": cosines, "preprocess": {k: pre[k] for k in ("resize_mode", "interpolation")},

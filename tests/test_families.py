@@ -603,3 +603,32 @@ def test_coca_exports_both_towers_end_to_end(tmp_path):
     got_text = np.stack(list(TextEmbedding(out).embed(texts, normalize=False)))
     for got, want in ((got_image, want_image), (got_text, want_text)):
         assert cosines(got, want).min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_squashing_a_tall_strip_stays_bounded(monkeypatch):
+    """Squash resizes horizontally first over every row: a 3 x 1,000,000 strip would hold 224 x 10**6
+    pixels in between. Past the bound the passes swap (width x size in between); with the bound lowered,
+    photo strips come out as the exact order gives them (measured: identical; allowed: one level)."""
+    import fastclip.families.resize as resize_mod
+
+    sizes = []
+    real = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append((self.size, tuple(size)))
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    strip = Image.new("RGB", (3, 1_000_000), (10, 200, 90))
+    out = resize_mod.resize_squash(strip, 224, None, Image.Resampling.BICUBIC)
+    assert out.size == (224, 224) and np.asarray(out).reshape(-1, 3).tolist()[0] == [10, 200, 90]
+    assert max(w * h for (_, (w, h)) in sizes) <= 224 * 224 * 2  # never 224 x 10**6
+    monkeypatch.undo()
+    photo = Image.fromarray(photo_array("astronaut")).resize((40, 9000), Image.Resampling.BILINEAR)
+    for mode in ("RGB", "RGBA", "L"):
+        img = photo.convert(mode)
+        exact = np.asarray(resize_mod.resize_squash(img, 224, None, Image.Resampling.BICUBIC), np.int16)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(resize_mod, "MAX_SQUASH_INTERMEDIATE", 1000)
+            swapped = np.asarray(resize_mod.resize_squash(img, 224, None, Image.Resampling.BICUBIC), np.int16)
+        assert np.abs(exact - swapped).max() <= 1, mode

@@ -264,7 +264,11 @@ TIMM_FAMILIES = (
 
 def vision_family(arch: str) -> str:
     """The kind of vision tower, as open_clip's config describes it."""
-    vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
+    return family_of((import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {}))
+
+
+def family_of(vision: dict) -> str:
+    """The vision family of an open_clip `vision_cfg`."""
     name = vision.get("timm_model_name")
     if name:
         return next((family for part, family in TIMM_FAMILIES if part in name), f"timm {name}")

@@ -33,7 +33,6 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     for arch in ("xlm-roberta-large-ViT-H-14", "nllb-clip-base", "ViT-H-14-CLIPA", "mt5-base-ViT-B-32",
                  "ViT-B-16-SigLIP2", "MobileCLIP2-S0", "coca_ViT-L-14", "PE-Core-L-14-336"):
         assert status[arch].startswith("yes"), row[arch]
-    assert "SigLIP ViT" in row["ViT-B-16-SigLIP"] and "FastViT-MCi" in row["MobileCLIP-S1"]
     # The DFN weights squash the image instead of cropping it: that tag exports too, with its own resize.
     assert "refused" not in lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
     assert "; tags: 4 of 4 export" in row["ViT-H-14"]

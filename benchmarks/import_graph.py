@@ -1,4 +1,5 @@
-"""The import graph of fastclip/ (imports inside functions count): one edge a line, then its cycles.
+"""The import graph of fastclip/ (imports inside functions count, `if TYPE_CHECKING:` ones do not): one
+edge a line, then its cycles.
 
     python benchmarks/import_graph.py [PACKAGE_DIR]     # exits 1 when there is a cycle
 """
@@ -17,7 +18,13 @@ def graph(root: Path) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in files}
     for module, path in files.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # `if TYPE_CHECKING:` imports never run (annotations only): not an arrow.
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in
+                       ast.unparse(block.test) for child in block.body for n in ast.walk(child)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):

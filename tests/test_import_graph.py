@@ -31,8 +31,10 @@ def test_the_script_finds_cycles_and_lazy_imports(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from .sub.c import g\n")  # inside a function: still an edge
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "c.py").write_text("import pkg.a\nfrom .. import b\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\n")  # no edge
     graph = _script().graph(pkg)
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a", "pkg.b"}
+    assert graph["pkg.d"] == set()
     assert sorted(map(tuple, _script().cycles(graph))) == [("pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"),
                                                            ("pkg.b", "pkg.sub.c", "pkg.b")]
     run = subprocess.run([sys.executable, str(SCRIPT), str(pkg)], capture_output=True, text=True, timeout=60)

@@ -89,4 +89,9 @@ class CLIP:
         prompts = [template.format(label) for label in labels]
         text = np.stack(list(self.texts.embed(prompts)))
         image = np.stack(list(self.images.embed(images, batch_size)))
-        return SCORERS[self.scoring](image @ text.T, self.logit_scale, self.logit_bias)
+        return self.probabilities(image, text)
+
+    def probabilities(self, image_vectors: Any, text_vectors: Any) -> np.ndarray:
+        """The model's own zero-shot probabilities (n_images, n_labels) for vectors already computed (by
+        `embed`, a pool, a server): `classify` without the embedding, scored the family's way."""
+        return SCORERS[self.scoring](self.similarity(image_vectors, text_vectors), self.logit_scale, self.logit_bias)

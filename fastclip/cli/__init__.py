@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import embed, eval, export, info, search
+from . import eval, export, info, inputs, search
 from .common import UsageError
 
 DESCRIPTION = """\
@@ -59,9 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (embed, export, info, eval, search):
+    inputs.add_parser(sub, func=_embed)
+    for command in (export, info, eval, search):
         command.add_parser(sub)
     return parser
+
+
+def _embed(args) -> int:
+    """`fastclip embed`: the engine's module runs it (each imports only the shared cli.inputs)."""
+    if args.engine == "ray":
+        from .embed_ray import run
+    else:
+        from .embed import run
+    return run(args)
 
 
 __all__ = ["main", "build_parser", "UsageError"]

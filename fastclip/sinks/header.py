@@ -17,6 +17,7 @@ always one line.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,16 @@ def finished(header: dict, rows: int, failed: int) -> dict[str, Any]:
     """`header` with the counts of a finished file and its creation time."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return dict(header, rows=int(rows), failed=int(failed), created=now)
+
+
+def inputs_job(items: list[str]) -> dict[str, Any]:
+    """What identifies a run's inputs (count and sha256 over their exact bytes): a resume must repeat it."""
+    digest = hashlib.sha256()
+    for item in items:
+        raw = item.encode("utf-8", "surrogateescape")
+        digest.update(len(raw).to_bytes(8, "little"))
+        digest.update(raw)
+    return {"inputs": len(items), "inputs_sha256": digest.hexdigest()}
 
 
 def check_header(meta: Any, where: Path) -> dict:

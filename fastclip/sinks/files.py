@@ -74,13 +74,14 @@ def publish(work: Path, renames: Iterable[tuple[str, str]], dest: Path) -> None:
 def fault(step: str) -> None:
     """Fault injection for the kill tests (off unless FASTCLIP_FAULT is set): a comma-separated list of
     steps at which this process kills itself with SIGKILL (e.g. "vectors-3": batch 3's vectors written,
-    its journal lines not; "checkpoint-3"; "finish-npy"; "rename-0"), and "slow", which sleeps 0.1 s after
-    every checkpoint so that a test can signal a run that is still busy."""
+    its journal lines not; "checkpoint-3"; "finish-npy"; "rename-0"; "part-2": a Ray run's third part in
+    place), and "slow", which sleeps 0.1 s after every checkpoint or part so that a test can signal a run
+    that is still busy."""
     faults = os.environ.get("FASTCLIP_FAULT")
     if not faults:
         return
     faults = faults.split(",")
     if step in faults:
         os.kill(os.getpid(), signal.SIGKILL)
-    if "slow" in faults and step.startswith("checkpoint-"):
+    if "slow" in faults and step.startswith(("checkpoint-", "part-")):
         time.sleep(0.1)

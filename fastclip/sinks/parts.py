@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import OutputError
 from . import parquet
-from .files import publish, read_json, write_json_atomic, write_lines
+from .files import fault, publish, read_json, write_json_atomic, write_lines
 from .formats import check_writable_folder
 from .header import EmbeddingsFile, KINDS, finished, identity_mismatch, json_line, short
 from .journal import error_line, lock_folder
@@ -133,6 +133,7 @@ class PartsWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
         shutil.rmtree(work, ignore_errors=True)
+        fault(f"part-{number}")
         self.parts += 1
         self.rows += rows.count
         self.failed += len(failures)

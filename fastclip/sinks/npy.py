@@ -76,6 +76,7 @@ def encode(rows: Any, header: dict, work: Path, out: Path) -> tuple[list[tuple[s
 
 def decode(path: Path, *, mmap: bool = True, verify: bool = True) -> EmbeddingsFile:
     side = side_file(path)
+    path.stat()  # a missing .npy is reported as missing, not as a missing side file
     if not side.exists():
         old = path.with_name(path.name + ".paths.txt")
         hint = f" ({old.name} is from fastclip 0.1, which did not record names exactly: embed again)" if old.exists() else ""

@@ -248,7 +248,8 @@ def test_cli_engine_ray_resumes_after_kill(cluster, model, tmp_path):
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     assert f"{done} of 60 inputs were done" in stderr, stderr
-    print(f"ray resume: {len(kept)} parts kept after kill -9, resumed run {time.monotonic() - started:.1f} s")
+    print(f"ray resume: {len(kept)} parts ({done} of 60 inputs) kept after kill -9, resumed run "
+          f"{time.monotonic() - started:.1f} s")
     assert all((out / name).read_bytes() == data for name, data in kept.items())  # kept as they were
     got = read_embeddings(out)
     paths = sorted(str(p) for p in folder.iterdir())

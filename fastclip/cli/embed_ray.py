@@ -15,8 +15,13 @@ from .inputs import check_options, model_name, model_options, read_inputs
 def run(args) -> int:
     from ..bulk.ray import embed_to_parquet
     from ..errors import ImageError, OutputError
+    from ..sinks.parts import check_folder
 
     check_options(args, "ray")
+    try:
+        check_folder(args.out, resume=args.resume)  # before the model loads or Ray starts
+    except OutputError as exc:
+        raise UsageError(f"--out: {exc}") from None
     inputs = read_inputs(args)
     bar = progress(len(inputs.items), inputs.bar_unit)
     failures: list[str] = []

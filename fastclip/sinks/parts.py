@@ -27,7 +27,7 @@ from ..errors import OutputError
 from . import parquet
 from .files import fault, publish, read_json, write_json_atomic, write_lines
 from .formats import check_writable_folder
-from .header import EmbeddingsFile, KINDS, finished, identity_mismatch, json_line, short
+from .header import EmbeddingsFile, KINDS, dumps, finished, identity_mismatch, json_line, short
 from .journal import error_line, lock_folder
 
 JOB = "_fastclip_job.json"
@@ -52,9 +52,28 @@ class MemoryRows:
     def items(self) -> Iterator[str]:
         return iter(self._items)
 
+    def item_lines(self) -> Iterator[str]:
+        return (dumps({self.key: item}) for item in self._items)
+
     def chunks(self, size: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         for lo in range(0, self.count, size):
             yield self._items[lo : lo + size], self._vectors[lo : lo + size], self._indices[lo : lo + size]
+
+
+def check_folder(folder: str | os.PathLike, *, resume: bool = False) -> Path:
+    """Fail before any work when `folder` cannot take this run's parts: a file, not writable, parts of an
+    earlier run without resume, or Parquet files that are not a fastclip run's. Creates it if missing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file; a Ray run writes a folder of Parquet parts")
+    check_writable_folder(folder, probe_name=f".probe{os.getpid()}", what=str(folder))
+    if (folder / JOB).exists():
+        if not resume:
+            raise OutputError(f"{folder} holds the parts of an earlier run: resume it (resume=True; "
+                              f"fastclip embed --resume), or give an empty or new folder")
+    elif any(folder.glob("*.parquet")):
+        raise OutputError(f"{folder} already holds Parquet files from another run; give an empty or new folder")
+    return folder
 
 
 class PartsWriter:
@@ -67,18 +86,13 @@ class PartsWriter:
         self.folder = Path(folder)
         self.header, self.job = dict(header), dict(job)
         self.key, self.dim = KINDS[header["kind"]], int(header["dim"])
-        if self.folder.exists() and not self.folder.is_dir():
-            raise OutputError(f"{self.folder} is a file; a Ray run writes a folder of Parquet parts")
-        check_writable_folder(self.folder, probe_name=f".probe{os.getpid()}", what=str(self.folder))
+        check_folder(self.folder, resume=resume)
         self._lock = lock_folder(self.folder, str(self.folder))
         try:
             self.done: set[int] = set()
             self.rows = self.failed = self.parts = 0
             if (self.folder / JOB).exists():
-                self._recover(resume)
-            elif any(self.folder.glob("*.parquet")):
-                raise OutputError(f"{self.folder} already holds Parquet files from another run; give an empty "
-                                  f"or new folder")
+                self._recover()
             else:
                 write_json_atomic(self.folder / JOB, {"format": PARTS_FORMAT, "version": 1, "header": self.header,
                                                       "job": self.job})
@@ -88,13 +102,10 @@ class PartsWriter:
             self.close()
             raise
 
-    def _recover(self, resume: bool) -> None:
+    def _recover(self) -> None:
         old = read_json(self.folder / JOB, "job file")
         if old.get("format") != PARTS_FORMAT:
             raise OutputError(f"{self.folder / JOB} is not a fastclip job file; give an empty or new folder")
-        if not resume:
-            raise OutputError(f"{self.folder} holds the parts of an earlier run: resume it (resume=True; "
-                              f"fastclip embed --resume), or give an empty or new folder")
         differs = identity_mismatch(old.get("header", {}), self.header)
         if differs is None and old.get("job") != self.job:
             differs = ("inputs", old.get("job"), self.job)

@@ -1,6 +1,6 @@
 """Retrieval speed and memory: fastclip.retrieval against LAION clip_benchmark and faiss, same vectors.
 
-Two measurements, each system in a fresh subprocess per round (its peak RSS is its own), systems
+Three measurements, each system in a fresh subprocess per round (its peak RSS is its own), systems
 interleaved round after round; figures are medians over rounds, ratios medians of same-round ratios.
 
 * metrics: Recall@1/5/10 in both directions on COCO-5k-sized vectors (5,000 images, 25,010
@@ -8,6 +8,9 @@ interleaved round after round; figures are medians over rounds, ratios medians o
   fastclip.retrieval.recall_at_k vs clip_benchmark's evaluate() metric step (its own code after
   the encoders: score matrix, positive pairs, batched torch.topk at its default batch of 64).
   Also checks the two give the same numbers.
+* ranking: the cost of the ranking measures on the same vectors: fastclip.retrieval.retrieval_metrics
+  (recall_at_k's keys plus mAP, P@K, nDCG@K in both directions) vs recall_at_k. Targets: at most 1.5x
+  recall_at_k's time and 600 MB extra. Also checks that the recall keys are the same.
 * search: exact top-10 of 1,000 queries over 1,000,000 x 512 float32 (2 GB, generated once into
   out/retrieval/ and memory-mapped): fastclip.retrieval.search vs faiss-cpu IndexFlatIP.search
   (faiss holds the corpus in RAM; the time is the search only). Also checks the results agree.
@@ -18,6 +21,7 @@ out the pages of a memory-mapped corpus that were read (page cache the kernel ca
 
     python benchmarks/bench_retrieval.py                       # both, 3 rounds
     python benchmarks/bench_retrieval.py --only metrics --rounds 2
+    python benchmarks/bench_retrieval.py --only ranking --rounds 5
 """
 
 from __future__ import annotations
@@ -129,6 +133,19 @@ def corpus() -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------------- workers
 
 def worker(task: str, system: str) -> dict:
+    if task == "ranking":
+        from fastclip import retrieval
+
+        images, texts, index = (np.load(p) for p in coco_like())
+        call = getattr(retrieval, system)
+        call(images[:50], texts[:300], index[:300] % 50)  # load the graph, as a warm process would
+        before, anon_before = rss_mb(), anon_mb()
+        with AnonPeak() as anon:
+            start, cpu = time.perf_counter(), time.process_time()
+            result = call(images, texts, index)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return {"seconds": seconds, "cpu_seconds": cpu, "extra_mb": peak_mb() - before, "peak_mb": peak_mb(),
+                "anon_extra_mb": anon.peak - anon_before, "result": result}
     if task == "metrics":
         images, texts, index = (np.load(p) for p in coco_like())
         if system == "fastclip":
@@ -218,21 +235,33 @@ def compare(task: str, systems: tuple[str, str], rounds: int) -> list[str]:
     for r in range(rounds):
         for s in systems if r % 2 == 0 else systems[::-1]:
             runs[s].append(spawn(task, s))
+            runs[s][-1]["load"] = os.getloadavg()[0]
             print(f"  {task} round {r + 1}: {s} {runs[s][-1]['seconds']:.2f} s (load {load()})", file=sys.stderr)
     base = systems[0]
     lines = [(f"| {task} | seconds: median (rounds) | extra RSS MB (max) | extra anonymous MB (max) "
-              f"| peak RSS MB (max) | time / {base}'s (median) |"),
-             "|---|---|---|---|---|---|"]
+              f"| peak RSS MB (max) | time / {base}'s (median) | 1-min load after each round |"),
+             "|---|---|---|---|---|---|---|"]
     for s in systems:
         secs = [x["seconds"] for x in runs[s]]
         ratio = statistics.median(o["seconds"] / b["seconds"] for o, b in zip(runs[s], runs[base]))
         lines.append(f"| {s} | {statistics.median(secs):.2f} ({', '.join(f'{x:.2f}' for x in secs)}) | "
                      f"{max(x['extra_mb'] for x in runs[s]):.0f} | {max(x['anon_extra_mb'] for x in runs[s]):.0f} | "
-                     f"{max(x['peak_mb'] for x in runs[s]):.0f} | {ratio:.2f}x |")
+                     f"{max(x['peak_mb'] for x in runs[s]):.0f} | {ratio:.2f}x | "
+                     + ", ".join(f"{x['load']:.1f}" for x in runs[s]) + " |")
     if task == "metrics":
         cb = runs["clip_benchmark"][-1]
         lines.append(f"\nsame numbers as clip_benchmark (on its F.normalize'd vectors): {cb['same_numbers']}; "
                      + ", ".join(f"{k} {v:.4f}" for k, v in cb["recalls"].items()))
+    elif task == "ranking":
+        fast, plain = runs["retrieval_metrics"][-1]["result"], runs["recall_at_k"][-1]["result"]
+        ratio = statistics.median(o["seconds"] / b["seconds"] for o, b in zip(runs["retrieval_metrics"], runs[base]))
+        cpu = statistics.median(o["cpu_seconds"] / b["cpu_seconds"] for o, b in zip(runs["retrieval_metrics"], runs[base]))
+        extra = max(x["extra_mb"] for x in runs["retrieval_metrics"])
+        # CPU seconds (all threads) move less than wall time when other work shares the cores
+        lines.append(f"\nretrieval_metrics: {ratio:.2f}x recall_at_k's time (target <= 1.5x; CPU time {cpu:.2f}x), "
+                     f"{extra:.0f} MB extra RSS "
+                     f"(target <= 600 MB); recall keys equal: {all(fast[k] == v for k, v in plain.items())}; "
+                     + ", ".join(f"{k} {fast[k]:.4f}" for k in fast if k.endswith(("_mAP", "@1", "@10"))))
     else:
         fi, fs = np.load(OUT / "search-fastclip-indices.npy"), np.load(OUT / "search-fastclip-scores.npy")
         ri, rs = np.load(OUT / "search-faiss-indices.npy"), np.load(OUT / "search-faiss-scores.npy")
@@ -245,7 +274,7 @@ def compare(task: str, systems: tuple[str, str], rounds: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("metrics", "search"))
+    parser.add_argument("--only", choices=("metrics", "ranking", "search"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "SYSTEM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,9 +282,11 @@ def main() -> None:
         print(json.dumps(worker(*args.worker)))
         return
     coco_like()
-    corpus()
+    if args.only in (None, "search"):
+        corpus()
     print(f"machine: {machine()}\nload average at start: {load()}")
-    for task, systems in (("metrics", ("fastclip", "clip_benchmark")), ("search", ("fastclip", "faiss"))):
+    for task, systems in (("metrics", ("fastclip", "clip_benchmark")), ("ranking", ("recall_at_k", "retrieval_metrics")),
+                          ("search", ("fastclip", "faiss"))):
         if args.only in (None, task):
             print()
             print("\n".join(compare(task, systems, args.rounds)))

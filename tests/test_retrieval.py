@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from clip_benchmark_ref import evaluate, normalized
 
-from fastclip.retrieval import datasets, metrics, recall_at_k, retrieval_ranks, search
+from fastclip.retrieval import (datasets, metrics, recall_at_k, reference_metrics, retrieval_metrics, retrieval_ranks,
+                                search)
 from fastclip.retrieval._graphs import session
 
 pytest.importorskip("clip_benchmark")
@@ -174,6 +175,125 @@ def test_k_beyond_the_candidates_is_a_hit():
     assert m["image_retrieval_recall@100"] == 1.0 and m["text_retrieval_recall@100"] == 1.0
 
 
+# ----------------------------------------------------------------------------- mAP, P@K and nDCG@K
+
+def test_ranking_metrics_by_hand():
+    # the known-answer set above: score(caption j, image i) = texts[j, i]
+    images = np.eye(4, dtype=np.float32)
+    texts = np.array([[0.9, 0.3, 0.1, 0.0], [0.2, 0.8, 0.5, 0.1], [0.1, 0.5, 0.7, 0.3], [0.1, 0.2, 0.9, 0.0],
+                      [0.6, 0.1, 0.2, 0.4]], np.float32)
+    index = np.array([0, 0, 1, 2, 3])
+    m = retrieval_metrics(images, texts, index, ks=(1, 2))
+    assert {k: m[k] for k in recall_at_k(images, texts, index, ks=(1, 2))} == recall_at_k(images, texts, index, ks=(1, 2))
+    g = 1 / np.log2(3)  # the gain at rank 2
+    # text -> image, caption ranks 1, 3, 2, 1, 2 (one relevant image each)
+    assert m["image_retrieval_mAP"] == pytest.approx((1 + 1 / 3 + 1 / 2 + 1 + 1 / 2) / 5)
+    assert m["image_retrieval_precision@1"] == pytest.approx(2 / 5)
+    assert m["image_retrieval_precision@2"] == pytest.approx(4 / 5 / 2)
+    assert m["image_retrieval_ndcg@2"] == pytest.approx((1 + 0 + g + 1 + g) / 5)
+    # image -> text: image 0's captions come 1st and 3rd in its column (caption 4 scores 0.6 between),
+    # image 1's only caption 2nd, images 2 and 3 first
+    assert m["text_retrieval_mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 2 + 1 + 1) / 4)
+    assert m["text_retrieval_precision@1"] == pytest.approx(3 / 4)
+    assert m["text_retrieval_precision@2"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 2 + 1 / 2) / 4)
+    assert m["text_retrieval_ndcg@2"] == pytest.approx((1 / (1 + g) + g + 1 + 1) / 4)
+    assert m["text_retrieval_ndcg@1"] == pytest.approx(3 / 4)
+    assert m == pytest.approx(reference_metrics(texts, index, ks=(1, 2)), rel=1e-12)
+
+
+def tie_broken(scores: np.ndarray) -> np.ndarray:
+    """Scores with every tie broken the documented way (lower index first), for scikit-learn, which
+    averages over ties instead: each row's candidates get minus their position in a stable sort."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = np.empty(scores.shape, np.float64)
+    np.put_along_axis(out, order, -np.arange(scores.shape[1], dtype=np.float64)[None, :].repeat(len(scores), 0), 1)
+    return out
+
+
+def sklearn_metrics(scores: np.ndarray, index: np.ndarray, ks, break_ties: bool = False) -> dict[str, float]:
+    """mAP and nDCG@K by scikit-learn (a query per caption, then per image); P@K from a stable argsort."""
+    skm = pytest.importorskip("sklearn.metrics")
+    out = {}
+    for prefix, s, relevant in (("image_retrieval", scores, np.arange(scores.shape[1])[None, :] == index[:, None]),
+                                ("text_retrieval", scores.T, index[None, :] == np.arange(scores.shape[1])[:, None])):
+        s = tie_broken(s) if break_ties else s
+        out[f"{prefix}_mAP"] = np.mean([skm.average_precision_score(t, q) for t, q in zip(relevant, s)])
+        top = np.argsort(-s, axis=1, kind="stable")
+        for k in ks:
+            out[f"{prefix}_precision@{k}"] = np.mean(np.take_along_axis(relevant, top[:, :k], 1).sum(1) / k)
+            out[f"{prefix}_ndcg@{k}"] = skm.ndcg_score(relevant, s, k=k)
+    return out
+
+
+@pytest.mark.parametrize("seed,n_images,dim,noise", [(0, 120, 16, 1.2), (2, 100, 64, 2.5)])
+def test_ranking_metrics_equal_scikit_learn_and_the_reference(seed, n_images, dim, noise):
+    images, texts, index = uneven(seed, n_images, dim, noise)  # 1-7 captions per image
+    ni, nt = normalized(images), normalized(texts)
+    ks = (1, 5, 10, 50)
+    fast = retrieval_metrics(ni, nt, index, ks, chunk_bytes=64 * n_images * 4)  # many blocks
+    assert fast == retrieval_metrics(ni, nt, index, ks)  # one block or many: same numbers
+    assert {k: fast[k] for k in recall_at_k(ni, nt, index, ks)} == recall_at_k(ni, nt, index, ks)
+    scores = session("scores").run(None, {"a": nt, "b": ni})[0]
+    # no ties within a query here: scikit-learn reads the raw scores
+    assert all((np.diff(np.sort(s, axis=1), axis=1) > 0).all() for s in (scores, scores.T))
+    ref = reference_metrics(scores, index, ks)
+    assert list(fast) == list(ref) and fast == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    sk = sklearn_metrics(scores, index, ks)
+    assert {k: fast[k] for k in sk} == pytest.approx(sk, rel=1e-9)
+    assert 0.05 < fast["text_retrieval_mAP"] < 0.95 and fast["text_retrieval_mAP"] != fast["text_retrieval_mrr"]
+
+
+def test_ranking_metrics_with_exact_ties_lower_index_first():
+    images, texts, index = uneven(5, 150, 8, 0.8, most=5)
+    images[1::2] = images[0::2]  # every odd image duplicates the even one before it
+    texts[1::3] = texts[0::3][: len(texts[1::3])]  # and many captions duplicate another
+    ni, nt = normalized(images), normalized(texts)
+    ks = (1, 2, 5, 10)
+    fast = retrieval_metrics(ni, nt, index, ks, chunk_bytes=50 * 150 * 4)
+    scores = session("scores").run(None, {"a": nt, "b": ni})[0]
+    ref = reference_metrics(scores, index, ks)
+    assert fast == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    sk = sklearn_metrics(scores, index, ks, break_ties=True)
+    assert {k: fast[k] for k in sk} == pytest.approx(sk, rel=1e-9)
+    # the ties matter: scikit-learn's own tie handling (averaging over tied candidates) differs
+    assert sklearn_metrics(scores, index, ks)["image_retrieval_ndcg@1"] != pytest.approx(fast["image_retrieval_ndcg@1"])
+
+
+def brute_caption_ranks(images, texts, index):
+    """Each caption's rank among all captions for its own image (one call of the same graph)."""
+    scores = session("scores").run(None, {"a": texts, "b": images})[0]
+    return np.array([np.count_nonzero(scores[:, i] > scores[j, i]) + np.count_nonzero(scores[:j, i] == scores[j, i]) + 1
+                     for j, i in enumerate(index)])
+
+
+@pytest.mark.parametrize("band", [metrics._BAND, 0.0])  # 0: every image through the exact recount
+def test_every_captions_rank_in_its_column(monkeypatch, band):
+    images, texts, index = uneven(9, 150, 16, 1.0, most=9)
+    # one image with 40 more captions: levels over a single column
+    more = images[3] + np.random.default_rng(9).standard_normal((40, 16)).astype(np.float32)
+    texts, index = np.concatenate([more[:20], texts, more[20:]]), np.concatenate([[3] * 20, index, [3] * 20])
+    ni, nt = normalized(images), normalized(texts)
+    monkeypatch.setattr(metrics, "_BAND", band)
+    _, order, ranks, counts = metrics._ranks(ni, nt, index, every_caption=True, chunk_bytes=33 * 150 * 4, threads=None)
+    got = np.empty(len(index), np.int64)
+    got[order] = ranks
+    np.testing.assert_array_equal(got, brute_caption_ranks(ni, nt, index))
+    np.testing.assert_array_equal(counts, np.bincount(index))
+    assert (np.diff(ranks)[np.diff(index[order]) == 0] > 0).all()  # each image's captions in ranking order
+
+
+def test_ranking_metrics_k_beyond_the_candidates():
+    images, texts, index = uneven(0, 6, 8, 1.0)
+    m = retrieval_metrics(images, texts, index, ks=(100,))
+    # trec_eval: hits in the top K over K, whatever the number of candidates
+    assert m["image_retrieval_precision@100"] == pytest.approx(1 / 100)
+    assert m["text_retrieval_precision@100"] == pytest.approx(len(index) / 6 / 100)
+    scores = session("scores").run(None, {"a": texts, "b": images})[0]
+    assert m == pytest.approx(reference_metrics(scores, index, ks=(100,)), rel=1e-12)
+    with pytest.raises(ValueError, match="image 3 has no caption"):
+        retrieval_metrics(images, texts[index != 3], index[index != 3])
+
+
 # -------------------------------------------------------------------------------------------- search
 
 def brute_search(q, c, k):
@@ -230,13 +350,19 @@ def test_search_k_and_errors():
         search(np.ones(4), bad, 3, block_rows=1000)
 
 
-def test_graphs_are_valid_onnx():
-    onnx = pytest.importorskip("onnx")
+def test_shipped_graphs_are_what_onnx_builds():
+    # The runtime reads scores.onnx and topk.onnx as package data; the export extra's `onnx` builds them.
+    pytest.importorskip("onnx")
     from fastclip.retrieval import _graphs
+    from fastclip_export.retrieval_graphs import build
 
-    for graph in (_graphs.scores_graph(), _graphs.topk_graph()):
-        model = onnx.ModelProto.FromString(graph)
-        onnx.checker.check_model(model, full_check=True)
+    built = build()
+    assert sorted(built) == sorted(_graphs.NAMES)
+    for name, data in built.items():
+        assert _graphs.graph(name) == data, (
+            f"fastclip/retrieval/{name}.onnx is stale: run `python -m fastclip_export.retrieval_graphs`")
+    with pytest.raises(ValueError, match="unknown graph 'gemm'"):
+        _graphs.graph("gemm")
 
 
 # ------------------------------------------------------------------------------------------ datasets

@@ -21,7 +21,7 @@ from test_cli import fastclip
 
 from fastclip import ImageEmbedding, TextEmbedding
 from fastclip.manifest import tower_fingerprint
-from fastclip.retrieval import recall_at_k, search
+from fastclip.retrieval import recall_at_k, retrieval_metrics, search
 from fastclip.retrieval.datasets import load_captions
 
 CAPTIONS = FIXTURES / "retrieval" / "captions.csv"
@@ -75,7 +75,7 @@ def karpathy(caption_set) -> Path:
 
 def test_eval_csv_and_karpathy_report_clip_benchmark_numbers(tiny_openclip_export, caption_set, karpathy, tmp_path):
     data = load_captions(caption_set / "captions.csv")
-    expected = recall_at_k(*embed_set(tiny_openclip_export, data), data.text_image_index)
+    expected = retrieval_metrics(*embed_set(tiny_openclip_export, data), data.text_image_index)
     result = fastclip("eval", "retrieval", caption_set / "captions.csv", "--model", tiny_openclip_export,
                       "--report", tmp_path / "csv.json")
     assert result.returncode == 0, result.stderr
@@ -90,6 +90,16 @@ def test_eval_csv_and_karpathy_report_clip_benchmark_numbers(tiny_openclip_expor
     cells = row.replace("|", " ").split()[3:]
     assert float(cells[0]) == pytest.approx(r1_t2i, abs=0.05) and float(cells[6]) == pytest.approx(r1_i2t, abs=0.05)
     assert float(cells[-3]) == pytest.approx(r1_i2t - r1_t2i, abs=0.1)  # the gap at R@1
+    # the second table: mAP, P@1, P@5, P@10, nDCG@1, nDCG@5, nDCG@10 per direction
+    head = next(i for i, line in enumerate(lines) if "mAP" in line and "nDCG@10" in line)
+    assert lines[head - 1].count("text -> image") == 1 and lines[head - 1].index("text -> image") < lines[head - 1].index("image -> text")
+    cells = [float(c) for c in lines[head + 2].replace("|", " ").split()[3:]]
+    assert lines[head + 2].startswith("fp32, fast off") and len(cells) == 14
+    for n, (prefix, offset) in enumerate((("image_retrieval", 0), ("text_retrieval", 7))):
+        values = [expected[f"{prefix}_mAP"]] + [expected[f"{prefix}_{m}@{k}"] for m in ("precision", "ndcg")
+                                                for k in (1, 5, 10)]
+        assert cells[offset : offset + 7] == pytest.approx([100 * v for v in values], abs=0.051)
+    assert expected["text_retrieval_mAP"] != expected["text_retrieval_mrr"]  # several captions per image
 
     result = fastclip("eval", "retrieval", karpathy, "--images", caption_set, "--split", "test",
                       "--model", tiny_openclip_export, "--report", tmp_path / "karpathy.json")
@@ -117,11 +127,12 @@ def test_eval_compares_configurations_and_reports_unreadable_images(tiny_opencli
     # the first configuration is what the public API gives on the readable pairs
     data = load_captions(folder / "captions.csv").without_images({2})
     assert [Path(p).name for p in data.images].count("coffee.jpg") == 0
-    first = recall_at_k(*embed_set(tiny_openclip_export, data), data.text_image_index)
+    first = retrieval_metrics(*embed_set(tiny_openclip_export, data), data.text_image_index)
     assert report["configurations"][0]["metrics"] == first
     second = report["configurations"][1]
     assert second["delta"] == {k: v - first[k] for k, v in second["metrics"].items()}
     assert "vs first" in result.stdout and "1 unreadable images left out with their 3 captions" in result.stdout
+    assert result.stdout.count("  vs first") == 2  # a delta row in both tables
 
 
 def test_eval_usage_errors(tiny_openclip_export, caption_set):

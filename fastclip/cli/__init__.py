@@ -23,7 +23,7 @@ fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
                                                   turn a CLIP model into ONNX (needs fastclip[export])
   fastclip info models/clip-b32                   dims, precisions and verification figures
   fastclip search vectors.npy --text "a dog"      nearest images to a text (or --image PATH)
-  fastclip eval retrieval captions.csv --model M  Recall@K, text->image and image->text
+  fastclip eval retrieval captions.csv --model M  Recall@K, mAP, nDCG@K: text->image, image->text
 
 Vectors are L2-normalized: the dot product of two of them is their cosine similarity.
 Run `fastclip COMMAND --help` for each command's options.

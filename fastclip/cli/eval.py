@@ -1,4 +1,5 @@
-"""`fastclip eval retrieval`: Recall@K in both directions on your own image-caption data, per configuration."""
+"""`fastclip eval retrieval`: Recall@K, mAP, P@K and nDCG@K in both directions on your own image-caption data,
+per configuration."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ FAST = {"off": False, "on": True, "max": "max"}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="measure a model: retrieval Recall@K in both directions on your captions",
-                       description="Evaluate a model on your own data.")
+    p = sub.add_parser("eval", help="measure a model: retrieval Recall@K, mAP, P@K, nDCG@K in both directions on "
+                       "your captions", description="Evaluate a model on your own data.")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     r = tasks.add_parser(
         "retrieval",
-        help="Recall@K text -> image and image -> text on an image-caption dataset",
+        help="Recall@K, mAP, P@K, nDCG@K text -> image and image -> text on an image-caption dataset",
         description="Embed every image and caption of DATASET and report retrieval quality in both directions "
         "(LAION clip_benchmark's protocol and key names): text -> image (each caption has one correct image) "
-        "and image -> text (an image is a hit when any of its captions is in its top K).",
+        "and image -> text (an image is a hit when any of its captions is in its top K); then mAP, Precision@K and "
+        "nDCG@K over the full ranking (image -> text: all captions of an image are relevant).",
         epilog="DATASET: .csv/.tsv/.jsonl/.parquet with columns image, caption (one row per caption; image paths "
         "relative to the file unless --images), or a Karpathy split file (dataset_coco.json, "
         "dataset_flickr30k.json) read with --split.\n\n"
@@ -38,7 +40,7 @@ def add_parser(sub) -> None:
     r.add_argument("--split", default="test", help="Karpathy JSON: which split (default test)")
     r.add_argument("--precision", metavar="LIST", help="comma-separated model variants to compare, e.g. fp32,int8")
     r.add_argument("--fast", default="off", metavar="LIST", help="comma-separated JPEG decoding modes to compare: off, on, max (default off)")
-    r.add_argument("--ks", default="1,5,10", metavar="LIST", help="the K of Recall@K (default 1,5,10)")
+    r.add_argument("--ks", default="1,5,10", metavar="LIST", help="the K of Recall@K, P@K, nDCG@K (default 1,5,10)")
     r.add_argument("--report", metavar="FILE.json", help="also write the numbers (clip_benchmark's key names) to this file")
     r.add_argument("--skip-errors", action="store_true", help="leave unreadable images (and their captions) out "
                    "instead of stopping; the numbers are still printed, and the exit status is 1")
@@ -65,7 +67,7 @@ def cmd_eval_retrieval(args) -> int:
 
     from ..embedding import ImageEmbedding, TextEmbedding
     from ..errors import ImageError
-    from ..retrieval import recall_at_k
+    from ..retrieval import retrieval_metrics
     from ..retrieval.datasets import load_captions
 
     precisions = _list(args.precision, PRECISIONS, "--precision")
@@ -144,8 +146,8 @@ def cmd_eval_retrieval(args) -> int:
     results = []
     for precision in precisions:
         for fast in fasts:
-            metrics = recall_at_k(images[(precision, fast)][keep], texts[precision][text_keep],
-                                  kept.text_image_index, ks)
+            metrics = retrieval_metrics(images[(precision, fast)][keep], texts[precision][text_keep],
+                                        kept.text_image_index, ks)
             results.append({"precision": actual[precision], "fast": fast or "off", "metrics": metrics})
     first = results[0]["metrics"]
     for r in results[1:]:
@@ -166,7 +168,8 @@ def cmd_eval_retrieval(args) -> int:
             "excluded_captions": excluded_captions,
             "failed": [{"index": i, "image": data.images[i], "error": failed[i]} for i in sorted(failed)],
             "note": "unreadable images are left out together with their captions, in every configuration; "
-                    "recalls are fractions (clip_benchmark's keys), rsum is in percent",
+                    "recalls (clip_benchmark's keys), mAP, precision@K and ndcg@K are fractions, rsum is in "
+                    "percent; see fastclip.retrieval.metrics for the definitions",
             "ks": list(ks),
             "metrics": first,
             "configurations": results,
@@ -183,29 +186,43 @@ def _label(precision: str | None, fast: str | None) -> str:
 
 
 def table(results: list[dict], ks) -> list[str]:
-    """One table: a row per configuration (deltas against the first under it), both directions side by side."""
+    """Two tables, each with a row per configuration (deltas against the first under it) and both directions
+    side by side: Recall@K, ranks and MRR (with the gap between directions); then mAP, P@K and nDCG@K."""
+    # (header, key suffix, scale, decimals, decimals of a delta)
+    recall = [(f"R@{k}", f"recall@{k}", 100, 1, 1) for k in ks] + [
+        ("mean", "mean_rank", 1, 1, 2), ("median", "median_rank", 1, 1, 2), ("MRR", "mrr", 1, 3, 3)]
+    ranking = [("mAP", "mAP", 100, 1, 1)] + [(f"P@{k}", f"precision@{k}", 100, 1, 1) for k in ks] + [
+        (f"nDCG@{k}", f"ndcg@{k}", 100, 1, 1) for k in ks]
+    gap = "".join(f"{'R@' + str(k):>8}" for k in ks)[1:]
+    lines = _section(results, recall, ("gap i->t minus t->i", gap, lambda m: "".join(
+        f"{100 * (m[f'text_retrieval_recall@{k}'] - m[f'image_retrieval_recall@{k}']):+8.1f}" for k in ks)))
+    lines.append("recalls in %; mean/median: rank of the correct image (t->i) or of the image's best caption (i->t)")
+    lines.append("")
+    lines += _section(results, ranking)
+    lines.append("in %, over the full ranking: mAP (i->t: all captions of an image relevant), P@K = relevant in the "
+                 "top K / K, nDCG@K (binary gains, log2 discount)")
+    return lines
+
+
+def _section(results: list[dict], columns: list[tuple], extra: tuple | None = None) -> list[str]:
     dirs = (("image_retrieval", "text -> image"), ("text_retrieval", "image -> text"))
-    cols = [f"R@{k}" for k in ks] + ["mean", "median", "MRR"]
-    head1 = f"{'':<20}" + "".join(f"| {name:<{8 * len(cols)}}" for _, name in dirs) + "| gap i->t minus t->i"
-    head2 = f"{'configuration':<20}" + ("| " + "".join(f"{c:>8}" for c in cols)[1:] + " ") * 2 + "| " + "".join(
-        f"{'R@' + str(k):>8}" for k in ks)[1:]
+    width = 8 * len(columns)
+    head1 = f"{'':<20}" + "".join(f"| {name:<{width}}" for _, name in dirs) + (f"| {extra[0]}" if extra else "")
+    head2 = f"{'configuration':<20}" + ("| " + "".join(f"{c[0]:>8}" for c in columns)[1:] + " ") * 2 + (
+        f"| {extra[1]}" if extra else "")
+    head1, head2 = head1.rstrip(), head2.rstrip()
     lines = [head1, head2, "-" * len(head2)]
 
     def cells(m: dict, prefix: str, delta: bool) -> str:
-        vals = [100 * m[f"{prefix}_recall@{k}"] for k in ks] + [m[f"{prefix}_mean_rank"], m[f"{prefix}_median_rank"],
-                                                                  m[f"{prefix}_mrr"]]
-        fmt = ["{:+8.1f}" if delta else "{:8.1f}"] * len(ks) + (["{:+8.2f}"] * 2 + ["{:+8.3f}"] if delta else
-                                                                ["{:8.1f}", "{:8.1f}", "{:8.3f}"])
-        return "".join(f.format(v) for f, v in zip(fmt, vals))
+        return "".join(f"{scale * m[f'{prefix}_{key}']:{'+' if delta else ''}8.{dd if delta else d}f}"
+                       for _, key, scale, d, dd in columns)
 
     for r in results:
         m = r["metrics"]
-        gap = "".join(f"{100 * (m[f'text_retrieval_recall@{k}'] - m[f'image_retrieval_recall@{k}']):+8.1f}" for k in ks)
         lines.append(f"{_label(r['precision'], r['fast']):<20}|" + cells(m, "image_retrieval", False) + " |"
-                     + cells(m, "text_retrieval", False) + " |" + gap)
+                     + cells(m, "text_retrieval", False) + (" |" + extra[2](m) if extra else ""))
         if "delta" in r:
             d = r["delta"]
             lines.append(f"{'  vs first':<20}|" + cells(d, "image_retrieval", True) + " |"
-                         + cells(d, "text_retrieval", True) + " |")
-    lines.append("recalls in %; mean/median: rank of the correct image (t->i) or of the image's best caption (i->t)")
+                         + cells(d, "text_retrieval", True) + (" |" if extra else ""))
     return lines

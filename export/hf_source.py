@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from fastclip import hub
 from fastclip.errors import ExportError, first_line
 
 from .hf_towers import FullTextTower, FullVisionTower, towers
@@ -24,10 +25,18 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _offline_error(model: str, exc: BaseException) -> ExportError:
-    first = first_line(exc)
-    return ExportError(f"cannot get {model!r} from the Hugging Face hub (no network and not cached, "
-                       f"or no such repo): {first[:200]}")
+def _hub_error(model: str, exc: BaseException) -> ExportError:
+    """One line for a failed hub request: not cached while offline, no such repo, or the hub's own first line."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    reason = hub.unreachable()
+    if reason is not None or isinstance(exc, LocalEntryNotFoundError):
+        return ExportError(hub.not_cached(
+            model, reason, f"run the export where the hub is reachable (or after `hf download {model}` there, "
+            "copying the cache), or pass a local folder written by save_pretrained"))
+    if isinstance(exc, RepositoryNotFoundError):
+        return ExportError(f"{model}: no such repo on the Hugging Face hub (or it is private: log in with `hf auth login`)")
+    return ExportError(f"{model}: could not get it from the Hugging Face hub: {first_line(exc)}")
 
 
 def _fetch(model: str, revision: str | None, name: str) -> Path | None:
@@ -41,14 +50,15 @@ def _fetch(model: str, revision: str | None, name: str) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    hub.go_offline_if_unreachable()
     try:
         return Path(hf_hub_download(model, name, revision=revision))
     except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: check it first
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
     except EntryNotFoundError:
         return None
     except Exception as exc:  # offline, unknown repo, HTTP errors: all one line for the user
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
 
 
 def _image_settings(model: str, revision: str | None, config) -> tuple[int, tuple, tuple]:
@@ -124,7 +134,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         else:
             clip = CLIPModel.from_pretrained(model, revision=revision)
     except OSError as exc:
-        raise _offline_error(model, exc) from None
+        raise _hub_error(model, exc) from None
     clip.eval()
     vision, text = towers(clip)
     tokenizer = AutoTokenizer.from_pretrained(str(local["tokenizer.json"].parent))

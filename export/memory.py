@@ -3,7 +3,8 @@
 An export that runs out of memory half way is killed by the OS (or takes a shared machine down with
 it); refusing up front with the figures is the clear error. The factors are peak resident memory
 per fp32 byte of weights (4 bytes a parameter), measured on this exporter with random-init ViT-L-14
-and ViT-H-14 (benchmarks/export_zoo.py, per-stage peaks in benchmarks/EXPORT_ZOO.md), rounded up.
+and ViT-H-14 (benchmarks/export_zoo.py, per-stage peaks in benchmarks/EXPORT_ZOO.md), rounded up; the
+constant is fitted so that the estimate is never below a recorded peak.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Sequence
 from fastclip.errors import ExportError
 
 GB = 1e9
-# Python + torch + open_clip / transformers imported, before any model (measured 0.5 GB; onnxruntime
-# and the verification inputs come later).
-BASE_BYTES = 0.6e9
+# What does not grow with the model: Python + torch + open_clip / transformers + onnxruntime, the
+# verification photos, allocator slack. Fitted so that no peak recorded in benchmarks/EXPORT_ZOO.md falls
+# above the estimate (tests/test_export.py checks each): 0.6 GB left a ViT-B-32 export at 2.1 GB
+# estimated against 2.41 GB measured (issue 19); the large models' peaks sit 0.3-0.5 GB under 0.6 + the
+# factors below, so only the constant moves.
+BASE_BYTES = 0.95e9
 # Building the torch model: random init holds one copy (measured: ViT-L-14 2.2 GB = 0.5 + 1.71); a
 # checkpoint holds its state dict beside it while it loads.
 LOAD = {"random": 1.0, "checkpoint": 2.0}

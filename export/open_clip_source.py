@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastclip import hub
 from fastclip.errors import ExportError, first_line
 
 from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
@@ -218,16 +219,26 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     problem = config_problem(arch, weights)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
+    # A tag is fetched from the hub (cached after the first time); a file or `none` needs no network.
+    offline = hub.go_offline_if_unreachable() if weights is not None and not Path(weights).is_file() else None
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    if offline is not None:
+        root.setLevel(logging.CRITICAL)  # open_clip logs the download failure that the error below reports
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
-    except (OSError, urllib.error.URLError) as exc:
-        raise ExportError(
-            f"could not get open_clip:{arch} weights {weights!r} (no network and not cached?): {type(exc).__name__}"
-        ) from None
     except Exception as exc:
-        if _is_hub_error(exc):
-            raise ExportError(f"could not download open_clip:{arch} weights {weights!r}: no network and not cached") from None
+        if offline is not None:
+            raise ExportError(hub.not_cached(
+                f"open_clip:{arch} weights {weights!r}", offline, "run the export where the hub is reachable, "
+                "or pass a checkpoint file (--pretrained FILE)")) from None
+        if isinstance(exc, (OSError, urllib.error.URLError)) or _is_hub_error(exc):
+            raise ExportError(f"could not download open_clip:{arch} weights {weights!r}: {first_line(exc)}") from None
         raise ExportError(f"could not load open_clip:{arch} with {weights!r}: {first_line(exc)}") from None
+    finally:
+        root.setLevel(level)
     model.eval()
 
     image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))

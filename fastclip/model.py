@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import hub
 from . import manifest as manifest_mod
 from .errors import ModelError, first_line
 from .manifest import Manifest, VisionSpec
@@ -43,20 +44,22 @@ def resolve_folder(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    offline = None if local_files_only else hub.unreachable()
     try:
         return Path(
             snapshot_download(
                 repo_id=text,
                 revision=revision,
                 cache_dir=str(cache_dir) if cache_dir else None,
-                local_files_only=local_files_only,
+                local_files_only=local_files_only or offline is not None,
                 # Skip torch weights some repos keep beside the ONNX files: the runtime never reads them.
                 ignore_patterns=["*.safetensors", "*.bin", "*.pt", "*.msgpack", "*.h5"],
             )
         )
     except LocalEntryNotFoundError:
-        hint = "" if local_files_only else " and the hub could not be reached"
-        raise ModelError(f"{text}: not in the local cache{hint} (cache_dir={cache_dir or 'default'})") from None
+        raise ModelError(hub.not_cached(
+            text, offline, "pass a model folder instead (`--model PATH` on the command line, the model argument "
+            "in Python), or make one with `fastclip export`", cache_dir)) from None
     except RepositoryNotFoundError:
         raise ModelError(f"{text}: no such repo on the hub (or it is private: log in with `hf auth login`)") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:

@@ -494,3 +494,25 @@ def test_parallel_texts_match_serial(tiny_openclip_export, tmp_path):
     serial, parallel = read_embeddings(tmp_path / "s.npy"), read_embeddings(tmp_path / "p.npy")
     assert parallel.items == serial.items and len(serial.items) == 600
     assert np.abs(parallel.vectors - serial.vectors).max() <= 1e-6
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_anywhere_on_the_line(tiny_openclip_export, tmp_path, where):
+    """-q before or after the subcommand: the same run, and only its info lines go."""
+    args = ["embed", "--text", "a dog", "--model", tiny_openclip_export, "--out", tmp_path / "t.npy"]
+    loud = fastclip(*args)
+    assert loud.returncode == 0, loud.stderr
+    assert "text tower on CPU" in loud.stderr  # an info line, which -q drops
+    args[-1] = tmp_path / "q.npy"
+    quiet = fastclip(*(["-q", *args] if where == "before" else [*args, "-q"]))
+    assert quiet.returncode == 0, quiet.stderr
+    # The final summary (rows, failures, output) stays: it is the command's result, not progress.
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastclip: 1 texts embedded"), quiet.stderr
+    np.testing.assert_array_equal(read_embeddings(tmp_path / "q.npy").vectors, read_embeddings(tmp_path / "t.npy").vectors)
+
+
+def test_quiet_after_a_nested_subcommand_is_accepted():
+    result = fastclip("eval", "retrieval", "--help", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "-q, --quiet" in result.stdout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +65,37 @@ def test_default_models_come_from_the_hub_cache_offline(qdrant_cache, tiny_hf_ex
 
 
 def test_repo_missing_from_cache_is_one_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="not in the local cache") as info:
+    with pytest.raises(ModelError, match="not in the hub cache") as info:
         ImageEmbedding("someone/not-cached", cache_dir=tmp_path, local_files_only=True)
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    # The real folder (not "default") and both ways out.
+    assert str(tmp_path.resolve()) in message and "--model PATH" in message and "fastclip export" in message
+
+
+def _no_hub_env(tmp_path, **extra):
+    """A child environment whose hub endpoint is a closed local port: the connection is refused at once."""
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")}
+    return {**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf-home"), **extra}
+
+
+def test_default_model_unreachable_hub_names_cache_and_way_out(tmp_path):
+    """No model given, nothing cached, hub unreachable: one line in well under a second of hub time,
+    naming the cache folder actually searched and the ways out; huggingface_hub's retry loop never starts."""
+    code = ("import time\nfrom fastclip import ImageEmbedding, ModelError\nt = time.perf_counter()\n"
+            "try:\n    ImageEmbedding()\nexcept ModelError as e:\n"
+            "    print('ERR:' + str(e))\nprint('SECONDS:%.2f' % (time.perf_counter() - t))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_no_hub_env(tmp_path), timeout=120)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERR:")]
+    assert len(errors) == 1, result.stdout + result.stderr
+    message = errors[0]
+    assert DEFAULT_VISION_REPO in message and "cannot connect to 127.0.0.1:9" in message
+    assert str(tmp_path / "hf-home" / "hub") in message and "--model PATH" in message and "fastclip export" in message
+    assert "Retrying" not in result.stderr
+    seconds = float(result.stdout.split("SECONDS:")[1])
+    assert seconds < 5, seconds  # one refused connect; the retry loop it replaces took 31 s
 
 
 def test_nonexistent_local_folder(tmp_path):

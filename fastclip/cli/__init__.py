@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_parser(sub, func=_embed)
     for command in (export, info, eval, search):
         command.add_parser(sub)
+    _quiet_anywhere(parser)
     return parser
 
 
@@ -72,6 +73,21 @@ def _embed(args) -> int:
     else:
         from .embed import run
     return run(args)
+
+
+def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept -q after the subcommand too (`fastclip embed ... -q`), at every level of subcommands.
+
+    SUPPRESS as the default: a subcommand that is not given -q must leave the value the top level set
+    (argparse writes a subparser's defaults over the namespace it was handed).
+    """
+    for action in parser._actions:  # argparse has no public walk over subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if "-q" not in child._option_string_actions:
+                    child.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                       help="only warnings and errors on stderr")
+                _quiet_anywhere(child)
 
 
 __all__ = ["main", "build_parser", "UsageError"]

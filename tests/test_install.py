@@ -1,0 +1,111 @@
+"""The CPU-only install the README gives (after `<!-- cpu-install -->`), in a fresh virtual environment.
+
+The commands are read from README.md, so the test runs what a reader copies. pip uses whatever index
+this machine is configured with (pip.conf / PIP_* variables: here a local mirror beside PyPI); nothing
+else is fetched. ~40 s here, most of it pip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastclip import ImageEmbedding, TextEmbedding
+from photos import SENTENCES, photo_array
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "<!-- cpu-install -->"
+# The issue's target, in du -sh's units (MiB, printed "M"), like its figures: fastembed's CPU install alone
+# makes a 252 M venv; fastclip's GPU install 515 M.
+MAX_VENV_MB = 260
+
+
+def cpu_install_commands() -> list[str]:
+    """The command lines of the fenced block right after the marker line (comments and blank lines dropped)."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    at = [i for i, line in enumerate(lines) if line.strip() == MARKER]
+    assert len(at) == 1, f"README.md needs exactly one line holding {MARKER}"
+    fence = lines[at[0] + 1]
+    assert fence.startswith("```"), f"the line after {MARKER} must open a fenced block, not {fence!r}"
+    commands = []
+    for line in lines[at[0] + 2:]:
+        if line.startswith("```"):
+            return commands
+        command = line.split(" #")[0].strip()
+        if command and not command.startswith("#"):
+            commands.append(command)
+    raise AssertionError(f"the block after {MARKER} is never closed")
+
+
+def du_mb(folder: Path) -> float:
+    """Disk use as `du -sh` counts it (blocks, hard links once), in its units (MiB)."""
+    out = subprocess.run(["du", "-s", "--block-size=1", str(folder)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0]) / 2**20
+
+
+def test_readme_cpu_install_block_is_pip_from_this_checkout():
+    commands = cpu_install_commands()
+    assert commands and all(shlex.split(c)[0] in ("pip", "python", "python3") for c in commands), commands
+    assert not any("onnxruntime-gpu" in c for c in commands)
+
+
+@pytest.mark.slow
+def test_cpu_install_in_a_fresh_venv_embeds_without_onnxruntime_gpu(tiny_openclip_export, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The fresh venv alone: no PYTHONPATH (it would put this checkout's fastclip first), its bin first.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1")
+    for command in cpu_install_commands():
+        result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+    python = str(venv / "bin" / "python")
+    listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], env=env, capture_output=True,
+                            text=True, check=True)
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert "onnxruntime" in names and "onnxruntime-gpu" not in names, sorted(names)
+    assert not {"torch", "nvidia-cublas-cu12", "nvidia-cublas"} & names, sorted(names)
+    size = du_mb(venv)
+    assert size <= MAX_VENV_MB, f"fresh CPU venv is {size:.0f} MiB (target {MAX_VENV_MB})"
+
+    # The installed command, run from elsewhere, gives this checkout's vectors.
+    image = tmp_path / "coffee.png"
+    from PIL import Image
+
+    Image.fromarray(photo_array("coffee")).save(image)
+    code = (
+        "import sys, json, numpy as np, onnxruntime, fastclip\n"
+        "from fastclip import ImageEmbedding, TextEmbedding\n"
+        "assert 'site-packages' in fastclip.__file__, fastclip.__file__\n"
+        f"i = next(ImageEmbedding({str(tiny_openclip_export)!r}).embed([{str(image)!r}]))\n"
+        f"t = np.stack(list(TextEmbedding({str(tiny_openclip_export)!r}).embed({SENTENCES[:3]!r})))\n"
+        f"np.save({str(tmp_path / 'i.npy')!r}, i); np.save({str(tmp_path / 't.npy')!r}, t)\n"
+        # fastclip.retrieval's prebuilt graphs are package data: the search runs only if they were installed.
+        "from fastclip.retrieval import search\n"
+        "idx, _ = search(t, t, 1)\n"
+        "assert list(idx[:, 0]) == [0, 1, 2], idx\n"
+        "print(onnxruntime.get_available_providers())\n"
+    )
+    run = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "CUDAExecutionProvider" not in run.stdout
+    cli = subprocess.run([str(venv / "bin" / "fastclip"), "embed", "--text", SENTENCES[0], "--model",
+                          str(tiny_openclip_export), "--out", str(tmp_path / "cli.npy"), "-q"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+
+    want_i = next(ImageEmbedding(tiny_openclip_export).embed([image]))
+    want_t = np.stack(list(TextEmbedding(tiny_openclip_export).embed(SENTENCES[:3])))
+    # Another onnxruntime release (CPU build) than this venv's: the same graph, float rounding apart.
+    np.testing.assert_allclose(np.load(tmp_path / "i.npy"), want_i, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), want_t, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "cli.npy")[0], want_t[0], atol=1e-5)

@@ -113,9 +113,14 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
 def _towers(source: Source) -> dict[str, dict]:
     # Text first: once it is traced its weights are freed, so the larger vision tower is traced with
     # less of the torch model left in memory.
+    def text_example():
+        if source.attention_mask_input:
+            return tuple(source.tokenize_with_mask(["a photo of a cat", "a dog"]))
+        return source.tokenize(["a photo of a cat", "a dog"])
+
+    text_inputs = ["input_ids", source.attention_mask_input] if source.attention_mask_input else "input_ids"
     return {
-        "text": dict(input="input_ids", output="text_embeds",
-                     example=lambda: source.tokenize(["a photo of a cat", "a dog"]),
+        "text": dict(input=text_inputs, output="text_embeds", example=text_example,
                      axes={0: "batch", 1: "sequence"}, reference=verify.text_reference),
         "vision": dict(input="pixel_values", output="image_embeds",
                        example=lambda: torch.zeros(2, 3, source.image_size, source.image_size),
@@ -173,12 +178,16 @@ def _write_folder(source: Source, folder: Path, precisions: list[str], external_
                 f"{figures['max_abs_diff']:.3g} ({figures['max_abs_diff_rel']:.2g} x norm), "
                 f"{files[precision]['bytes'] + files[precision].get('external_data_bytes', 0):,} bytes"
                 f"{_peak_rss()}")
-        specs[name] = {"input_name": towers[name]["input"], "output_name": towers[name]["output"],
+        first_input = towers[name]["input"] if isinstance(towers[name]["input"], str) else towers[name]["input"][0]
+        specs[name] = {"input_name": first_input, "output_name": towers[name]["output"],
                        "files": files, "verification": checks}
 
     _write_vision_config(source, folder / "vision")
     _write_text_files(source, folder / "text")
     manifest.dump(_manifest(source, specs), folder)
+    if "text" in specs:
+        figures = verify.tokenizer(folder, source)
+        log(f"text tokenizer: token ids equal to the reference on {figures['texts']} texts")
     _check_files(folder, specs)
     _apply_umask(folder)
 
@@ -242,11 +251,15 @@ def _manifest(source: Source, specs: dict) -> dict:
             "tokenizer": "text/tokenizer.json",
             "cleaning": source.cleaning,
             "context_length": source.context_length,
-            "dynamic_length": True,
+            "dynamic_length": source.dynamic_length,
             "bos_token_id": source.bos_token_id,
             "eos_token_id": source.eos_token_id,
             "pad_token_id": source.pad_token_id,
             "pooling": source.pooling,
+            "attention_mask_input": source.attention_mask_input,
+            "padding_side": source.padding_side,
+            "strip_sep_token_id": source.strip_sep_token_id,
+            **({"language": source.language, "languages": list(source.languages)} if source.languages else {}),
         },
     }
 

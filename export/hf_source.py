@@ -92,8 +92,13 @@ def _config(model: str, revision: str | None):
         config = AutoConfig.from_pretrained(str(config_path.parent))
     except (ValueError, KeyError, OSError) as exc:
         raise ExportError(f"{model}: unreadable config.json ({first_line(exc)[:200]})") from None
-    if config.model_type != "clip":
-        raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP (model_type 'clip')")
+    if config.model_type == "siglip2":
+        from .hf_siglip import NAFLEX_REFUSAL
+
+        raise ExportError(f"{model} {NAFLEX_REFUSAL}")
+    if config.model_type not in ("clip", "siglip"):
+        raise ExportError(f"{model} is a {config.model_type!r} checkpoint, not CLIP or SigLIP "
+                          "(model_type 'clip' or 'siglip')")
     return config
 
 
@@ -106,9 +111,12 @@ def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
     hf_logging.set_verbosity_error()
     random_init = pretrained is not None and pretrained.lower() == "none"
     config = _config(model, None if random_init else pretrained)
+    if config.model_type == "siglip":
+        from transformers import SiglipModel as CLIPModel  # noqa: N806 - same counting, SigLIP's class
     with torch.device("meta"):
         clip = CLIPModel(config)
-    vision = sum(p.numel() for m in (clip.vision_model, clip.visual_projection) for p in m.parameters())
+    heads = [clip.vision_model] + ([clip.visual_projection] if hasattr(clip, "visual_projection") else [])
+    vision = sum(p.numel() for m in heads for p in m.parameters())
     return vision, sum(p.numel() for p in clip.parameters()) - vision
 
 
@@ -122,8 +130,24 @@ def load_hf(model: str, pretrained: str | None) -> Source:
     revision = None if random_init else pretrained
     config = _config(model, revision)
 
-    image_size, mean, std = _image_settings(model, revision, config)
     local = {name: _fetch(model, revision, name) for name in TOKENIZER_FILES}
+    if config.model_type == "siglip":
+        from .hf_siglip import load_hf_siglip
+
+        def load_model(cls):
+            if random_init:
+                torch.manual_seed(0)
+                return cls(config)
+            try:
+                return cls.from_pretrained(model, revision=revision)
+            except OSError as exc:
+                raise _offline_error(model, exc) from None
+
+        source = load_hf_siglip(model if not Path(model).is_dir() else Path(model).name, config, local,
+                                _fetch(model, revision, "preprocessor_config.json"), load_model)
+        source.description.update(revision=revision, pretrained="none" if random_init else None)
+        return source
+    image_size, mean, std = _image_settings(model, revision, config)
     if local["tokenizer.json"] is None or local["tokenizer_config.json"] is None:
         raise ExportError(f"{model}: no tokenizer.json / tokenizer_config.json; cannot export the text tower")
 

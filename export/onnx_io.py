@@ -30,11 +30,14 @@ IR_VERSION = 9  # onnxruntime >= 1.16 reads it; newer onnx releases would otherw
 INLINE_BYTES = 1024
 
 
-def export_tower(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
-                 dynamic_axes: dict[int, str]) -> None:
+def export_tower(module: torch.nn.Module, example: torch.Tensor | tuple, path: Path, input_name: str | list[str],
+                 output_name: str, dynamic_axes: dict[int, str]) -> None:
     """Trace `module` into `path`, in a folder of its own: over 2 GB torch scatters the weights
-    into one file per tensor beside it. `copy` makes the final form."""
+    into one file per tensor beside it. `copy` makes the final form. Several inputs (a tuple of
+    examples and a list of names) share the same dynamic axes."""
     module.eval()
+    examples = example if isinstance(example, tuple) else (example,)
+    names = [input_name] if isinstance(input_name, str) else list(input_name)
     # nn.MultiheadAttention's inference fast path is one fused aten op that has no ONNX export.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -42,8 +45,8 @@ def export_tower(module: torch.nn.Module, example: torch.Tensor, path: Path, inp
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation notice
             torch.onnx.export(
-                module, (example,), str(path), input_names=[input_name], output_names=[output_name],
-                dynamic_axes={input_name: dynamic_axes, output_name: {0: dynamic_axes[0]}},
+                module, examples, str(path), input_names=names, output_names=[output_name],
+                dynamic_axes={**{name: dynamic_axes for name in names}, output_name: {0: dynamic_axes[0]}},
                 opset_version=OPSET, dynamo=False, do_constant_folding=True,
             )
     finally:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from torch import nn
 from fastclip import hub
 from fastclip.errors import ExportError, first_line
 
-from .open_clip_towers import OpenClipTextTower, OpenClipVisionTower, check_blocks
+from .open_clip_towers import HFTextTower, OpenClipTextTower, OpenClipVisionTower, check_blocks
 from .source import Source
 from .torchvision_compat import import_open_clip
 
@@ -75,21 +77,10 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
     cfg = open_clip.get_model_config(arch) or {}
     text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
     if "multimodal_cfg" in cfg:
-        return "CoCa: its text tower appends a class token for the contrastive embedding; not supported"
-    if text.get("hf_model_name"):
-        return f"text tower is the Hugging Face model {text['hf_model_name']}; only open_clip's own text transformer is supported"
-    if text.get("hf_tokenizer_name") or text.get("vocab_size", CLIP_VOCAB) != CLIP_VOCAB:
-        name = text.get("hf_tokenizer_name") or f"a {text.get('vocab_size')}-token vocabulary"
-        return f"tokenizer {name} is not CLIP's BPE; only open_clip's CLIP BPE tokenizer is reproduced"
-    kwargs = text.get("tokenizer_kwargs") or {}
-    if kwargs.get("clean", "lower") != "lower" or kwargs.get("reduction_mask"):
-        return f"tokenizer options {kwargs} are not reproduced (only lower-case cleaning, no token reduction)"
-    if text.get("no_causal_mask"):
-        return "bidirectional text tower (no causal mask): padding would change the vectors"
-    if text.get("embed_cls"):
-        return "text tower with a class token is not supported"
-    if text.get("pool_type", "argmax") not in ("argmax", "eos"):
-        return f"text pooling {text['pool_type']!r} is not supported (only argmax, eos)"
+        return "CoCa: the vision tower (attentional pooler, two outputs) is not supported; its text tower exports"
+    problem = text_problem(text)
+    if problem:
+        return problem
     size = vision.get("image_size", 224)
     if isinstance(size, (tuple, list)) and len(set(size)) != 1:
         return f"non-square input {tuple(size)} is not supported"
@@ -104,6 +95,131 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
         return (f"{where} with resize_mode={resize_mode!r}, interpolation={interpolation!r}; fastclip only "
                 "reproduces shortest-side bicubic resize + center crop")
     return None
+
+
+# open_clip's HF text towers (hf_model.py arch_dict) whose forward HFTextTower exports as it runs.
+HF_TEXT_MODEL_TYPES = ("roberta", "xlm-roberta", "mt5", "bert", "m2m_100")
+
+
+def text_problem(text: dict) -> str | None:
+    """Why open_clip's text config `text` cannot be reproduced exactly, or None."""
+    kwargs = text.get("tokenizer_kwargs") or {}
+    if text.get("tokenizer_mode"):
+        return f"tokenizer_mode {text['tokenizer_mode']!r} (tokens rearranged after tokenizing) is not reproduced"
+    if kwargs.get("reduction_mask"):
+        return f"tokenizer token reduction {kwargs['reduction_mask']!r} is not reproduced"
+    if not text.get("hf_tokenizer_name") and kwargs.get("clean", "lower") != "lower":
+        return f"CLIP BPE tokenizer with clean={kwargs['clean']!r} is not reproduced (only 'lower')"
+    if not text.get("hf_model_name") and text.get("pool_type", "argmax") not in ("argmax", "eos", "last", "first"):
+        return f"text pooling {text['pool_type']!r} is not supported (argmax, eos, last, first)"
+    return None
+
+
+@dataclass
+class TokenizerPlan:
+    """How the runtime reproduces open_clip's tokenizer for one model: the manifest's text fields, the
+    reference call and the writer of text/tokenizer.json & co."""
+
+    tokenize: Callable[[list[str]], torch.Tensor]
+    write: Callable[[Path], None]
+    context_length: int
+    cleaning: str
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    padding_side: str = "right"
+    strip_sep_token_id: int | None = None
+    language: str | None = None
+    languages: tuple[str, ...] = ()
+
+    def source_fields(self) -> dict:
+        """The `Source` fields this plan fills (its text side, but for the tower's own pooling and padding)."""
+        return dict(context_length=self.context_length, cleaning=self.cleaning, bos_token_id=self.bos_token_id,
+                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id, tokenize=self.tokenize,
+                    write_tokenizer=self.write, padding_side=self.padding_side,
+                    strip_sep_token_id=self.strip_sep_token_id, language=self.language, languages=self.languages)
+
+
+# open_clip's clean functions (tokenizer.get_clean_fn) -> the runtime's cleaners (fastclip.families.text).
+_CLEAN_NAMES = {"_clean_lower": "lower", "_clean_whitespace": "whitespace", "_clean_canonicalize": "canonicalize"}
+
+
+def text_tokenizer(arch: str) -> TokenizerPlan:
+    """open_clip's tokenizer for `arch` and how the runtime reproduces it: the CLIP BPE SimpleTokenizer
+    (rebuilt as tokenizer.json, "open_clip" cleaning) or an HFTokenizer (its transformers fast tokenizer's
+    own tokenizer.json, open_clip's clean function, strip_sep_token, the NLLB source language)."""
+    open_clip = import_open_clip()
+    name = _text_cfg(arch).get("hf_tokenizer_name")
+    offline = hub.go_offline_if_unreachable() if name else None  # transformers fetches it: fail fast offline
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as exc:  # transformers / huggingface_hub: offline, not cached, no such repo
+        if offline is not None:
+            raise ExportError(hub.not_cached(f"open_clip:{arch}: the tokenizer {name!r}", offline,
+                                             "run the export where the hub is reachable once")) from None
+        raise ExportError(f"open_clip:{arch}: could not get the tokenizer {name or arch!r}: "
+                          f"{first_line(exc)[:200]}") from None
+    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        if tokenizer.vocab_size != CLIP_VOCAB or tokenizer.clean_fn.__name__ != "_clean_lower" \
+                or tokenizer.reduction_fn is not None:
+            raise ExportError(f"open_clip:{arch} uses a SimpleTokenizer variant; only open_clip's CLIP BPE tokenizer "
+                              "with lower-case cleaning is supported")
+        context_length = int(tokenizer.context_length)
+
+        def write_clip(out_dir: Path) -> None:
+            from .tokenizer_files import write_open_clip_tokenizer
+
+            write_open_clip_tokenizer(out_dir, context_length)
+
+        return TokenizerPlan(
+            tokenize=lambda texts: tokenizer(texts).long(), write=write_clip, context_length=context_length,
+            cleaning="open_clip", bos_token_id=int(tokenizer.sot_token_id), eos_token_id=int(tokenizer.eot_token_id),
+            pad_token_id=0,  # open_clip pads with zeros; argmax pooling finds the end token anyway
+        )
+    if not isinstance(tokenizer, open_clip.tokenizer.HFTokenizer) or tokenizer.tokenizer_mode:
+        raise ExportError(f"open_clip:{arch} uses a {type(tokenizer).__name__} tokenizer; fastclip reproduces "
+                          "open_clip's CLIP BPE tokenizer and its HFTokenizer (standard mode)")
+    hf = tokenizer.tokenizer
+    if getattr(hf, "backend_tokenizer", None) is None:
+        raise ExportError(f"open_clip:{arch}: the Hugging Face tokenizer {type(hf).__name__} has no tokenizer.json "
+                          "(not a fast tokenizer); fastclip runs tokenizer.json only")
+    cleaning = _CLEAN_NAMES.get(tokenizer.clean_fn.__name__)
+    if cleaning is None:
+        raise ExportError(f"open_clip:{arch}: text cleaning {tokenizer.clean_fn.__name__} is not reproduced")
+    languages: tuple[str, ...] = ()
+    language = None
+    if hasattr(tokenizer, "set_lang_fn"):
+        language = str(hf.src_lang)
+        codes = getattr(hf, "additional_special_tokens", None) or getattr(hf, "extra_special_tokens", None) or []
+        vocab = hf.get_vocab()
+        languages = tuple(str(c) for c in codes if isinstance(c, str) and c in vocab)
+        if language not in languages:
+            raise ExportError(f"open_clip:{arch}: the tokenizer's source language {language!r} is not among its "
+                              "special tokens")
+    special = {name: getattr(hf, f"{name}_token_id", None) for name in ("bos", "cls", "eos", "sep", "pad")}
+    if special["eos"] is None and special["sep"] is None or special["pad"] is None:
+        raise ExportError(f"open_clip:{arch}: the tokenizer has no end/separator or no pad token")
+
+    def write_hf(out_dir: Path) -> None:
+        from .tokenizer_files import write_hf_tokenizer
+
+        write_hf_tokenizer(out_dir, hf, int(tokenizer.context_length))
+
+    first = next((v for v in (special["bos"], special["cls"], special["pad"]) if v is not None))
+    return TokenizerPlan(
+        tokenize=lambda texts: tokenizer(texts).long(), write=write_hf, context_length=int(tokenizer.context_length),
+        cleaning=cleaning,
+        bos_token_id=int(first),  # T5 has no start token: the manifest's start id then only seeds the load probe
+        eos_token_id=int(special["eos"] if special["eos"] is not None else special["sep"]),
+        pad_token_id=int(special["pad"]),
+        padding_side=str(hf.padding_side),
+        strip_sep_token_id=int(special["sep"]) if tokenizer.strip_sep_token and special["sep"] is not None else None,
+        language=language, languages=languages,
+    )
+
+
+def _text_cfg(arch: str) -> dict:
+    return (import_open_clip().get_model_config(arch) or {}).get("text_cfg", {})
 
 
 def vision_family(arch: str) -> str:
@@ -149,9 +265,19 @@ def count_parameters(arch: str) -> tuple[int, int]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "No pretrained weights loaded": expected here
+    hf_name = _text_cfg(arch).get("hf_model_name")
+    offline = hub.go_offline_if_unreachable() if hf_name else None  # its config.json comes from the hub
     try:
         with torch.device("meta"):
-            model = open_clip.create_model(arch, pretrained=None, device="meta")
+            model = open_clip.create_model(arch, pretrained=None, device="meta", pretrained_text=False)
+    except Exception as exc:
+        if not hf_name:
+            raise
+        if offline is not None:
+            raise ExportError(hub.not_cached(f"open_clip:{arch}: the text model config {hf_name!r}", offline,
+                                             "run the export where the hub is reachable once")) from None
+        raise ExportError(f"open_clip:{arch}: could not get the text model config {hf_name!r}: "
+                          f"{first_line(exc)[:200]}") from None
     finally:
         root.setLevel(level)
     vision = sum(p.numel() for p in model.visual.parameters())
@@ -174,42 +300,44 @@ def _check_preprocessing(arch: str, cfg: dict) -> tuple[int, tuple, tuple]:
     return int(size), tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
 
-def _text_tower(arch: str, model: nn.Module) -> tuple[OpenClipTextTower, int, int]:
-    # CLIP keeps the text modules on the model itself; CustomTextCLIP has them under .text.
+def _text_tower(arch: str, model: nn.Module) -> tuple[nn.Module, int, int]:
+    """(export wrapper, width, heads) of the text tower; the wrapper's `dynamic` says whether padding to the
+    longest text of a batch gives the vectors of full-context padding, `pool_type` how it pools."""
+    # CLIP keeps the text modules on the model itself; CustomTextCLIP and CoCa have them under .text.
     holder = getattr(model, "text", None)
+    if holder is not None and type(holder).__name__ == "HFTextEncoder":
+        config = holder.config
+        if config.model_type not in HF_TEXT_MODEL_TYPES:
+            raise ExportError(f"open_clip:{arch}: Hugging Face text model type {config.model_type!r} is not supported "
+                              f"({', '.join(HF_TEXT_MODEL_TYPES)})")
+        tower = HFTextTower(holder)
+        tower.dynamic = True  # the tower masks its own padding (ids != pad_token_id) in attention and pooling
+        tower.pool_type = {"MeanPooler": "mean", "MaxPooler": "max"}.get(type(holder.pooler).__name__, "cls")
+        if tower.pool_type == "max":
+            raise ExportError(f"open_clip:{arch}: max pooling over a Hugging Face text model is not supported")
+        width = int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
+        heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "num_heads", None)
+                    or getattr(config, "encoder_attention_heads"))
+        return tower, width, heads
     if holder is not None:
         if not hasattr(holder, "token_embedding"):
-            raise ExportError(f"open_clip:{arch} has a {type(holder).__name__} text tower; only open_clip's own text transformer is supported")
-        if getattr(holder, "cls_emb", None) is not None or getattr(holder, "use_pad_mask", False):
-            raise ExportError(f"open_clip:{arch}: text towers with a class token or padding mask are not supported")
+            raise ExportError(f"open_clip:{arch} has a {type(holder).__name__} text tower; not supported")
         parts = holder
         pool_type, eos_id = holder.pool_type, holder.eos_id
+        extra = dict(cls_emb=holder.cls_emb, pad_mask=holder.use_pad_mask, pad_id=holder.pad_id,
+                     correct_cls_mask=getattr(holder, "correct_cls_mask", False))
     else:
         parts = model
         pool_type, eos_id = model.text_pool_type, getattr(model, "text_eos_id", None)
-    if parts.attn_mask is None:
-        # Without a causal mask the padding changes every token, so batch-longest padding would
-        # silently change the vectors.
-        raise ExportError(f"open_clip:{arch}: bidirectional text towers are not supported")
-    if pool_type not in ("argmax", "eos"):
-        raise ExportError(f"open_clip:{arch}: text pooling {pool_type!r} is not supported (only argmax, eos)")
+        extra = {}
+    if pool_type not in ("argmax", "eos", "last", "first"):
+        raise ExportError(f"open_clip:{arch}: text pooling {pool_type!r} is not supported (argmax, eos, last, first)")
     problem = check_blocks(parts.transformer)
     if problem:
         raise ExportError(f"open_clip:{arch}: text tower: {problem}")
     tower = OpenClipTextTower(parts.token_embedding, parts.positional_embedding, parts.transformer,
-                              parts.ln_final, parts.text_projection, parts.attn_mask, pool_type, eos_id)
+                              parts.ln_final, parts.text_projection, parts.attn_mask, pool_type, eos_id, **extra)
     return tower, parts.transformer.width, parts.transformer.resblocks[0].attn.num_heads
-
-
-def clip_tokenizer(arch: str):
-    """open_clip's tokenizer for `arch`, refused unless it is the CLIP BPE tokenizer that the runtime's
-    tokenizer.json plus "open_clip" cleaning reproduces."""
-    open_clip = import_open_clip()
-    tokenizer = open_clip.get_tokenizer(arch)
-    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.vocab_size != CLIP_VOCAB \
-            or tokenizer.clean_fn.__name__ != "_clean_lower" or tokenizer.reduction_fn is not None:
-        raise ExportError(f"open_clip:{arch} uses a {type(tokenizer).__name__} tokenizer variant; only open_clip's CLIP BPE tokenizer is supported")
-    return tokenizer
 
 
 def load_open_clip(arch: str, pretrained: str | None) -> Source:
@@ -228,7 +356,9 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     if offline is not None:
         root.setLevel(logging.CRITICAL)  # open_clip logs the download failure that the error below reports
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+        # pretrained_text=False: a Hugging Face text tower is built from its config alone (the CLIP checkpoint,
+        # or random weights for 'none', fill it); True would download the text model's own weights.
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, pretrained_text=False)
     except Exception as exc:
         if offline is not None:
             raise ExportError(hub.not_cached(
@@ -242,24 +372,15 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     model.eval()
 
     image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
-    tokenizer = clip_tokenizer(arch)
-    context_length = int(tokenizer.context_length)
+    plan = text_tokenizer(arch)
 
     text, text_width, text_heads = _text_tower(arch, model)
     visual = model.visual
     vision_width = getattr(getattr(visual, "transformer", None), "width", 0)
     logit_bias = getattr(model, "logit_bias", None)
 
-    def write_tokenizer(out_dir: Path) -> None:
-        from .tokenizer_files import write_open_clip_tokenizer
-
-        write_open_clip_tokenizer(out_dir, context_length)
-
-    def tokenize(texts: list[str]) -> torch.Tensor:
-        return tokenizer(texts).long()
-
     with torch.no_grad():
-        embed_dim = int(text(tokenizer(["a"])).shape[-1])
+        embed_dim = int(text(plan.tokenize(["a"])).shape[-1])
     return Source(
         kind="open_clip",
         description={"kind": "open_clip", "model": arch,
@@ -274,20 +395,16 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         mean=mean,
         std=std,
         preprocess=preprocess,
-        context_length=context_length,
-        bos_token_id=int(tokenizer.sot_token_id),
-        eos_token_id=int(tokenizer.eot_token_id),
-        pad_token_id=0,  # open_clip pads with zeros; argmax pooling finds the end token anyway
+        **plan.source_fields(),
         pooling=text.pool_type,
-        cleaning="open_clip",
-        tokenize=tokenize,
-        write_tokenizer=write_tokenizer,
+        dynamic_length=text.dynamic,
         vision_heads=getattr(visual, "heads", 0) or 0,
         vision_width=vision_width,
         text_heads=text_heads,
         text_width=text_width,
         reference_vision=model.encode_image,
-        reference_text=model.encode_text,
+        # normalize=False: CoCa's encode_text normalizes by default, the graphs give unnormalized features.
+        reference_text=lambda ids: model.encode_text(ids, normalize=False),
     )
 
 

@@ -72,15 +72,22 @@ def check_blocks(transformer: nn.Module) -> str | None:
 
 
 class OpenClipTextTower(nn.Module):
-    """open_clip's text encoder for any sequence length L <= context_length.
+    """open_clip's TextTransformer (or the text modules of its CLIP class) for input ids of length L.
 
-    Slicing the positional table and causal mask to L gives the same result on the real tokens
-    (the mask is causal, so the padding after them never reaches the pooled position) and lets the
-    graph take short, batch-longest padded input.
+    Causal towers pooling at the end token take any L <= context_length: slicing the positional table
+    and causal mask to L gives the same result on the real tokens (the padding after them never reaches
+    the pooled position), so the graph takes short, batch-longest padded input (`dynamic`). Bidirectional
+    towers, "last"/"first" pooling and CoCa's appended class token see every position, so they are only
+    exact on the full context_length the reference pads to; the runtime pads to it (`dynamic` False).
+
+    `pad_mask`: open_clip's additive key mask on padding (`use_pad_mask`, and always with CoCa's class
+    token); `cls_emb`: CoCa's class embedding, appended after the tokens and pooled, with ln_final after
+    pooling (per-token LayerNorm: the same on the pooled row alone).
     """
 
     def __init__(self, token_embedding, positional_embedding, transformer, ln_final, text_projection,
-                 attn_mask, pool_type: str, eos_id: int | None):
+                 attn_mask, pool_type: str, eos_id: int | None, *, cls_emb=None, pad_mask: bool = False,
+                 pad_id: int = 0, correct_cls_mask: bool = False):
         super().__init__()
         self.token_embedding = token_embedding
         self.positional_embedding = positional_embedding
@@ -88,31 +95,83 @@ class OpenClipTextTower(nn.Module):
         self.ln_final = ln_final
         self.text_projection = text_projection
         self.register_buffer("attn_mask", attn_mask, persistent=False)
-        self.pool_type = pool_type
+        self.pool_type = "last" if cls_emb is not None else pool_type
         self.eos_id = eos_id
+        self.cls_emb = cls_emb
+        self.pad_mask = pad_mask or cls_emb is not None
+        self.pad_id = pad_id
+        self.correct_cls_mask = correct_cls_mask
+        self.dynamic = attn_mask is not None and cls_emb is None and not self.pad_mask and pool_type in ("argmax", "eos")
+
+    def _mask(self, input_ids: torch.Tensor, length: int) -> torch.Tensor | None:
+        """(L, L) causal, (B, 1, L, L) with padding masked, or None (bidirectional, nothing masked)."""
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        if not self.pad_mask:
+            return mask
+        valid = input_ids != self.pad_id
+        if self.cls_emb is not None:
+            ones = torch.ones_like(valid[:, :1])
+            # open_clip's legacy CoCa weights were trained with the class token's key slot at the front.
+            valid = torch.cat([valid, ones] if self.correct_cls_mask else [ones, valid], dim=1)
+        keys = torch.zeros(valid.shape, dtype=torch.float32).masked_fill(~valid, float("-inf"))[:, None, None, :]
+        return keys if mask is None else mask + keys
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
-        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
-        mask = self.attn_mask[:length, :length]
+        batch = torch.arange(input_ids.shape[0])
+        x = self.token_embedding(input_ids)
+        if self.cls_emb is not None:
+            x = torch.cat([x, self.cls_emb.view(1, 1, -1).expand(x.shape[0], 1, -1)], dim=1)
+        length = x.shape[1]
+        x = x + self.positional_embedding[:length]
+        mask = self._mask(input_ids, length)
         *blocks, last = self.transformer.resblocks
         for block in blocks:
             x = _block(block, x, mask)
 
-        # open_clip's text_global_pool: the highest id (argmax) or the first end token (eos).
-        pooled = input_ids.argmax(dim=-1) if self.pool_type == "argmax" else (input_ids == self.eos_id).int().argmax(dim=-1)
-        batch = torch.arange(input_ids.shape[0])
+        # open_clip's text_global_pool.
+        if self.pool_type == "argmax":
+            pooled = input_ids.argmax(dim=-1)
+        elif self.pool_type == "eos":
+            pooled = (input_ids == self.eos_id).int().argmax(dim=-1)
+        elif self.pool_type == "first":
+            pooled = torch.zeros_like(batch)
+        else:  # last
+            pooled = torch.full_like(batch, length - 1)
 
         def rows(t: torch.Tensor) -> torch.Tensor:
             return t[batch, pooled].unsqueeze(1)
 
-        x = _last_block(last, x, mask[pooled].unsqueeze(1).unsqueeze(1), rows).squeeze(1)
+        if mask is None:
+            row_mask = None
+        elif mask.dim() == 2:
+            row_mask = mask[pooled][:, None, None]
+        elif mask.shape[2] == 1:  # padding keys only: the same for every query row
+            row_mask = mask
+        else:
+            row_mask = mask[batch, :, pooled].unsqueeze(2)
+        x = _last_block(last, x, row_mask, rows).squeeze(1)
         x = self.ln_final(x)  # per-token LayerNorm: the same on the pooled row alone
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         if self.text_projection is not None:
             return x @ self.text_projection
         return x
+
+
+class HFTextTower(nn.Module):
+    """open_clip's HFTextEncoder (XLM-R, RoBERTa, mT5, NLLB, BERT towers) as it runs, pooled features only.
+
+    It derives its attention mask from the ids (ids != the config's pad id), pools with that mask (mean) or
+    at the first token (cls) and projects, so padding to the longest text of a batch gives the same vector.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class OpenClipVisionTower(nn.Module):

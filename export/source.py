@@ -37,8 +37,8 @@ class Source:
     bos_token_id: int
     eos_token_id: int
     pad_token_id: int
-    pooling: str  # "eos" | "argmax"
-    cleaning: str  # "open_clip" | "none"
+    pooling: str  # "eos" | "argmax" | "last" | "first" | "mean" | "cls" (informative: the graph pools)
+    cleaning: str  # a name of fastclip.families.text.CLEANERS
     tokenize: Callable[[list[str]], torch.Tensor]  # reference: texts -> (N, context_length) int64
     write_tokenizer: Callable[[Path], None]  # writes tokenizer.json & co into text/
 
@@ -46,6 +46,17 @@ class Source:
     # re-implementations of them: verification measures the graphs against these, not our wrappers.
     reference_vision: Callable[[torch.Tensor], torch.Tensor] | None = None
     reference_text: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    # Text rules per family (the manifest's text spec, format 2).
+    dynamic_length: bool = True  # the graph gives the same vector for batch-longest padding
+    padding_side: str = "right"
+    strip_sep_token_id: int | None = None
+    language: str | None = None  # default source language (NLLB) and the codes the tokenizer knows
+    languages: tuple[str, ...] = ()
+    # Name of the graph's attention-mask input when the reference feeds the tokenizer's mask (transformers
+    # SigLIP 2); `tokenize_with_mask` then gives (ids, mask) as the reference tokenizer returns them.
+    attention_mask_input: str | None = None
+    tokenize_with_mask: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # Attention shape, for onnxruntime's transformer optimizer.
     vision_heads: int = 0

@@ -167,3 +167,30 @@ def write_open_clip_tokenizer(out_dir: Path, context_length: int, bpe_path: str 
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+
+
+def write_hf_tokenizer(out_dir: Path, hf_tokenizer, context_length: int) -> None:
+    """Write a transformers fast tokenizer for the runtime: tokenizer.json is the very `tokenizers` pipeline the
+    reference runs (`backend_tokenizer`, with the post-processor transformers configured: start/end tokens,
+    the NLLB source language), padding and truncation left out (the manifest sets them); tokenizer_config.json
+    and special_tokens_map.json come from `save_pretrained`, for other readers."""
+    import shutil
+    import tempfile
+
+    from tokenizers import Tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(out_dir / "tokenizer.json"))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_tokenizer.save_pretrained(tmp)
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(tmp) / name).is_file():
+                shutil.copyfile(Path(tmp) / name, out_dir / name)
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config["model_max_length"] = context_length
+    config_path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")

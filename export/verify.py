@@ -33,6 +33,19 @@ SENTENCES = [
     "Tom &amp; Jerry",
     "diagram of the human retina, labeled",
 ]
+# The tokenizer check adds scripts, emoji and punctuation-only text: token ids must be equal to the reference's.
+TOKENIZER_SENTENCES = SENTENCES + [
+    "Ein Hund läuft über die Straße, ÄÖÜ ß",
+    "собака бежит по снегу",
+    "كلب يركض في الحديقة",
+    "一只猫坐在窗台上。",
+    "고양이가 창가에 앉아 있다",
+    "🐶🐱 dog & cat 🎉",
+    "?!...,;:",
+    "snake_case_words and UPPER lower MiXeD",
+    "  spaces   and\ttabs\nnewlines  ",
+    "naïve café résumé",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def photos() -> list:
 class Reference:
     """Inputs and the torch fp32 outputs for one tower."""
 
-    inputs: list[np.ndarray]  # one or more input batches (text: 77-padded and shortest-padded)
+    inputs: list  # input batches: arrays (one graph input) or {name: array} (text: full and shortest-padded)
     outputs: list[np.ndarray]
 
 
@@ -77,17 +90,54 @@ def vision_reference(source: Source) -> Reference:
 
 
 def text_reference(source: Source) -> Reference:
+    if source.attention_mask_input:
+        ids, mask = source.tokenize_with_mask(SENTENCES)
+        with torch.no_grad():
+            out = (source.reference_text or source.text)(ids.long(), mask.long()).float().numpy()
+        _check_finite(out)
+        return Reference([{"input_ids": ids.long().numpy(), source.attention_mask_input: mask.long().numpy()}], [out])
     ids = source.tokenize(SENTENCES).long()
-    # The texts that fit, cut just after the longest one's end token: proves the graph's dynamic
-    # length gives what the full context_length padding gives.
-    ends = (ids == source.eos_token_id).int().argmax(dim=1)
-    fits = ends < ids.shape[1] - 1
-    short = ids[fits][:, : int(ends[fits].max()) + 1]
     with torch.no_grad():
         out = (source.reference_text or source.text)(ids).float().numpy()
+    _check_finite(out)
+    if not source.dynamic_length or source.padding_side != "right":
+        return Reference([ids.numpy()], [out])
+    # The texts that fit, cut just after the longest one's last real token: proves the graph's dynamic
+    # length gives what the full context_length padding gives.
+    real = ids != source.pad_token_id
+    if source.pad_token_id == source.eos_token_id:  # padded with the end token: real tokens end at the first
+        real = torch.arange(ids.shape[1]) <= (ids == source.eos_token_id).int().argmax(dim=1, keepdim=True)
+    ends = ids.shape[1] - 1 - real.int().flip(1).argmax(dim=1)
+    fits = ends < ids.shape[1] - 1
+    short = ids[fits][:, : int(ends[fits].max()) + 1]
+    return Reference([ids.numpy(), short.numpy()], [out, out[fits.numpy()]])
+
+
+def _check_finite(out: np.ndarray) -> None:
     if not np.all(np.isfinite(out)):
         raise ExportError("the torch text tower produced non-finite values; cannot verify the export")
-    return Reference([ids.numpy(), short.numpy()], [out, out[fits.numpy()]])
+
+
+def tokenizer(folder: Path, source: Source) -> dict:
+    """The runtime's tokenizer (fastclip.text, from the folder just written) against the reference tokenizer:
+    equal token ids on TOKENIZER_SENTENCES, or ExportError naming the first text that differs."""
+    from fastclip import manifest
+    from fastclip.text import TextTokenizer
+
+    spec = manifest.load(folder).text
+    ref = source.tokenize(TOKENIZER_SENTENCES).long().numpy()
+    got, mask = TextTokenizer(folder / spec.tokenizer, spec).encode_batch_with_mask(TOKENIZER_SENTENCES)
+    width = got.shape[1]
+    pad = np.full((len(got), ref.shape[1] - width), spec.pad_token_id, dtype=np.int64)
+    full = np.concatenate([got, pad] if spec.padding_side == "right" else [pad, got], axis=1)
+    for i, (a, b) in enumerate(zip(full, ref)):
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ExportError(
+                f"the exported tokenizer does not reproduce the reference on text #{i} {TOKENIZER_SENTENCES[i]!r}: "
+                f"fastclip {a.tolist()[:24]}..., reference {b.tolist()[:24]}...; fastclip cannot tokenize this "
+                "model exactly"
+            )
+    return {"texts": len(ref)}
 
 
 def session(path: Path, disabled_optimizers: tuple[str, ...] = ()):
@@ -104,7 +154,7 @@ def measure(path: Path, ref: Reference, disabled_optimizers: tuple[str, ...] = (
     name = sess.get_inputs()[0].name
     cosines, diffs, norms = [], [], []
     for x, want in zip(ref.inputs, ref.outputs):
-        got = sess.run(None, {name: x})[0].astype(np.float64)
+        got = sess.run(None, x if isinstance(x, dict) else {name: x})[0].astype(np.float64)
         want = want.astype(np.float64)
         if got.shape != want.shape:
             raise ExportError(f"{path.name}: output shape {got.shape} differs from torch {want.shape}")

@@ -465,6 +465,9 @@ class TextEmbedding(_TowerModel):
     Same vectors; the second session is opened on the first large job and costs the model's size
     in memory again (~250 MB for ViT-B/32). Short jobs keep the multi-threaded session and its latency.
     The same as tuning=Tuning(concurrent_runs=...), which it overrides.
+    language: the source language of the texts, for towers that take one (NLLB: a FLORES-200 code such as
+    "fra_Latn"; the manifest lists the codes and the default, "eng_Latn" as open_clip's tokenizer has it).
+    ValueError for a model that takes none or a code it does not know.
     Other options: see _TowerModel.
     """
 
@@ -484,6 +487,7 @@ class TextEmbedding(_TowerModel):
         *,
         concurrent_runs: int | None = None,
         tuning: Tuning | None = None,
+        language: str | None = None,
         **options: Any,
     ):
         tuning = tuning if tuning is not None else Tuning()
@@ -493,7 +497,9 @@ class TextEmbedding(_TowerModel):
             tuning = replace(tuning, concurrent_runs=max(1, int(options.get("threads") or available_cores())))
         self.concurrent_runs = tuning.concurrent_runs
         super().__init__(model_name, tuning=tuning, **options)
-        self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec)
+        self._tokenizer = TextTokenizer(self.folder / self.spec.tokenizer, self.spec, language=language)
+        self.language = self._tokenizer.language
+        self._worker_options["language"] = language
         self._bulk: tuple[LoadedTower, ThreadPoolExecutor] | None = None
         self._bulk_lock = threading.Lock()
 
@@ -622,7 +628,7 @@ class TextEmbedding(_TowerModel):
         # Small runs pay on CPU; a GPU wants the whole batch in one run.
         rows = batch_size if self.device == "cuda" else min(batch_size, self.tuning.text_run_rows)
         if self._bucketing() and len(texts) > rows:
-            return self._run_sorted(self._feeds(texts, 0, truncate), rows, normalize)
+            return self._run_sorted(self._feeds_and_lengths(texts, 0, truncate), rows, normalize)
         if len(texts) <= batch_size:
             return _run(self._tower, self.spec, self._feeds(texts, 0, truncate), normalize)
         return np.concatenate([
@@ -634,23 +640,31 @@ class TextEmbedding(_TowerModel):
         return self.spec.dynamic_length and self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
-        if self.spec.attention_mask_input:
-            ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
-            return {self.spec.input_name: ids, self.spec.attention_mask_input: mask}
-        return {self.spec.input_name: self._tokenizer.encode_batch(chunk, start_index=start, truncate=truncate)}
+        return self._feeds_and_lengths(chunk, start, truncate)[0]
 
-    def _run_sorted(self, feeds: dict[str, np.ndarray], rows: int, normalize: bool) -> np.ndarray:
-        ids = feeds[self.spec.input_name]
+    def _feeds_and_lengths(self, chunk: list, start: int, truncate: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(graph inputs, real tokens per text). The lengths come from the tokenizer's attention mask, not from
+        the first end token: a masked-mean tower (XLM-R, mT5) reads every real token, and a text may
+        spell an end token inside itself."""
+        ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
+        feeds = {self.spec.input_name: ids}
         if self.spec.attention_mask_input:
-            lengths = feeds[self.spec.attention_mask_input].sum(axis=1)
-        else:  # real tokens run up to and including the first end token
-            lengths = np.argmax(ids == self.spec.eos_token_id, axis=1) + 1
+            feeds[self.spec.attention_mask_input] = mask
+        return feeds, mask.sum(axis=1)
+
+    def _run_sorted(self, feeds_lengths: tuple[dict[str, np.ndarray], np.ndarray], rows: int,
+                    normalize: bool) -> np.ndarray:
+        feeds, lengths = feeds_lengths
+        ids = feeds[self.spec.input_name]
         order = np.argsort(lengths, kind="stable")
         runs = [order[b : b + rows] for b in range(0, len(ids), rows)]
+        # Padding on the left (padding_side="left") puts the real tokens last: keep the last `width` columns.
+        left = self.spec.padding_side == "left"
 
         def run(picked: np.ndarray, tower: LoadedTower = self._tower) -> np.ndarray:
             width = max(int(lengths[picked].max()), 1)
-            return _run(tower, self.spec, {k: v[picked, :width] for k, v in feeds.items()}, normalize)
+            cols = slice(ids.shape[1] - width, None) if left else slice(0, width)
+            return _run(tower, self.spec, {k: v[picked, cols] for k, v in feeds.items()}, normalize)
 
         bulk = self._bulk_runner() if len(runs) >= self._bulk_min_runs else None
         if bulk is None:
@@ -721,12 +735,14 @@ class CLIP:
         fast: bool | str = False,
         workers: int | None = None,
         concurrent_runs: int | None = None,
+        language: str | None = None,
         **common: Any,
     ):
         self.images = ImageEmbedding(
             model_name or DEFAULT_VISION_REPO, exif_transpose=exif_transpose, fast=fast, workers=workers, **common
         )
-        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, **common)
+        self.texts = TextEmbedding(model_name or DEFAULT_TEXT_REPO, concurrent_runs=concurrent_runs, language=language,
+                                   **common)
         if self.images.dim != self.texts.dim:
             raise ModelError(
                 f"vision tower gives {self.images.dim}-d vectors, text tower {self.texts.dim}-d: not one CLIP model"

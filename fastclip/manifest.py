@@ -24,16 +24,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import ModelError
+from .families.text import CLEANERS, PADDING_SIDES
 
 MANIFEST_NAME = "fastclip.json"
-FORMAT_VERSION = 1
+# 2: the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
+# languages (fields an older runtime would ignore and so get different token ids).
+FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# Text cleaning applied before the tokenizer.json pipeline:
-#   "open_clip": ftfy.fix_text, html.unescape twice, strip, collapse whitespace (open_clip's
-#                SimpleTokenizer does this; tokenizer.json alone does not).
-#   "none":      nothing; transformers' fast CLIP tokenizer is the reference.
-CLEANINGS = ("open_clip", "none")
+# Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
+# ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
+CLEANINGS = tuple(CLEANERS)
 
 # Bounds on what a manifest may ask for. Image sizes of published CLIP-family models run 224-448 (a few
 # at 512-1024); 4096 px is 200 MB per preprocessed image, past any sensible use. Context lengths run 64-
@@ -144,8 +145,16 @@ class TextSpec(Tower):
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     pad_token_id: int = 0
-    pooling: str = "eos"  # "eos": first end-of-text token; "argmax": highest token id (open_clip)
+    pooling: str = "eos"  # "eos": first end-of-text token; "argmax": highest token id (open_clip); "last",
+    # "first", "mean": informative, the graph pools
     attention_mask_input: str | None = None  # name of the mask input when the graph takes one
+    padding_side: str = "right"  # the reference tokenizer's padding_side
+    # open_clip's strip_sep_token (CLIPA's BERT tokenizer): this id becomes 0 after tokenizing.
+    strip_sep_token_id: int | None = None
+    # Source-language towers (NLLB): the language codes the tokenizer knows and the one used when none is
+    # given. The tokenizer.json post-processor names `language`; another code from `languages` takes its place.
+    language: str | None = None
+    languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0, MAX_TOKEN_ID),
                 pooling=t.get("pooling", "eos"),
                 attention_mask_input=t.get("attention_mask_input"),
+                **_text_family(t, origin),
             )
         if vision is None and text is None:
             raise ModelError(f"{origin}: neither a vision nor a text tower is described")
@@ -261,6 +271,26 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelError(f"{origin}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _text_family(t: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The format-2 text fields: padding side, sep stripping, languages."""
+    side = t.get("padding_side", "right")
+    if side not in PADDING_SIDES:
+        raise ModelError(f"{origin}: text.padding_side must be one of {PADDING_SIDES}, got {side!r}")
+    strip = t.get("strip_sep_token_id")
+    languages = t.get("languages", [])
+    if not isinstance(languages, (list, tuple)) or not all(isinstance(x, str) and x for x in languages):
+        raise ModelError(f"{origin}: text.languages must be a list of language codes, got {languages!r}")
+    language = t.get("language")
+    if (language is None) != (not languages) or (language is not None and language not in languages):
+        raise ModelError(f"{origin}: text.language {language!r} must be one of text.languages (both or neither given)")
+    return dict(
+        padding_side=side,
+        strip_sep_token_id=None if strip is None else _int(strip, "text.strip_sep_token_id", origin, 0, MAX_TOKEN_ID),
+        language=language,
+        languages=tuple(languages),
+    )
 
 
 def _finite(value: Any, what: str, origin: str) -> float:

@@ -292,8 +292,11 @@ def open_tower(
             # The fp16 tower was picked for a GPU we did not get; fp32 is the right CPU variant.
             for h in held:
                 h.close()
-            return open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32", verify=verify,
-                               allow_spinning=allow_spinning, announce=announce)
+            fallback = open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32",
+                                  verify=verify, allow_spinning=allow_spinning, announce=False)
+            if announce:  # the line says why it runs on CPU, not "as requested"
+                _announce(f"fastclip: {name} tower on CPU ({why}), fp32")
+            return fallback
     if announce:
         _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
     return LoadedTower(session=session, precision=chosen, device=device, path=path, folder=folder, tower=tower,

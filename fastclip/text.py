@@ -9,11 +9,19 @@ Two references, chosen by the manifest's `text.cleaning`:
   it would re-apply NFC (html.unescape can produce decomposed text that open_clip leaves as is) and a
   per-character lowercase (Python's lower() handles e.g. a final sigma in context; Rust's per-char one
   does not). The split and BPE of a file written by `fastclip_export.tokenizer_files` are open_clip's.
-* "none": the text goes to tokenizer.json untouched, as transformers' CLIPTokenizer(Fast) feeds it.
+* "lower", "whitespace", "canonicalize": open_clip's HFTokenizer (SigLIP, SigLIP 2, XLM-R, mT5, NLLB, BERT,
+  xlm-v) cleans with that clean function (fastclip.families.text.CLEANERS) and then runs the transformers
+  fast tokenizer, whose own tokenizer.json (normalizer, pre-tokenizer, model, post-processor) the export
+  copied: it stays on as written.
+* "none": the text goes to tokenizer.json untouched, as transformers' tokenizers feed it.
+
+The manifest's family rules follow: padding to the batch's longest text (`dynamic_length`) or to the full
+context, on the tokenizer's `padding_side`; open_clip's `strip_sep_token` (the separator id becomes 0, CLIPA);
+and for NLLB the source-language token of the post-processor's template, switched by `language=`.
 
 Truncation keeps the end token last, as both references do: open_clip cuts ``[sot] + ids + [eot]`` to
 `context_length` and writes `eot` into the last slot; transformers (tokenizers' truncation) keeps
-``context_length - 2`` content tokens between the special tokens. These are the same sequence.
+``context_length`` minus the template's special tokens between them. These are the same sequence.
 
 Bounded cost. Only the first ``context_length - 2`` tokens are kept, so a truncated text is tokenized
 from a prefix ("head") of about `HEAD_CHARS` non-blank characters, cut at ASCII whitespace, and grown
@@ -21,7 +29,10 @@ from a prefix ("head") of about `HEAD_CHARS` non-blank characters, cut at ASCII 
 token never spans ASCII whitespace: the CLIP pre-tokenizer regex matches no whitespace, the
 normalizers (NFC, whitespace collapse, lowercase) and open_clip's cleaning (ftfy per line,
 html.unescape whose entity names stop at whitespace, whitespace collapse, str.lower whose final sigma
-looks only at the next character, here whitespace or the end) act within whitespace-separated words.
+looks only at the next character, here whitespace or the end) act within whitespace-separated words;
+for other tokenizers the same holds when no token of the vocabulary joins two words (a "▁", "Ġ" or space after
+another character: SentencePiece and byte-level vocabularies trained word by word), checked at load
+(`_word_local`); a tokenizer that fails the check reads heads of up to 256 K characters instead.
 So the head's tokens are the first tokens of the whole text, and once the head overflows the context
 the truncated ids are the whole text's. Whitespace runs longer than `_FLOOD` characters are shortened
 (they only separate words; a run that holds newlines keeps one, for ftfy's per-line processing).
@@ -34,7 +45,7 @@ deletes) stop the growth there. Measured: 10 MB text 6.2 s / 1.25 GB before, now
 
 from __future__ import annotations
 
-import html
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +54,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import ModelError, TextError, first_line
+from .families.text import _PLAIN_ASCII, CLEANERS  # noqa: F401 - _PLAIN_ASCII: tests check the fast path
 from .manifest import TextSpec
 
 __all__ = ["TextTokenizer", "open_clip_clean", "HEAD_CHARS"]
@@ -93,23 +105,8 @@ def text_head(text: str, budget: int) -> tuple[str, bool]:
     return "".join(pieces), _WORD.search(text, previous) is None
 
 
-# Printable ASCII and tab/newline/return, without "&": ftfy.fix_text and html.unescape return such text
-# unchanged (no mojibake, entity, control or width fix applies), so it skips them. ftfy alone costs
-# ~30-60 us per short text, more than the rest of tokenizing one query (single-item latency, issue 13).
-_PLAIN_ASCII = re.compile(r"[\t\n\r -%'-~]*")
-
-
-def open_clip_clean(text: str) -> str:
-    """open_clip.tokenizer._clean_lower: whitespace_clean(basic_clean(text)).lower()."""
-    if _PLAIN_ASCII.fullmatch(text):
-        return " ".join(text.split()).lower()
-    import ftfy  # imported on first use: only open_clip-exported models need it
-
-    text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text))
-    text = text.strip()
-    text = " ".join(text.split())
-    return text.strip().lower()
+# The open_clip cleaning functions live in fastclip.families.text (one table, keyed by the manifest's cleaning).
+open_clip_clean = CLEANERS["open_clip"].clean
 
 
 class TextTokenizer:
@@ -119,37 +116,54 @@ class TextTokenizer:
     else `spec.context_length`.
     """
 
-    def __init__(self, tokenizer_json: str | Path, spec: TextSpec):
+    def __init__(self, tokenizer_json: str | Path, spec: TextSpec, language: str | None = None):
         self.spec = spec
         self.context_length = spec.context_length
         path = Path(tokenizer_json)
+        self._path = path
         try:
-            self._json = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
+            # Parsed here only where the file itself decides something (CLIP's own file needs no look: ~0.1 s
+            # saved per load on its 49 K tokens; xlm-v's 900 K-token file takes ~1 s to parse and scan).
+            data = json.loads(text) if spec.cleaning != "open_clip" or spec.languages else {}
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {first_line(exc)})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: cannot load tokenizer (a tokenizer.json is a JSON object)")
+        self.language = check_language(spec, language, str(path))
+        if self.language != spec.language:
+            text = json.dumps(_with_language(data, spec.language, self.language, path))
+        self._json = text
+        try:
             tok = Tokenizer.from_str(self._json)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as exc:  # noqa: BLE001 - OSError, UnicodeDecodeError, tokenizers' Exception or panic
+        except BaseException as exc:  # noqa: BLE001 - tokenizers' Exception or panic
             first = first_line(exc)
             raise ModelError(f"{path}: cannot load tokenizer ({type(exc).__name__}: {first})") from None
         vocab = tok.get_vocab_size(with_added_tokens=True)
-        for what in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if not 0 <= getattr(spec, what) < vocab:
-                raise ModelError(f"{path}: the manifest's {what} {getattr(spec, what)} is outside the tokenizer's "
+        for what in ("bos_token_id", "eos_token_id", "pad_token_id", "strip_sep_token_id"):
+            value = getattr(spec, what)
+            if value is not None and not 0 <= value < vocab:
+                raise ModelError(f"{path}: the manifest's {what} {value} is outside the tokenizer's "
                                  f"vocabulary of {vocab} tokens")
-        self._clean = open_clip_clean if spec.cleaning == "open_clip" else None
-        if self._clean is not None:
+        cleaner = CLEANERS[spec.cleaning]
+        self._clean = cleaner.clean
+        self._keep_normalizer = cleaner.keep_normalizer
+        if not cleaner.keep_normalizer:
             tok.normalizer = None  # see module doc: Python already did all of open_clip's cleaning
+        # Heads are exact only when no token can span ASCII whitespace (module doc); others read more.
+        self._word_local = spec.cleaning == "open_clip" or _word_local(data)
         tok.no_padding()
         tok.enable_truncation(max_length=spec.context_length, stride=0, strategy="longest_first", direction="right")
         pad_token = tok.id_to_token(spec.pad_token_id) or ""
         tok.enable_padding(
-            direction="right",
+            direction=spec.padding_side,
             pad_id=spec.pad_token_id,
             pad_token=pad_token,
             length=None if spec.dynamic_length else spec.context_length,
         )
         self._tok = tok
-        self._path = path
         self._counter: Tokenizer | None = None  # untruncated twin, built when a too-long text is reported
         # A tokenizer.json can parse and still fail on the first text: found by fuzzing, a Replace
         # normalizer with an empty regex makes `tokenizers` panic inside encode. Try one text at load.
@@ -187,14 +201,14 @@ class TextTokenizer:
                 raise TypeError(f"text #{start_index + i}: expected str, got {type(t).__module__}.{type(t).__qualname__}")
         if not texts:
             return []
-        budget = HEAD_CHARS_PER_TOKEN * self.context_length
+        budget = HEAD_CHARS_PER_TOKEN * self.context_length if self._word_local else _MAX_HEAD * 4
         prepared = [self._prepare(t, start_index + i, budget) for i, t in enumerate(texts)]
         heads = [head for head, _ in prepared]
         encodings = self._run(self._tok.encode_batch, heads, add_special_tokens=True)
         for i, enc in enumerate(encodings):
             complete, grown = prepared[i][1], budget
             # Too few tokens from an incomplete head: the rest of the text may hold more. Grow it.
-            while not complete and not enc.overflowing and grown < _MAX_HEAD:
+            while self._word_local and not complete and not enc.overflowing and grown < _MAX_HEAD:
                 grown = min(4 * grown, _MAX_HEAD)
                 heads[i], complete = self._prepare(texts[i], start_index + i, grown)
                 enc = encodings[i] = self._run(self._tok.encode, heads[i], add_special_tokens=True)
@@ -212,11 +226,7 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str], *, start_index: int = 0, truncate: bool = True) -> np.ndarray:
         """int64 (B, L) ids. `start_index` offsets the indices named in errors (position in the stream)."""
-        encodings = self._encode(texts, start_index, truncate)
-        if not encodings:
-            width = 0 if self.spec.dynamic_length else self.context_length
-            return np.zeros((0, width), dtype=np.int64)
-        return np.array([e.ids for e in encodings], dtype=np.int64)
+        return self.encode_batch_with_mask(texts, start_index=start_index, truncate=truncate)[0]
 
     def encode_batch_with_mask(
         self, texts: Sequence[str], *, start_index: int = 0, truncate: bool = True
@@ -232,6 +242,10 @@ class TextTokenizer:
             return empty, empty.copy()
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if self.spec.strip_sep_token_id is not None:
+            # open_clip's strip_sep_token: the separator becomes id 0; the mask keeps it (open_clip's towers
+            # derive their own from the ids, and bucketing only needs where the real tokens end).
+            ids[ids == self.spec.strip_sep_token_id] = 0
         return ids, mask
 
     def count_tokens(self, text: str) -> int:
@@ -246,7 +260,7 @@ class TextTokenizer:
     def _count(self, prepared: str) -> int:
         if self._counter is None:
             counter = self._run(Tokenizer.from_str, self._json)
-            if self._clean is not None:
+            if not self._keep_normalizer:
                 counter.normalizer = None
             counter.no_truncation()
             counter.no_padding()
@@ -273,3 +287,79 @@ def _check_unicode(text: str, index: int) -> None:
             "(typically bytes decoded with errors='surrogateescape'); fix the text, e.g. "
             "text.encode('utf-8', 'replace').decode('utf-8'), or decode its source with errors='replace'",
         ) from None
+
+
+def check_language(spec: TextSpec, language: str | None, where: str) -> str | None:
+    """The source language to tokenize with: `language`, else the manifest's default; ValueError when
+    the model takes none or does not know it."""
+    if language is None:
+        return spec.language
+    if not spec.languages:
+        raise ValueError(f"{where}: language={language!r} given, but this model's tokenizer takes no source language")
+    if language not in spec.languages:
+        import difflib
+
+        close = difflib.get_close_matches(language, spec.languages, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else f"; e.g. {', '.join(spec.languages[:5])}"
+        raise ValueError(f"{where}: unknown language {language!r} ({len(spec.languages)} codes known{hint})")
+    return language
+
+
+def _with_language(data: dict, default: str | None, chosen: str, path: Path) -> dict:
+    """tokenizer.json `data` with the post-processor's special token `default` replaced by `chosen`: the
+    way transformers' NLLB tokenizer re-templates itself in `set_src_lang_special_tokens`."""
+    added = {t.get("content"): t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    chosen_id = added.get(chosen, vocab.get(chosen) if isinstance(vocab, dict) else None)
+    if not isinstance(chosen_id, int):
+        raise ModelError(f"{path}: language {chosen!r} is listed in the manifest but not a token of the tokenizer")
+    found = False
+
+    def template(proc) -> None:
+        nonlocal found
+        if not isinstance(proc, dict):
+            return
+        if proc.get("type") == "Sequence":
+            for inner in proc.get("processors") or []:
+                template(inner)
+            return
+        if proc.get("type") != "TemplateProcessing" or not isinstance(proc.get("special_tokens"), dict) \
+                or default not in proc["special_tokens"]:
+            return
+        found = True
+        for side in ("single", "pair"):
+            for piece in proc.get(side) or []:
+                special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+                if isinstance(special, dict) and special.get("id") == default:
+                    special["id"] = chosen
+        specials = proc["special_tokens"]
+        del specials[default]
+        specials[chosen] = {"id": chosen, "ids": [int(chosen_id)], "tokens": [chosen]}
+
+    data = json.loads(json.dumps(data))
+    if isinstance(data.get("post_processor"), dict):
+        template(data["post_processor"])
+    if not found:
+        raise ModelError(f"{path}: the tokenizer's post-processor does not place the language token "
+                         f"{default!r}; cannot switch it to {chosen!r}")
+    return data
+
+
+# A token that holds a whitespace marker after another character joins two words: "▁" (SentencePiece),
+# "Ġ" (byte-level BPE), " " (raw).
+_SPANS_WORDS = re.compile("[^ \u2581\u0120][ \u2581\u0120]")
+
+
+def _word_local(data: dict) -> bool:
+    """True when no token of the tokenizer's model spans two whitespace-separated words, so that a text's
+    first tokens only depend on its first words (module doc)."""
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):
+        pieces = vocab.keys()
+    elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        pieces = (p[0] for p in vocab if isinstance(p, list) and p and isinstance(p[0], str))
+    else:
+        return False
+    return not any(_SPANS_WORDS.search(p) for p in pieces if isinstance(p, str))

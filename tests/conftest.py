@@ -99,3 +99,13 @@ def tiny_openclip_export(tiny_openclip_config, tmp_path_factory) -> Path:
 
     return export_model(f"open_clip:{TINY_OPEN_CLIP_NAME}", tmp_path_factory.mktemp("tiny-openclip-export") / "model",
                         pretrained="none", log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_variants_export(tiny_openclip_config, tmp_path_factory) -> Path:
+    """The tiny open_clip model exported in fp32, fp16 and int8, every file with external data: the
+    folder the precision tests load (int8 present, so "never picked unless asked" can fail)."""
+    from fastclip_export.api import export_model
+
+    return export_model(f"open_clip:{tiny_openclip_config}", tmp_path_factory.mktemp("tiny-variants") / "model",
+                        pretrained="none", precisions=["fp32", "fp16", "int8"], external_data=True, log=lambda _: None)

@@ -22,7 +22,7 @@ import pytest
 from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError
 from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
 from fastclip.bulk.pool import split_threads
-from photos import SENTENCES, write_photos
+from photos import SENTENCES, photo_array, write_photos
 
 
 _SHARED_POOL: set[int] = set()
@@ -230,3 +230,62 @@ def test_a_guarded_script_runs_under_spawn_and_ctrl_c_ends_its_workers(tiny_open
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == []
 
+
+
+def test_at_most_depth_batches_per_worker_are_read_ahead(image_pool):
+    """README: at most 2 batches per worker are in flight or waiting, whatever the input length - an
+    endless input is pulled only that far ahead of what was consumed."""
+    _, pool = image_pool
+    assert pool.depth == 2
+    image = photo_array("coffee")
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            if i > 500:  # an unbounded read-ahead fails here instead of hanging
+                raise RuntimeError("the pool read 500 inputs ahead")
+            yield image
+
+    batch = 4
+    stream = pool.embed(endless(), batch_size=batch)
+    bound = pool.processes * pool.depth * batch
+    for consumed in range(1, 4 * batch + 2):
+        next(stream)
+        # the batch being handed out, plus processes x depth batches sent or waiting
+        assert len(pulled) <= -(-consumed // batch) * batch + bound, (consumed, len(pulled))
+    assert len(pulled) >= bound  # it does read ahead, up to the bound
+    stream.close()
+
+
+PARENT = """
+import sys, time
+from fastclip import TextEmbedding
+from fastclip.bulk import EmbeddingPool
+
+if __name__ == "__main__":
+    pool = EmbeddingPool(TextEmbedding(sys.argv[1], lazy_load=True), 2)
+    list(pool.embed(["a dog", "a cat"]))
+    print(" ".join(str(pid) for pid in pool.pids), flush=True)
+    time.sleep(300)
+"""
+
+
+def test_workers_exit_when_their_parent_is_killed(tiny_openclip_export, tmp_path):
+    """kill -9 of the parent (no cleanup runs there): each worker sees its pipe close and exits."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_openclip_export)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else pids
+        workers = [psutil.Process(pid) for pid in pids]
+        assert all(w.is_running() for w in workers)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, alive = psutil.wait_procs(workers, timeout=20)  # hang guard; they exit within a second here
+    assert alive == [], [w.pid for w in alive]

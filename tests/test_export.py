@@ -16,7 +16,7 @@ from fastclip import manifest
 from fastclip.errors import ExportError
 from fastclip_export import api, verify
 
-from photos import SENTENCES, cosines, photo_array
+from photos import SENTENCES, assert_parity, cosines, photo_array
 
 
 def _session(path, disabled=()):
@@ -54,13 +54,19 @@ def test_tiny_open_clip_export(tiny_openclip_export, tiny_openclip_model):
     # The exported weights are the fixture's reference model, and the features are not degenerate.
     import torch
 
-    model, _, tokenizer = tiny_openclip_model
+    from PIL import Image
+
+    model, preprocess, tokenizer = tiny_openclip_model
     ids = tokenizer(SENTENCES[:4])
+    pixels = torch.stack([preprocess(Image.fromarray(photo_array(n))) for n in ("astronaut", "chelsea", "rocket")])
     with torch.no_grad():
         want = model.encode_text(ids).numpy()
+        want_img = model.encode_image(pixels).numpy()
     got = _session(tiny_openclip_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
+    got_img = _session(tiny_openclip_export / "vision" / "model.onnx").run(None, {"pixel_values": pixels.numpy()})[0]
     assert np.linalg.norm(want, axis=1).min() > 0.1
-    np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
+    assert_parity(got, want, "text graph")
+    assert_parity(got_img, want_img, "vision graph")
     assert np.isclose(m.logit_scale, float(model.logit_scale.detach().exp()))
 
 
@@ -81,7 +87,7 @@ def test_tiny_hf_export(tiny_hf_export, tiny_hf_checkpoint):
         want = model.get_text_features(input_ids=ids).pooler_output.numpy()
     got = _session(tiny_hf_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
     assert got.shape == (4, 32) and np.linalg.norm(want, axis=1).min() > 0.1
-    np.testing.assert_allclose(got, want, atol=1e-4 * np.linalg.norm(want, axis=1).max())
+    assert_parity(got, want, "hf text graph")
 
 
 def _check_pooled_row_only(wrapper, reference, last_mlp, width, inputs):
@@ -187,9 +193,8 @@ def test_dynamic_text_length(which, request):
     assert sess.get_inputs()[0].shape[1] == "sequence" and sess.get_inputs()[0].shape[0] == "batch"
 
 
-def test_variants_and_forced_external_data(tiny_openclip_config, tmp_path):
-    out = api.export_model(f"open_clip:{tiny_openclip_config}", tmp_path / "m", pretrained="none",
-                           precisions=["fp32", "fp16", "int8"], external_data=True, log=lambda _: None)
+def test_variants_and_forced_external_data(tiny_variants_export):
+    out = tiny_variants_export  # exported with precisions fp32, fp16, int8 and external_data=True
     m = _check_folder(out, ("fp32", "fp16", "int8"))
     raw = json.loads((out / "fastclip.json").read_text())
     for tower in (m.vision, m.text):
@@ -222,14 +227,66 @@ def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def _swap_gelu(module) -> int:
+    """Replace every nn.GELU under `module` by open_clip's QuickGELU (x * sigmoid(1.702 x)), in place;
+    returns how many."""
+    import torch
+
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    quick_gelu = import_open_clip().transformer.QuickGELU
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.GELU):
+                setattr(parent, name, quick_gelu())
+                swapped += 1
+    return swapped
+
+
+def test_measure_catches_a_real_mismatch(tiny_openclip_export, tiny_openclip_model):
+    """The export's guard, on a real difference: the graph against torch outputs of the same weights with
+    QuickGELU in place of GELU (min cosine stays ~0.999995 on this tiny tower; the max-abs bound refuses it)."""
+    import copy
+
+    import torch
+    from PIL import Image
+
+    model, preprocess, _ = tiny_openclip_model
+    pixels = torch.stack([preprocess(Image.fromarray(photo_array(n))) for n in ("astronaut", "chelsea", "rocket")])
+    wrong = copy.deepcopy(model)
+    assert _swap_gelu(wrong.visual) == 2
+    with torch.no_grad():
+        right_out, wrong_out = model.encode_image(pixels).numpy(), wrong.encode_image(pixels).numpy()
+    path = tiny_openclip_export / "vision" / "model.onnx"
+    good = verify.measure(path, verify.Reference([pixels.numpy()], [right_out]))
+    verify.check("vision", "fp32", good)
+    assert good["samples"] == 3 and 0 < good["max_abs_diff_rel"] < 1e-5  # two computations, not one compared with itself
+    bad = verify.measure(path, verify.Reference([pixels.numpy()], [wrong_out]))
+    assert bad["max_abs_diff_rel"] > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
+    with pytest.raises(ExportError, match="vision fp32 does not match torch"):
+        verify.check("vision", "fp32", bad)
+
+
 def test_failed_verification_leaves_nothing(tiny_openclip_config, tmp_path, monkeypatch):
+    """A real mismatch through the whole export (the torch reference computed with QuickGELU, the traced
+    graph with GELU) fails it and leaves nothing behind."""
+    real_reference = verify.vision_reference
+
+    def quickgelu_reference(source):
+        assert _swap_gelu(source.vision) > 0  # the traced wrapper shares its blocks with the reference
+        return real_reference(source)
+
+    monkeypatch.setattr(verify, "vision_reference", quickgelu_reference)
+    with pytest.raises(ExportError, match="vision fp32 does not match torch"):
+        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(verify, "vision_reference", real_reference)
+
     def broken(path, ref, disabled=()):
         return {"min_cosine": 0.5, "max_abs_diff": 1.0, "max_abs_diff_rel": 0.1, "samples": 8}
 
     monkeypatch.setattr(verify, "measure", broken)
-    with pytest.raises(ExportError, match="does not match torch"):
-        api.export_model("open_clip:fastclip-tiny", tmp_path / "m", pretrained="none", log=lambda _: None)
-    assert list(tmp_path.iterdir()) == []
 
     # An existing folder survives a failed --overwrite untouched.
     (tmp_path / "m").mkdir()
@@ -470,8 +527,9 @@ def test_quickgelu_378px_model_end_to_end(tmp_path):
         gelu_img = model.encode_image(pixels).numpy()
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert cosines(got_img, ref_img).min() >= 0.99999
-    assert cosines(got_txt, ref_txt).min() >= 0.99999
+    assert_parity(got_img, ref_img, "quickgelu image")
+    assert_parity(got_txt, ref_txt, "quickgelu text")
+    assert np.abs(gelu_img - ref_img).max() > 10 * 1e-4 * np.abs(ref_img).max()  # the runtime bound sees GELU
     gelu_rel = np.abs(gelu_img - ref_img).max() / np.linalg.norm(ref_img, axis=1).max()
     assert gelu_rel > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
     assert m.vision.verification["fp32"].max_abs_diff_rel < verify.THRESHOLDS["fp32"].max_abs_rel

@@ -24,6 +24,7 @@ SHARE = [
     ("manifest-truncate", 10**6, 5),
     ("tokenizer-truncate", 120, 1),
     ("tokenizer-mutate", 240, 1),
+    ("texts", 16, 1),  # 3-60 K character texts against open_clip's and transformers' tokenizers
 ]
 
 
@@ -37,5 +38,8 @@ def test_fuzz_share_ends_in_results_or_fastclip_errors(kind, stop, step, tiny_op
     findings = [line for line in lines if "summary" not in line]
     summary = lines[-1]
     assert summary["summary"] == kind and not findings, findings[:5]
+    if kind == "texts":  # exactness cases: every one must give the reference's ids
+        assert summary["ok"] == stop, summary
+        return
     assert summary["ok"] + summary["error"] >= 100  # the share really ran
     assert summary["error"] > 0  # and the hostile cases really were hostile

@@ -134,12 +134,19 @@ def test_fastembed_snippets_run_unchanged_after_swapping_the_import(qdrant_cache
     cpu = TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=False, device_ids=None)
     assert cpu.device == "cpu"
 
-    # Every constructor keyword and embed() argument of fastembed's classes is accepted here, in the same order.
+    # Every constructor keyword of fastembed's classes is a named keyword here (the class's own or the
+    # shared base's: **options only forwards to the base), and an unknown one is a TypeError naming it.
+    from fastclip.embedding import _TowerModel
+
+    base = {n for n, p in inspect.signature(_TowerModel.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
     for ours, theirs in ((ImageEmbedding, fastembed.ImageEmbedding), (TextEmbedding, fastembed.TextEmbedding)):
-        mine = inspect.signature(ours.__init__).parameters
+        mine = {n for n, p in inspect.signature(ours.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY} | base
+        mine.add("model_name")
         for name, p in inspect.signature(theirs.__init__).parameters.items():
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self":
-                assert name in mine or any(q.kind == q.VAR_KEYWORD for q in mine.values()), name
+                assert name in mine, name
+        with pytest.raises(TypeError, match="cache_dirr"):
+            ours("Qdrant/clip-ViT-B-32-text", cache_dirr=str(qdrant_cache))
         theirs_embed = list(inspect.signature(theirs.embed).parameters)[1:4]
         mine_embed = list(inspect.signature(ours.embed).parameters)[1:4]
         assert theirs_embed[1:] == mine_embed[1:] == ["batch_size", "parallel"]
@@ -252,4 +259,46 @@ def test_hub_snapshot_made_of_symlinks_into_blobs_loads(tiny_openclip_export, tm
     got = next(ImageEmbedding(snapshot, verify=True).embed([image]))
     want = next(ImageEmbedding(tiny_openclip_export).embed([image]))
     np.testing.assert_allclose(got, want, atol=1e-6)
-    assert np.isfinite(next(TextEmbedding(snapshot).embed(["a dog"]))).all()
+    texts = ["a dog", SENTENCES[3]]
+    np.testing.assert_allclose(np.stack(list(TextEmbedding(snapshot, verify=True).embed(texts))),
+                               np.stack(list(TextEmbedding(tiny_openclip_export).embed(texts))), rtol=0, atol=1e-6)
+
+
+def test_specific_model_path_loads_that_folder_without_the_hub(tiny_hf_export, tmp_path, monkeypatch):
+    """fastembed's keyword: the repo name stays the model's name, the files come from the folder given
+    (an empty cache and no network: resolving the name would fail)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = photo_array("rocket")
+    model = ImageEmbedding(DEFAULT_VISION_REPO, specific_model_path=str(tiny_hf_export / "vision"),
+                           cache_dir=str(tmp_path / "empty-cache"), local_files_only=True)
+    assert model.model_name == DEFAULT_VISION_REPO and model.folder == tiny_hf_export / "vision"
+    np.testing.assert_array_equal(next(model.embed([image])), next(ImageEmbedding(tiny_hf_export / "vision").embed([image])))
+    text = TextEmbedding(DEFAULT_TEXT_REPO, specific_model_path=tiny_hf_export / "text", cache_dir=str(tmp_path / "empty-cache"))
+    np.testing.assert_allclose(np.stack(list(text.embed(SENTENCES[:3]))),
+                               np.stack(list(TextEmbedding(tiny_hf_export).embed(SENTENCES[:3]))), rtol=0, atol=1e-6)
+    with pytest.raises(ModelError, match="not in the hub cache"):  # the same name without it: no files
+        ImageEmbedding(DEFAULT_VISION_REPO, cache_dir=str(tmp_path / "empty-cache"), local_files_only=True)
+
+
+def test_revision_picks_the_snapshot(tiny_hf_export, tiny_openclip_export, tmp_path, monkeypatch):
+    """revision= reaches huggingface_hub: a branch name or a commit hash selects that snapshot's files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    repo_id = "someone/towers"
+    seed_hub_cache(cache, repo_id, tiny_hf_export / "vision")  # main
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / other).mkdir()
+    for f in (tiny_openclip_export / "vision").iterdir():
+        shutil.copy(f, repo / "snapshots" / other / f.name)
+    (repo / "refs" / "v2").write_text(other)
+    image = photo_array("chelsea")
+    want = {SNAPSHOT: next(ImageEmbedding(tiny_hf_export / "vision").embed([image])),
+            other: next(ImageEmbedding(tiny_openclip_export / "vision").embed([image]))}
+    assert abs(float(want[SNAPSHOT] @ want[other])) < 0.99  # two different towers
+    for revision, snapshot in ((None, SNAPSHOT), ("main", SNAPSHOT), ("v2", other), (other, other)):
+        model = ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision=revision)
+        assert model.folder.name == snapshot, revision
+        np.testing.assert_array_equal(next(model.embed([image])), want[snapshot])
+    with pytest.raises(ModelError, match="not in the hub cache"):
+        ImageEmbedding(repo_id, cache_dir=cache, local_files_only=True, revision="v3")

@@ -275,3 +275,41 @@ def test_search_prints_names_that_are_not_utf8_or_hold_newlines():
     name = b"photos/caf\xe9.jpg".decode("utf-8", "surrogateescape")  # as fastclip.sinks carries it
     assert _printable(name) == "photos/caf\\xe9.jpg"
     assert _printable("two\nlines") == "two\\nlines" and _printable("plain é") == "plain é"
+
+
+def test_search_page_escapes_file_names_and_queries(tmp_path):
+    """Names and queries are data, never markup: a file name or query holding HTML stays text on the page."""
+    from fastclip.cli.search import write_html
+
+    hostile = ['a"><script>alert(1).jpg', "b' onerror='alert(2).jpg", "c&amp;<img src=x>.jpg"]
+    results = []
+    for i, name in enumerate(hostile):
+        Image.fromarray(photo_array("coffee")).save(tmp_path / name)
+        results.append((str(tmp_path / name), 0.9 - i / 10))
+    query = '</span><script>alert("q")</script> & <b>bold</b>'
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.text, self.alts = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.alts += [v for k, v in attrs if k == "alt"]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    for query_kind, q, kind, items in (("text", query, "image", results),
+                                       ("text", query, "text", [(query, 1.0), (hostile[0], 0.5)])):
+        page = tmp_path / f"{kind}.html"
+        write_html(page, query_kind, q, kind, items, "<source>.npy", {"rows": 3, "model": "<m>", "precision": "fp32"})
+        parsed = Page()
+        parsed.feed(page.read_text(encoding="utf-8"))
+        assert "script" not in parsed.tags and "b" not in parsed.tags, parsed.tags
+        text = "".join(parsed.text)
+        assert query in text and "<source>.npy" in text and "(model <m>" in text
+        for item, _ in items:
+            assert item in text  # shown literally, exactly as named
+        if kind == "image":
+            assert parsed.tags.count("img") == len(items) and parsed.alts == [item for item, _ in items]

@@ -11,8 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fastclip import ModelError, TextEmbedding
-from fastclip.session import CPU, CUDA, cuda_device_count, default_providers
+import fastclip.session as session_mod
+from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
+from fastclip.model import load_manifest
+from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision
+from photos import SENTENCES, cosines, write_photos
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -29,6 +32,57 @@ def test_default_providers_match_what_the_driver_reports():
         assert providers == [CPU] and why and why in reason
     else:
         assert providers[0] == CUDA
+
+
+class _FakeLibcuda:
+    """libcuda's two calls the probe makes, answering as a driver in the given state would."""
+
+    def __init__(self, init_status: int, count: int | None):
+        self.init_status, self.count = init_status, count
+
+    def cuInit(self, flags):  # noqa: N802 - the driver's name
+        return self.init_status
+
+    def cuDeviceGetCount(self, ref):  # noqa: N802
+        if self.count is None:
+            return 100  # CUDA_ERROR_NO_DEVICE
+        ref._obj.value = self.count
+        return 0
+
+
+@pytest.mark.parametrize("driver, want", [
+    (None, (0, "no CUDA driver (libcuda) on this machine")),
+    (_FakeLibcuda(3, 1), (0, "the CUDA driver did not initialize (cuInit failed)")),
+    (_FakeLibcuda(0, None), (0, "the CUDA driver reports no device")),
+    (_FakeLibcuda(0, 0), (0, "the CUDA driver reports no device")),
+    (_FakeLibcuda(0, 2), (2, "")),
+    (object(), None),  # a stub library without the symbols
+])
+def test_driver_probe_reads_libcuda(monkeypatch, driver, want):
+    """Each state of the driver, whatever this machine has: the probe's answer and its reason."""
+    def load(name):
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(session_mod.ctypes, "CDLL", load)
+    count, reason = session_mod.cuda_device_count.__wrapped__()
+    if want is None:
+        assert count == 0 and reason.startswith("the CUDA driver is unusable"), reason
+    else:
+        assert (count, reason) == want
+
+
+@pytest.mark.parametrize("listed, probe, want", [
+    ([CPU], (2, ""), ([CPU], "this onnxruntime build has no CUDA provider")),
+    ([CUDA, CPU], (0, "no CUDA driver (libcuda) on this machine"),
+     ([CPU], "no CUDA driver (libcuda) on this machine; CUDAExecutionProvider is listed but cannot run")),
+    ([CUDA, CPU], (2, ""), ([CUDA, CPU], "2 CUDA device(s) found")),
+])
+def test_default_providers_ask_for_cuda_only_when_the_driver_answers(monkeypatch, listed, probe, want):
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(session_mod, "cuda_device_count", lambda: probe)
+    assert default_providers() == want
 
 
 def test_one_clean_log_line_and_no_onnxruntime_noise(tiny_openclip_export):
@@ -124,3 +178,93 @@ def test_text_embedding_reopen_after_replacement_keeps_vectors(tiny_openclip_exp
     got = second.session.run([model.spec.output_name], {model.spec.input_name: ids})[0]
     got = got / np.linalg.norm(got, axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- precision variants, CUDA fallback
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+def test_int8_is_never_picked_unless_asked_even_when_the_folder_holds_it(tiny_variants_export):
+    folder = tiny_variants_export
+    m = load_manifest(folder)
+    assert set(m.vision.files) == set(m.text.files) == {"fp32", "fp16", "int8"}
+    for cls in (ImageEmbedding, TextEmbedding):
+        for options in ({}, {"providers": [CPU]}, {"cuda": False}):
+            model = cls(folder, **options)
+            assert (model.precision, model._tower.path.name) == ("fp32", "model.onnx"), (cls, options)
+    clip = CLIP(folder)
+    assert clip.images.precision == clip.texts.precision == "fp32"
+    # The rule itself: fp16 for a GPU, fp32 for a CPU; a folder without fp32 is an error on CPU, not int8.
+    assert pick_precision(m.vision, "cuda", None, "w") == "fp16"
+    assert pick_precision(m.vision, "cpu", None, "w") == "fp32"
+    assert pick_precision(m.vision, "cpu", "int8", "w") == "int8"
+    no_fp32 = type(m.vision)(**{**m.vision.__dict__, "files": {k: v for k, v in m.vision.files.items() if k != "fp32"}})
+    with pytest.raises(ModelError, match="no fp32 model"):
+        pick_precision(no_fp32, "cpu", None, "w")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precisions_run_through_the_runtime_within_the_exports_tolerances(
+        tiny_variants_export, photo_files, precision):
+    """Both towers, loaded by name through the public classes: the file asked for runs, and its vectors stay
+    within the thresholds the export recorded for it against fp32 (cosine, max abs diff / max norm)."""
+    folder = tiny_variants_export
+    m = load_manifest(folder)
+    for cls, tower, items in ((ImageEmbedding, m.vision, photo_files), (TextEmbedding, m.text, SENTENCES)):
+        ref = np.stack(list(cls(folder).embed(items, normalize=False)))
+        model = cls(folder, precision=precision)
+        assert model.precision == precision and model._tower.path.name == f"model_{precision}.onnx"
+        got = np.stack(list(model.embed(items, normalize=False)))
+        v = tower.verification[precision]
+        diff = np.abs(got - ref).max()
+        assert cosines(got, ref).min() >= v.threshold_cosine, (cls.__name__, precision)
+        assert diff <= v.threshold_abs_rel * np.linalg.norm(ref, axis=1).max(), (cls.__name__, precision)
+        assert diff > 1e-6 * np.abs(ref).max()  # really another graph than fp32
+        normalized = np.stack(list(model.embed(items)))
+        np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
+
+
+def _cuda_that_falls_back(monkeypatch) -> list:
+    """CUDA 'found' by the probe, but every session onnxruntime builds runs on CPU: what onnxruntime-gpu
+    does when the driver answers but the CUDA / cuDNN libraries do not load. Returns the log of
+    (file, providers asked for) of every session opened."""
+    monkeypatch.setattr(session_mod, "default_providers", lambda: ([CUDA, CPU], "1 CUDA device(s) found"))
+    monkeypatch.setattr(session_mod, "_announced", set())
+    opened = []
+    real = session_mod._session
+
+    def falls_back(source, entry, providers, *args):
+        opened.append((entry.path, list(providers)))
+        return real(source, entry, [p for p in providers if p != CUDA], *args)
+
+    monkeypatch.setattr(session_mod, "_session", falls_back)
+    return opened
+
+
+def test_cuda_fallback_reopens_fp32_on_cpu(tiny_variants_export, photo_files, monkeypatch, caplog):
+    """fp16 is picked for the GPU; the session comes back on CPU; the tower is reopened as fp32 (fp16 on a
+    CPU is the slow, less exact choice) and the one log line says what happened."""
+    import logging
+
+    folder = tiny_variants_export
+    want = np.stack(list(ImageEmbedding(folder, providers=[CPU]).embed(photo_files)))
+    opened = _cuda_that_falls_back(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="fastclip"):
+        model = ImageEmbedding(folder)
+    assert (model.precision, model.device, model._tower.path.name) == ("fp32", "cpu", "model.onnx")
+    assert opened == [("vision/model_fp16.onnx", [CUDA, CPU]), ("vision/model.onnx", [CPU])]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastclip"]
+    assert len(lines) == 1 and "vision tower on CPU" in lines[0] and "fell back" in lines[0], lines
+    assert lines[0].endswith(", fp32"), lines
+    np.testing.assert_array_equal(np.stack(list(model.embed(photo_files))), want)
+
+    # fp16 asked for by name stays fp16 (the user's choice); cuda=True refuses the CPU run instead.
+    opened.clear()
+    pinned = TextEmbedding(folder, precision="fp16")
+    assert (pinned.precision, pinned.device) == ("fp16", "cpu") and opened == [("text/model_fp16.onnx", [CUDA, CPU])]
+    with pytest.raises(ModelError, match="cuda=True"):
+        TextEmbedding(folder, cuda=True)

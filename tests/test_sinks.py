@@ -262,7 +262,9 @@ def test_check_output_fails_early(tmp_path):
     with pytest.raises(OutputError, match="cannot create the folder"):
         check_output(tmp_path / "file" / "sub" / "v.npy")
     assert check_output(tmp_path / "new" / "deeper" / "v.npy").parent.is_dir()
-    if os.geteuid() != 0:  # root writes anywhere
+    with pytest.raises(OutputError, match="cannot write in /proc"):  # refused to root too (CI runs as root)
+        check_output("/proc/v.npy")
+    if os.geteuid() != 0:
         locked = tmp_path / "ro"
         locked.mkdir(mode=0o500)
         with pytest.raises(OutputError, match="cannot write in"):

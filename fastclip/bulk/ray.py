@@ -416,9 +416,9 @@ def _job_header(kind: str, model: Any, options: dict[str, Any]) -> dict[str, Any
     from ..sinks import make_header
 
     factory = ImageEmbedding if kind == "image" else TextEmbedding
-    hub = {k: options[k] for k in (*_HUB_OPTIONS, "precision") if options.get(k) is not None}
+    hub = {k: options[k] for k in (*_HUB_OPTIONS, "precision", "language") if options.get(k) is not None}
     with factory(model, threads=1, **hub) as local:
-        recorded = {"engine": "ray", **{k: options[k] for k in ("fast", "exif_transpose") if k in options}}
+        recorded = {"engine": "ray", **{k: options[k] for k in ("fast", "exif_transpose", "language") if k in options}}
         return make_header(kind=kind, dim=local.dim, model=local.model_name, fingerprint=local.fingerprint,
                            precision=local.precision, options=recorded)
 

@@ -60,7 +60,10 @@ class Job:
         common = model_options(a, self.inputs.kind)
         if self.inputs.kind == "text":
             self.batch_size = a.batch_size or TEXT_BATCH
-            return TextEmbedding(model_name(a), **common), {"batch_size": self.batch_size, "truncate": True}
+            options = {"batch_size": self.batch_size, "truncate": True}
+            if a.language:
+                options["language"] = a.language  # recorded: a resumed run must tokenize the same way
+            return TextEmbedding(model_name(a), **common), options
         self.batch_size = a.batch_size or IMAGE_BATCH
         options = {"batch_size": self.batch_size, "fast": common["fast"], "exif_transpose": common["exif_transpose"]}
         return ImageEmbedding(model_name(a), **common), options

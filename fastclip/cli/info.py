@@ -27,7 +27,10 @@ def describe(manifest, folder: Path) -> Iterable[str]:
         if name == "vision":
             detail = f"{spec.image_size}px, {spec.resize_mode} side {spec.interpolation} + center crop"
         else:
-            detail = f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ''}, cleaning {spec.cleaning}"
+            detail = (f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ', padded to it'}, "
+                      f"cleaning {spec.cleaning}, pooling {spec.pooling}"
+                      + (f", padding {spec.padding_side}" if spec.padding_side != "right" else "")
+                      + (f", language {spec.language} ({len(spec.languages)} codes: language=)" if spec.languages else ""))
         yield f"{name} tower: {detail}"
         for precision, f in spec.files.items():
             names = f.path + "".join(f" + {Path(d).name}" for d in f.external_data)

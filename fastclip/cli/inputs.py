@@ -47,6 +47,7 @@ def add_parser(sub, func) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"inputs per model call (default {IMAGE_BATCH} images, {TEXT_BATCH} texts)")
     p.add_argument("--skip-errors", action="store_true", help="report unreadable images and leave them out instead of stopping")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="pin a model variant (default: fp32 on CPU, fp16 on GPU when present)")
+    p.add_argument("--language", metavar="CODE", help="source language of the texts, for towers that take one (NLLB: e.g. fra_Latn; see `fastclip info`)")
     p.add_argument("--fast", action="store_true", help="reduced JPEG decoding (>= 2x the crop): ~2.4x faster preprocessing, vectors within cosine ~3e-5 of exact")
     p.add_argument("--fast-max", action="store_true", help="reduced JPEG decoding down to the crop size: ~3.6x faster, vectors within cosine ~1e-4")
     p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (bit-parity with reference pipelines)")
@@ -121,6 +122,8 @@ def model_options(args, kind: str) -> dict[str, Any]:
                                    threads=args.threads)
     if kind == "image":
         options.update(fast="max" if args.fast_max else args.fast, exif_transpose=not args.no_exif)
+    elif args.language:
+        options["language"] = args.language  # every model of the run (and every Ray actor) tokenizes with it
     return options
 
 

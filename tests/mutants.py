@@ -1,0 +1,231 @@
+"""Mutation proof: deliberate bugs that the test suite must catch.
+
+Each mutant is one (file, old string, new string) edit. It is applied to a temporary copy of the source
+tree (never to this checkout), and the tests that guard against it run there with that copy first on
+PYTHONPATH. A mutant is caught when at least one of those tests fails or errors; the unmutated copy runs
+the same tests first and must pass, so a failure means the bug, not a broken test. When a module moves
+(e.g. fastclip/sinks.py into a package), re-point its row of MUTANTS: the old string must occur exactly
+once in the file, or the script stops and says so.
+
+    python tests/mutants.py                     # every mutant; prints the table
+    python tests/mutants.py --only int8-default --out benchmarks/results/mutants.txt
+
+Not collected by pytest (the file name does not start with test_). Runs the tests of each mutant in a
+fresh pytest process: ~1-3 minutes per mutant on 2 cores (the tiny exports are rebuilt in each copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files, relative to the tree's root
+
+
+MUTANTS = [
+    Mutant(
+        "gelu-quickgelu-graph",
+        "the exported graph's last block uses QuickGELU where the model has GELU (the export's guard must refuse it)",
+        "export/open_clip_towers.py",
+        "    x = rows(x) + block.ls_1(_attention(block.attn, h, mask, rows(h)))\n"
+        "    return x + block.ls_2(block.mlp(block.ln_2(x)))\n",
+        "    x = rows(x) + block.ls_1(_attention(block.attn, h, mask, rows(h)))\n"
+        "    u = block.mlp.c_fc(block.ln_2(x))\n"
+        "    return x + block.ls_2(block.mlp.c_proj(u * torch.sigmoid(1.702 * u)))\n",
+        ("tests/test_export.py::test_tiny_open_clip_export",
+         "tests/test_embedding.py::test_open_clip_export_matches_open_clip"),
+    ),
+    Mutant(
+        "gelu-quickgelu-model",
+        "the loaded model's vision MLPs switched to QuickGELU before export (graph and export-time reference "
+        "agree, so only parity with open_clip can see it: min cosine stays ~0.999995)",
+        "export/open_clip_source.py",
+        "    model.eval()\n\n    image_size, mean, std",
+        "    model.eval()\n"
+        "    for _block in model.visual.transformer.resblocks:\n"
+        "        _block.mlp.gelu = open_clip.transformer.QuickGELU()\n\n"
+        "    image_size, mean, std",
+        ("tests/test_export.py::test_tiny_open_clip_export",
+         "tests/test_embedding.py::test_open_clip_export_matches_open_clip"),
+    ),
+    Mutant(
+        "bicubic-bilinear",
+        "fastclip's own resize uses bilinear instead of bicubic",
+        "fastclip/images.py",
+        "        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)\n",
+        "        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)\n",
+        ("tests/test_images.py::test_pixels_match_open_clip",),
+    ),
+    Mutant(
+        "bicubic-bilinear-window",
+        "the bounded (crop-window) resize of extreme aspect ratios uses bilinear for its first pass",
+        "fastclip/images.py",
+        "    region = region.resize((size, rows), Image.Resampling.BICUBIC,",
+        "    region = region.resize((size, rows), Image.Resampling.BILINEAR,",
+        ("tests/test_hostile.py::test_bounded_path_equals_open_clip_on_photo_strips",),
+    ),
+    Mutant(
+        "image-not-normalized",
+        "the image tower skips L2 normalization",
+        "fastclip/embedding.py",
+        "            vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, normalize)\n",
+        "            vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, False)\n",
+        ("tests/test_embedding.py::test_both_towers_normalized_by_default",),
+    ),
+    Mutant(
+        "measure-self",
+        "verify.measure compares the exported graph with itself instead of with torch",
+        "export/verify.py",
+        "        want = want.astype(np.float64)\n",
+        "        want = got.copy()\n",
+        ("tests/test_export.py::test_measure_catches_a_real_mismatch",
+         "tests/test_export.py::test_failed_verification_leaves_nothing"),
+    ),
+    Mutant(
+        "int8-default",
+        "int8 picked by default when the folder holds it",
+        "fastclip/session.py",
+        '    if "fp32" in tower.files:\n        return "fp32"\n',
+        '    if "int8" in tower.files:\n        return "int8"\n    if "fp32" in tower.files:\n        return "fp32"\n',
+        ("tests/test_session.py::test_int8_is_never_picked_unless_asked_even_when_the_folder_holds_it",
+         "tests/test_embedding.py::test_precision_int8_is_never_picked_silently"),
+    ),
+    Mutant(
+        "journal-off-by-one",
+        "resume restarts one input after the last checkpoint (one input silently missing)",
+        "fastclip/sinks.py",
+        '                        keep, done, rows = offset, mark["next"], mark["rows"]\n',
+        '                        keep, done, rows = offset, mark["next"] + 1, mark["rows"]\n',
+        ("tests/test_sinks.py::test_interrupted_run_keeps_old_output_and_resumes_to_identical_file",
+         "tests/test_cli.py::test_texts_resume_after_kill_is_identical"),
+    ),
+]
+
+def source_files() -> list[str]:
+    """The checkout's files as git sees them (tracked, and new ones not ignored): no virtual environment,
+    no benchmarks/out/ of hundreds of MB."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode("utf-8", "surrogateescape")
+    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+
+
+def copy_tree(dst: Path) -> Path:
+    tree = dst / "tree"
+    for name in source_files():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tree / name)
+    link = tree / "fastclip_export"
+    if not link.exists():  # an installed checkout may lack the development symlink
+        link.symlink_to("export")
+    return tree
+
+
+def apply(tree: Path, mutant: Mutant) -> None:
+    path = tree / mutant.file
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutant.old)
+    if count != 1:
+        raise SystemExit(f"mutant {mutant.name}: the old string occurs {count} times in {mutant.file}; re-point it")
+    path.write_text(text.replace(mutant.old, mutant.new), encoding="utf-8")
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, list[str], str]:
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'tests'}", "HF_HUB_OFFLINE": "1"}
+    # The copy, not an installed fastclip, must be what the tests import.
+    where = subprocess.run([sys.executable, "-c", "import fastclip, fastclip_export; print(fastclip.__file__); "
+                            "print(fastclip_export.__file__)"], cwd=tree, env=env, capture_output=True, text=True)
+    if where.returncode != 0 or not all(line.startswith(str(tree)) for line in where.stdout.split()):
+        raise SystemExit(f"the copy at {tree} is not what python imports:\n{where.stdout}{where.stderr}")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+    try:
+        r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, [], "timed out"
+    ids = sorted({m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", r.stdout, re.MULTILINE)})
+    # A parametrized test counts once, with how many of its cases failed.
+    cases: dict[str, int] = {}
+    for node in ids:
+        base = node.split("[", 1)[0]
+        cases[base] = cases.get(base, 0) + 1
+    failed = [base if node_count == 1 and base in ids else f"{base} ({node_count} cases)"
+              for base, node_count in cases.items()]
+    return r.returncode, failed, r.stdout[-2000:]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="mutant names (default: all)")
+    parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument("--check", action="store_true", help="only check that every mutant still applies")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.only and len(chosen) != len(args.only):
+        raise SystemExit(f"unknown mutant; known: {', '.join(m.name for m in MUTANTS)}")
+    if args.check:
+        for m in chosen:
+            count = (ROOT / m.file).read_text(encoding="utf-8").count(m.old)
+            print(f"{m.name:<26} {m.file:<28} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
+        return 0
+
+    rows, missed = [], 0
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fastclip-mutants-") as tmp:
+        base = copy_tree(Path(tmp) / "unmutated")
+        every = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        rc, failed, tail = run_tests(base, every, args.timeout)
+        if rc != 0:
+            raise SystemExit(f"the tests fail without any mutant (exit {rc}: {failed}):\n{tail}")
+        print(f"unmutated copy: {len(every)} tests pass ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        shutil.rmtree(base.parent)
+        for mutant in chosen:
+            tree = copy_tree(Path(tmp) / mutant.name)
+            apply(tree, mutant)
+            t = time.time()
+            rc, failed, tail = run_tests(tree, mutant.tests, args.timeout)
+            caught = rc != 0 and bool(failed)
+            missed += not caught
+            rows.append((mutant, ", ".join(failed) if caught else f"NOT CAUGHT (exit {rc})", time.time() - t))
+            print(f"{mutant.name}: {'caught by ' + rows[-1][1] if caught else rows[-1][1]} ({rows[-1][2]:.0f} s)",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(tree.parent)
+
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    lines = [f"# tests/mutants.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{platform.node()} ({os.cpu_count()} cores, load {load}), {time.time() - started:.0f} s",
+             "# each mutant applied to a temporary copy of the tree; all the tests below pass on an unmutated copy",
+             "",
+             f"{'mutant':<26} {'file':<28} caught by (the tests of its row that fail)"]
+    for mutant, caught, _ in rows:
+        lines.append(f"{mutant.name:<26} {mutant.file:<28} {caught}")
+    lines += ["", "mutants:"] + [f"  {m.name}: {m.what}" for m, _, _ in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table, encoding="utf-8")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -109,3 +109,16 @@ def test_cpu_install_in_a_fresh_venv_embeds_without_onnxruntime_gpu(tiny_opencli
     np.testing.assert_allclose(np.load(tmp_path / "i.npy"), want_i, atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "t.npy"), want_t, atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "cli.npy")[0], want_t[0], atol=1e-5)
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A subpackage missing from [tool.setuptools] packages imports from a checkout (and an editable
+    install) but is absent from a wheel: list every folder with an __init__.py."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "fastclip").rglob("__init__.py")}
+    found |= {"fastclip_export" + "".join("." + part for part in p.parent.relative_to(root / "export").parts)
+              for p in (root / "export").rglob("__init__.py")}
+    assert found <= listed, f"missing from pyproject.toml packages: {sorted(found - listed)}"

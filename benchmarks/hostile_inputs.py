@@ -117,9 +117,9 @@ def child(case: str, model: str) -> None:
         emb = ImageEmbedding(model, workers=0, fast=variant == "fast")
         next(emb.embed([np.zeros((300, 400, 3), np.uint8)]))  # warm-up: sessions, lookup tables
         if variant.startswith("before"):
-            from fastclip import images
+            from fastclip.families import resize
 
-            images.MAX_RESIZED_PIXELS = 1 << 62  # the old path: resize everything, then crop
+            resize.MAX_RESIZED_PIXELS = 1 << 62  # the old path: resize everything, then crop
         item = str(make_inputs()[name])
         base = proc.memory_info().rss
         t = time.perf_counter()

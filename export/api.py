@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from fastclip import manifest
+from fastclip.families.resize import PIL_RESAMPLE
 from fastclip.errors import ExportError
 
 from . import memory, onnx_io, variants, verify
@@ -29,29 +30,37 @@ OPEN_CLIP_PREFIX = "open_clip:"
 VARIANT_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
 
-def load_source(model: str, pretrained: str | None) -> Source:
+TOWERS = ("vision", "text")
+
+
+def load_source(model: str, pretrained: str | None, towers: Sequence[str] = TOWERS) -> Source:
     if model.startswith(OPEN_CLIP_PREFIX):
         from .open_clip_source import load_open_clip
 
-        return load_open_clip(model[len(OPEN_CLIP_PREFIX):], pretrained)
+        return load_open_clip(model[len(OPEN_CLIP_PREFIX):], pretrained, tuple(towers))
     from .hf_source import load_hf
 
-    return load_hf(model, pretrained)
+    source = load_hf(model, pretrained)
+    if "text" not in towers:
+        source.text = None
+    return source
 
 
-def count_parameters(model: str, pretrained: str | None) -> tuple[int, int]:
-    """(vision, text) parameter counts, without loading weights."""
+def count_parameters(model: str, pretrained: str | None, towers: Sequence[str] = TOWERS) -> tuple[int, int]:
+    """(vision, text) parameter counts, without loading weights; text 0 when only the image tower is exported."""
     if model.startswith(OPEN_CLIP_PREFIX):
         from .open_clip_source import count_parameters as count
 
-        return count(model[len(OPEN_CLIP_PREFIX):])
+        return count(model[len(OPEN_CLIP_PREFIX):], tuple(towers))
     from .hf_source import count_parameters as count
 
-    return count(model, pretrained)
+    vision, text = count(model, pretrained)
+    return vision, text if "text" in towers else 0
 
 
-def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str]) -> memory.Estimate:
-    vision, text = count_parameters(model, pretrained)
+def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str],
+                    towers: Sequence[str] = TOWERS) -> memory.Estimate:
+    vision, text = count_parameters(model, pretrained, towers)
     checkpoint = pretrained is not None and pretrained.lower() != "none"
     return memory.estimate(vision, text, precisions, checkpoint=checkpoint)
 
@@ -59,7 +68,7 @@ def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str
 def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = None,
                  precisions: Sequence[str] = ("fp32",), overwrite: bool = False,
                  external_data: bool | None = None, check_memory: bool = True,
-                 log: Callable[[str], None] = print) -> Path:
+                 log: Callable[[str], None] = print, towers: Sequence[str] = TOWERS) -> Path:
     """Export `model` into `out_dir` and return it.
 
     `model`: a Hugging Face id or save_pretrained folder of a CLIPModel, or `open_clip:ARCH`
@@ -67,7 +76,11 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
     file, the hub revision for HF, or `none` for random weights. `external_data`: None stores
     weights outside the graph only when a tower is over 2 GB; True forces it. `check_memory`: refuse
     (ExportError) before loading anything when the estimated peak memory exceeds what is available.
+    `towers=("vision",)`: the image tower alone (the folder then serves ImageEmbedding only).
     """
+    towers = tuple(t for t in TOWERS if t in towers)
+    if "vision" not in towers:
+        raise ExportError(f"towers must include 'vision' (got {tuple(towers)}); a text tower alone is not exported")
     out_dir = Path(out_dir)
     precisions = list(dict.fromkeys(p.strip().lower() for p in precisions))
     unknown = [p for p in precisions if p not in VARIANT_NAMES]
@@ -80,14 +93,14 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
 
     started = time.perf_counter()
     if check_memory:
-        est = estimate_memory(model, pretrained, precisions)
+        est = estimate_memory(model, pretrained, precisions, towers)
         available = memory.available_bytes()
         memory.check(model, est, precisions, available)
         log(f"{model}: {est.params / 1e6:.0f} M parameters, estimated peak memory {est.peak_bytes / memory.GB:.1f} GB"
             + (f" ({available / memory.GB:.1f} GB available)" if available else ""))
     log(f"loading {model}" + (f" ({pretrained})" if pretrained else ""))
     torch.manual_seed(0)  # random-weight exports are reproducible
-    source = load_source(model, pretrained)
+    source = load_source(model, pretrained, towers)
     log(f"loaded{_peak_rss()}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -119,13 +132,14 @@ def _towers(source: Source) -> dict[str, dict]:
         return source.tokenize(["a photo of a cat", "a dog"])
 
     text_inputs = ["input_ids", source.attention_mask_input] if source.attention_mask_input else "input_ids"
-    return {
+    towers = {
         "text": dict(input=text_inputs, output="text_embeds", example=text_example,
                      axes={0: "batch", 1: "sequence"}, reference=verify.text_reference),
         "vision": dict(input="pixel_values", output="image_embeds",
                        example=lambda: torch.zeros(2, 3, source.image_size, source.image_size),
                        axes={0: "batch", 2: None, 3: None}, reference=verify.vision_reference),
     }
+    return {name: t for name, t in towers.items() if name in source.towers}
 
 
 def _write_folder(source: Source, folder: Path, precisions: list[str], external_data: bool | None,
@@ -153,7 +167,7 @@ def _write_folder(source: Source, folder: Path, precisions: list[str], external_
     # ONNX side: every variant is made from the saved fp32 file, written to scratch, copied into
     # place (one external-data file at most) and verified.
     specs = {}
-    for name in ("vision", "text"):
+    for name in sorted(towers, key=TOWERS.index):
         tower_dir = folder / name
         files, checks = {}, {}
         for precision in precisions:
@@ -183,7 +197,8 @@ def _write_folder(source: Source, folder: Path, precisions: list[str], external_
                        "files": files, "verification": checks}
 
     _write_vision_config(source, folder / "vision")
-    _write_text_files(source, folder / "text")
+    if "text" in specs:
+        _write_text_files(source, folder / "text")
     manifest.dump(_manifest(source, specs), folder)
     if "text" in specs:
         figures = verify.tokenizer(folder, source)
@@ -237,16 +252,18 @@ def _manifest(source: Source, specs: dict) -> dict:
         "embed_dim": source.embed_dim,
         "logit_scale": source.logit_scale,
         "logit_bias": source.logit_bias,
+        "scoring": source.scoring,
         "opset": onnx_io.OPSET,
         "vision": {
             **specs["vision"],
             "image_size": source.image_size,
-            "resize_mode": "shortest",
-            "interpolation": "bicubic",
+            "resize_mode": source.resize_mode,
+            "interpolation": source.interpolation,
+            "fill": source.fill,
             "mean": list(source.mean),
             "std": list(source.std),
         },
-        "text": {
+        "text": specs.get("text") and {
             **specs["text"],
             "tokenizer": "text/tokenizer.json",
             "cleaning": source.cleaning,
@@ -265,10 +282,15 @@ def _manifest(source: Source, specs: dict) -> dict:
 
 
 def _write_vision_config(source: Source, vision_dir: Path) -> None:
-    """transformers' CLIPImageProcessor format, which fastembed reads too."""
+    """transformers' image-processor format, which fastembed reads too: CLIPImageProcessor's keys for a
+    shortest-side resize + crop, a plain (height, width) resize without crop for "squash" (as
+    SiglipImageProcessor writes it), and the longest edge + padding for "longest"."""
+    size = source.image_size
+    resize = {"shortest": {"shortest_edge": size}, "squash": {"height": size, "width": size},
+              "longest": {"longest_edge": size}}[source.resize_mode]
     config = {
-        "crop_size": {"height": source.image_size, "width": source.image_size},
-        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_center_crop": source.resize_mode == "shortest",
         "do_convert_rgb": True,
         "do_normalize": True,
         "do_rescale": True,
@@ -276,10 +298,12 @@ def _write_vision_config(source: Source, vision_dir: Path) -> None:
         "image_mean": list(source.mean),
         "image_processor_type": "CLIPImageProcessor",
         "image_std": list(source.std),
-        "resample": 3,  # PIL bicubic
+        "resample": PIL_RESAMPLE[source.interpolation],
         "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": source.image_size},
+        "size": resize,
     }
+    if source.resize_mode == "longest":
+        config.update(do_pad=True, pad_size={"height": size, "width": size}, fill=source.fill)
     (vision_dir / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 

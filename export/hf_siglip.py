@@ -33,8 +33,6 @@ NAFLEX_REFUSAL = (
     "patches; fastclip runs fixed-size image graphs, so NaFlex is not exported. The fixed-resolution SigLIP 2 "
     "checkpoints (google/siglip2-*-patch16-224/256/384/512, SiglipModel) and open_clip's ViT-*-SigLIP2 export."
 )
-# transformers' PIL resampling codes -> fastclip's interpolation names.
-RESAMPLE = {3: "bicubic", 2: "bilinear"}
 
 
 # Each wrapper holds its own tower only (SiglipModel.get_*_features is that tower's pooler_output): the export
@@ -58,23 +56,20 @@ class SiglipVision(nn.Module):
 
 
 def _image_settings(name: str, path: Path | None, size: int) -> dict:
+    from fastclip.families.resize import from_processor_config
+
     if path is None:
         raise ExportError(f"{name}: no preprocessor_config.json; the SigLIP image preprocessing is not known")
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    want = cfg.get("size") or {}
-    interpolation = RESAMPLE.get(cfg.get("resample", 3))
-    if (not cfg.get("do_resize", True) or cfg.get("do_center_crop") or want.get("height") != size
-            or want.get("width") != size or interpolation is None or not cfg.get("do_normalize", True)
+    try:
+        image = from_processor_config(cfg, size)
+    except ValueError as exc:
+        raise ExportError(f"{name}: {path.name}: {exc}; fastclip cannot reproduce it") from None
+    if (image["resize_mode"] != "squash" or image["image_size"] != size or not cfg.get("do_normalize", True)
             or abs(cfg.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12):
         raise ExportError(f"{name}: preprocessing {cfg} is not a {size}x{size} resize (bicubic or bilinear) + "
                           "rescale + normalize; fastclip cannot reproduce it")
-    from fastclip import manifest
-
-    if "squash" not in getattr(manifest, "RESIZE_MODES", ("shortest",)):
-        raise ExportError(f"{name}: SigLIP resizes both sides to {size} px (squash), which this fastclip's image "
-                          "preprocessing does not reproduce")
-    return dict(image_size=size, resize_mode="squash", interpolation=interpolation,
-                mean=tuple(float(v) for v in cfg.get("image_mean", (0.5, 0.5, 0.5))),
+    return dict(image, mean=tuple(float(v) for v in cfg.get("image_mean", (0.5, 0.5, 0.5))),
                 std=tuple(float(v) for v in cfg.get("image_std", (0.5, 0.5, 0.5))))
 
 

@@ -61,25 +61,23 @@ def _fetch(model: str, revision: str | None, name: str) -> Path | None:
         raise _hub_error(model, exc) from None
 
 
-def _image_settings(model: str, revision: str | None, config) -> tuple[int, tuple, tuple]:
+def _image_settings(model: str, revision: str | None, config) -> dict:
+    """The Source's image settings from preprocessor_config.json (see fastclip.families.resize.from_processor_config)."""
+    from fastclip.families.resize import from_processor_config
+
     size = int(config.vision_config.image_size)
     path = _fetch(model, revision, "preprocessor_config.json")
-    if path is None:
-        return size, DEFAULT_MEAN, DEFAULT_STD  # CLIPImageProcessor's defaults
+    if path is None:  # CLIPImageProcessor's defaults
+        return dict(image_size=size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    shortest = cfg.get("size", {})
-    shortest = shortest.get("shortest_edge") if isinstance(shortest, dict) else shortest
-    crop = cfg.get("crop_size", size)
-    crop = crop.get("height") if isinstance(crop, dict) else crop
-    square = not isinstance(cfg.get("crop_size"), dict) or cfg["crop_size"].get("height") == cfg["crop_size"].get("width")
-    if (cfg.get("resample", 3) != 3 or not cfg.get("do_center_crop", True) or not cfg.get("do_resize", True)
-            or shortest is None or shortest != crop or crop != size or not square):
-        raise ExportError(
-            f"{model}: preprocessing {path.name} is not shortest-side bicubic resize + center crop to "
-            f"{size} (resample={cfg.get('resample')}, size={cfg.get('size')}, crop_size={cfg.get('crop_size')}); "
-            "fastclip cannot reproduce it"
-        )
-    return size, tuple(cfg.get("image_mean", DEFAULT_MEAN)), tuple(cfg.get("image_std", DEFAULT_STD))
+    try:
+        image = from_processor_config(cfg, size)
+    except ValueError as exc:
+        raise ExportError(f"{model}: {path.name}: {exc}; fastclip cannot reproduce it") from None
+    if image["image_size"] != size:
+        raise ExportError(f"{model}: {path.name} resizes to {image['image_size']} px, the model takes {size} px")
+    return dict(image, mean=tuple(float(v) for v in cfg.get("image_mean", DEFAULT_MEAN)),
+                std=tuple(float(v) for v in cfg.get("image_std", DEFAULT_STD)))
 
 
 def _config(model: str, revision: str | None):
@@ -147,7 +145,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
                                 _fetch(model, revision, "preprocessor_config.json"), load_model)
         source.description.update(revision=revision, pretrained="none" if random_init else None)
         return source
-    image_size, mean, std = _image_settings(model, revision, config)
+    image = _image_settings(model, revision, config)
     if local["tokenizer.json"] is None or local["tokenizer_config.json"] is None:
         raise ExportError(f"{model}: no tokenizer.json / tokenizer_config.json; cannot export the text tower")
 
@@ -182,8 +180,10 @@ def load_hf(model: str, pretrained: str | None) -> Source:
             if path is not None:
                 shutil.copyfile(path, out_dir / name)
 
-    def preprocess(image):
-        return import_open_clip().transform.image_transform(image_size, is_train=False, mean=mean, std=std)(image)
+    def preprocess(pil):
+        return import_open_clip().transform.image_transform(
+            image["image_size"], is_train=False, mean=image["mean"], std=image["std"],
+            resize_mode=image.get("resize_mode"), interpolation=image.get("interpolation"))(pil)
 
     description = {"kind": "hf", "model": model if not Path(model).is_dir() else Path(model).name,
                    "revision": revision, "pretrained": "none" if random_init else None}
@@ -196,9 +196,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         logit_bias=None,
         vision=vision,
         text=text,
-        image_size=image_size,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
+        **image,
         preprocess=preprocess,
         context_length=context_length,
         bos_token_id=int(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else text_cfg.bos_token_id),

@@ -8,6 +8,7 @@ file stem - the way to export a custom architecture from the command line.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import urllib.error
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fastclip import hub
+from fastclip import hub, manifest
 from fastclip.errors import ExportError, first_line
 
-from .open_clip_towers import HFTextTower, OpenClipTextTower, OpenClipVisionTower, check_blocks
-from .source import Source
+from .open_clip_towers import HFTextTower, OpenClipTextTower, check_blocks, vision_module
+from .source import NO_TEXT, Source
 from .torchvision_compat import import_open_clip
 
 
@@ -75,25 +76,48 @@ def config_problem(arch: str, tag: str | None = None) -> str | None:
     goes ahead. `load_open_clip` checks the built model again; this is what `--list` shows."""
     open_clip = import_open_clip()
     cfg = open_clip.get_model_config(arch) or {}
-    text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
-    if "multimodal_cfg" in cfg:
-        return "CoCa: the vision tower (attentional pooler, two outputs) is not supported; its text tower exports"
-    problem = text_problem(text)
+    problem = text_problem(cfg.get("text_cfg", {}))
     if problem:
         return problem
+    return vision_problem(arch, tag)
+
+
+def vision_problem(arch: str, tag: str | None = None) -> str | None:
+    """Why the image tower of open_clip:ARCH (with pretrained `tag`) cannot be exported exactly, or None."""
+    vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
     size = vision.get("image_size", 224)
     if isinstance(size, (tuple, list)) and len(set(size)) != 1:
         return f"non-square input {tuple(size)} is not supported"
-    pre = dict(cfg.get("preprocess_cfg", {}))
+    return _preprocess_problem(preprocess_cfg(arch, tag), tag)
+
+
+def preprocess_cfg(arch: str, tag: str | None = None) -> dict:
+    """open_clip's eval preprocessing of ARCH with pretrained `tag`, as create_model_and_transforms
+    merges it: PreprocessCfg's defaults, the model config's preprocess_cfg, then the tag's entries."""
+    open_clip = import_open_clip()
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = open_clip.get_model_config(arch) or {}
+    pre = merge_preprocess_dict(PreprocessCfg(), cfg.get("preprocess_cfg", {}))
+    if "image_size" in cfg.get("vision_cfg", {}):
+        pre["size"] = cfg["vision_cfg"]["image_size"]
     if tag is not None and not Path(tag).is_file():
         from open_clip.pretrained import get_pretrained_cfg
 
-        pre.update({k: v for k, v in get_pretrained_cfg(arch, tag).items() if k in ("resize_mode", "interpolation")})
-    resize_mode, interpolation = pre.get("resize_mode", "shortest"), pre.get("interpolation", "bicubic")
-    if resize_mode != "shortest" or interpolation != "bicubic":
-        where = f"pretrained {tag!r} preprocesses" if tag else "preprocesses"
-        return (f"{where} with resize_mode={resize_mode!r}, interpolation={interpolation!r}; fastclip only "
-                "reproduces shortest-side bicubic resize + center crop")
+        pre = merge_preprocess_dict(pre, get_pretrained_cfg(arch, tag))
+    return pre
+
+
+def _preprocess_problem(pre: dict, tag: str | None) -> str | None:
+    where = f"pretrained {tag!r} preprocesses" if tag else "preprocesses"
+    if pre.get("resize_mode", "shortest") not in manifest.RESIZE_MODES:
+        return f"{where} with resize_mode={pre['resize_mode']!r}; fastclip reproduces {', '.join(manifest.RESIZE_MODES)}"
+    if pre.get("interpolation", "bicubic") not in manifest.INTERPOLATIONS:
+        return (f"{where} with interpolation={pre['interpolation']!r}; fastclip reproduces "
+                f"{', '.join(manifest.INTERPOLATIONS)}")
+    fill = pre.get("fill_color", 0)
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+        return f"{where} with fill_color={fill!r}; fastclip pads with one value 0-255 in every band"
     return None
 
 
@@ -222,46 +246,96 @@ def _text_cfg(arch: str) -> dict:
     return (import_open_clip().get_model_config(arch) or {}).get("text_cfg", {})
 
 
+# timm trunk name (a part of it) -> vision family, first match wins. tests/test_families.py exports a
+# tiny variant of each against open_clip's encode_image.
+TIMM_FAMILIES = (
+    ("_siglip", "SigLIP ViT"),
+    ("vit_pe_core_", "PE-Core"),
+    ("eva02_", "EVA02"),
+    ("eva_", "EVA01"),
+    ("convnext_", "ConvNeXt"),
+    ("swin_", "Swin"),
+    ("vitamin_", "ViTamin"),
+    ("fastvit_mci", "FastViT-MCi"),
+    ("vit_base_mci", "ViT-MCi"),
+    ("vit_", "timm ViT"),
+)
+
+
 def vision_family(arch: str) -> str:
     """The kind of vision tower, as open_clip's config describes it."""
-    vision = (import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {})
-    if vision.get("timm_model_name"):
-        return f"timm {vision['timm_model_name']}"
+    return family_of((import_open_clip().get_model_config(arch) or {}).get("vision_cfg", {}))
+
+
+def family_of(vision: dict) -> str:
+    """The vision family of an open_clip `vision_cfg`."""
+    name = vision.get("timm_model_name")
+    if name:
+        return next((family for part, family in TIMM_FAMILIES if part in name), f"timm {name}")
     if isinstance(vision.get("layers"), (list, tuple)):
         return "ModifiedResNet"
-    return "ViT"
+    return "ViT + attentional pooler" if vision.get("attentional_pool") else "ViT"
 
 
-def architectures() -> list[dict]:
-    """Every architecture open_clip lists, with whether (and why not) it exports, and the pretrained
-    tags refused for their own preprocessing."""
+# Families with a tiny variant exported and compared with encode_image in CI (tests/test_families.py):
+# every family open_clip's configs use. A timm trunk outside TIMM_FAMILIES is traced as is, untested.
+TESTED_FAMILIES = frozenset({family for _, family in TIMM_FAMILIES} | {"ViT", "ModifiedResNet", "ViT + attentional pooler"})
+
+
+def architectures(memory_available: float | None = None) -> list[dict]:
+    """Every architecture open_clip lists, with whether (and why not) it exports - both towers
+    ("problem"), the image tower alone ("vision_problem") - and the pretrained tags refused for their
+    own preprocessing. With `memory_available` (bytes), each row also gets "peak_bytes", the
+    estimated peak memory of the export that goes ahead (counted on the meta device: ~0.1 s a model)."""
+    from . import memory
+
     open_clip = import_open_clip()
     rows = []
     for arch in open_clip.list_models():
         problem = config_problem(arch)
+        vision = problem and vision_problem(arch)
         refused_tags = {}
-        if problem is None:
-            for tag in open_clip.list_pretrained_tags_by_model(arch):
-                tag_problem = config_problem(arch, tag)
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if vision is None:
+            for tag in tags:
+                tag_problem = vision_problem(arch, tag)
                 if tag_problem:
                     refused_tags[tag] = tag_problem
         cfg = open_clip.get_model_config(arch) or {}
-        rows.append({"architecture": arch, "problem": problem, "refused_tags": refused_tags,
-                     "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
-                     "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))})
+        row = {"architecture": arch, "problem": problem, "vision_problem": vision, "refused_tags": refused_tags,
+               "tags": {tag: _preprocess_summary(preprocess_cfg(arch, tag)) for tag in tags},
+               "vision": vision_family(arch), "image_size": cfg.get("vision_cfg", {}).get("image_size", 224),
+               "embed_dim": cfg.get("embed_dim"), "quick_gelu": bool(cfg.get("quick_gelu"))}
+        if memory_available is not None and vision is None:
+            params = count_parameters(arch, ("vision", "text") if problem is None else ("vision",))
+            row["peak_bytes"] = memory.estimate(*params, ["fp32"]).peak_bytes
+        rows.append(row)
     return rows
 
 
-def count_parameters(arch: str) -> tuple[int, int]:
+def _preprocess_summary(pre: dict) -> str:
+    mean, std = (tuple(round(float(v), 4) for v in pre[k]) for k in ("mean", "std"))
+    return f"{pre['resize_mode']}, {pre['interpolation']}, mean {mean}, std {std}"
+
+
+def count_parameters(arch: str, towers: tuple[str, ...] = ("vision", "text")) -> tuple[int, int]:
     """(vision, text) parameter counts of open_clip:ARCH, from a model built on the meta device:
     no memory, no weights, a fraction of a second even for ViT-bigG-14."""
     import logging
 
     open_clip = import_open_clip()
     arch = resolve_arch(arch)
-    problem = config_problem(arch)  # before building: a refused config may need the network to build
+    # before building: a refused config may need the network to build
+    problem = config_problem(arch) if "text" in towers else vision_problem(arch)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
+    if "text" not in towers:  # the image tower alone: a text tower may need the network just to be built
+        from open_clip.model import _build_vision_tower
+
+        cfg = open_clip.get_model_config(arch)
+        with torch.device("meta"):
+            visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+        return sum(p.numel() for p in visual.parameters()), 0
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "No pretrained weights loaded": expected here
@@ -284,20 +358,22 @@ def count_parameters(arch: str) -> tuple[int, int]:
     return vision, sum(p.numel() for p in model.parameters()) - vision
 
 
-def _check_preprocessing(arch: str, cfg: dict) -> tuple[int, tuple, tuple]:
+def _check_preprocessing(arch: str, cfg: dict) -> dict:
+    """The Source's image settings from the built model's preprocess cfg (what its transform uses)."""
     size = cfg.get("size", 224)
     if isinstance(size, (tuple, list)):
         if len(set(size)) != 1:
             raise ExportError(f"open_clip:{arch} uses a non-square input {tuple(size)}; not supported")
         size = size[0]
-    resize_mode = cfg.get("resize_mode", "shortest")
-    interpolation = cfg.get("interpolation", "bicubic")
-    if resize_mode != "shortest" or interpolation != "bicubic":
-        raise ExportError(
-            f"open_clip:{arch} preprocesses with resize_mode={resize_mode!r}, interpolation={interpolation!r}; "
-            "fastclip only reproduces shortest-side bicubic resize + center crop"
-        )
-    return int(size), tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    problem = _preprocess_problem(cfg, None)
+    if problem:
+        raise ExportError(f"open_clip:{arch} {problem}")
+    mean, std = cfg["mean"], cfg["std"]
+    # open_clip's image_transform broadcasts a single mean/std value to the three channels.
+    mean, std = ((v,) * 3 if not isinstance(v, (list, tuple)) else v for v in (mean, std))
+    return dict(image_size=int(size), mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+                resize_mode=cfg.get("resize_mode", "shortest"), interpolation=cfg.get("interpolation", "bicubic"),
+                fill=int(cfg.get("fill_color", 0)))
 
 
 def _text_tower(arch: str, model: nn.Module) -> tuple[nn.Module, int, int]:
@@ -340,11 +416,13 @@ def _text_tower(arch: str, model: nn.Module) -> tuple[nn.Module, int, int]:
     return tower, parts.transformer.width, parts.transformer.resblocks[0].attn.num_heads
 
 
-def load_open_clip(arch: str, pretrained: str | None) -> Source:
+def load_open_clip(arch: str, pretrained: str | None, towers: tuple[str, ...] = ("vision", "text")) -> Source:
+    """`towers=("vision",)`: the image tower alone, checked on the vision side only (a model whose text
+    tower fastclip does not reproduce still gives exact image vectors)."""
     open_clip = import_open_clip()
     arch = resolve_arch(arch)
     weights = _resolve_pretrained(arch, pretrained)
-    problem = config_problem(arch, weights)
+    problem = config_problem(arch, weights) if "text" in towers else vision_problem(arch, weights)
     if problem:
         raise ExportError(f"open_clip:{arch}: {problem}")
     # A tag is fetched from the hub (cached after the first time); a file or `none` needs no network.
@@ -355,10 +433,14 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
     level = root.level
     if offline is not None:
         root.setLevel(logging.CRITICAL)  # open_clip logs the download failure that the error below reports
+    hf_text = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_model_name")
     try:
-        # pretrained_text=False: a Hugging Face text tower is built from its config alone (the CLIP checkpoint,
-        # or random weights for 'none', fill it); True would download the text model's own weights.
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, pretrained_text=False)
+        if "text" not in towers and weights is None and hf_text:
+            model, preprocess = _image_tower_alone(arch)
+        else:
+            # pretrained_text=False: a Hugging Face text tower is built from its config alone (the CLIP checkpoint,
+            # or random weights for 'none', fill it); True would download the text model's own weights.
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, pretrained_text=False)
     except Exception as exc:
         if offline is not None:
             raise ExportError(hub.not_cached(
@@ -371,41 +453,83 @@ def load_open_clip(arch: str, pretrained: str | None) -> Source:
         root.setLevel(level)
     model.eval()
 
-    image_size, mean, std = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
-    plan = text_tokenizer(arch)
-
-    text, text_width, text_heads = _text_tower(arch, model)
+    image = _check_preprocessing(arch, open_clip.get_model_preprocess_cfg(model))
     visual = model.visual
-    vision_width = getattr(getattr(visual, "transformer", None), "width", 0)
     logit_bias = getattr(model, "logit_bias", None)
-
-    with torch.no_grad():
-        embed_dim = int(text(plan.tokenize(["a"])).shape[-1])
-    return Source(
+    vision = dict(
         kind="open_clip",
         description={"kind": "open_clip", "model": arch,
                      "pretrained": "none" if weights is None else (Path(weights).name if Path(weights).is_file() else weights)},
         architecture=arch,
-        embed_dim=embed_dim,
         logit_scale=float(model.logit_scale.detach().exp().reshape(-1)[0]),
         logit_bias=None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
-        vision=OpenClipVisionTower(visual) if OpenClipVisionTower.supports(visual) else visual,
-        text=text,
-        image_size=image_size,
-        mean=mean,
-        std=std,
+        vision=vision_module(visual),
+        **image,
+        # open_clip gives sigmoid-trained models (SigLIP's loss) a learned logit_bias; CLIP's softmax has none.
+        scoring="softmax" if logit_bias is None else "sigmoid",
         preprocess=preprocess,
+        vision_heads=getattr(visual, "heads", 0) or 0,
+        vision_width=getattr(getattr(visual, "transformer", None), "width", 0),
+        reference_vision=functools.partial(model.encode_image, normalize=False),  # CoCa's normalizes by default
+    )
+    if "text" not in towers:
+        with torch.no_grad():  # the text tower is not exported: free its weights before tracing
+            for name, child in model.named_children():
+                for t in child.parameters() if name != "visual" else ():
+                    t.data = torch.empty(0, dtype=t.dtype)
+        return Source(**vision, embed_dim=int((open_clip.get_model_config(arch) or {}).get("embed_dim")), **NO_TEXT)
+    plan = text_tokenizer(arch)
+
+    text, text_width, text_heads = _text_tower(arch, model)
+
+    with torch.no_grad():
+        embed_dim = int(text(plan.tokenize(["a"])).shape[-1])
+    return Source(
+        **vision,
+        embed_dim=embed_dim,
+        text=text,
         **plan.source_fields(),
         pooling=text.pool_type,
         dynamic_length=text.dynamic,
-        vision_heads=getattr(visual, "heads", 0) or 0,
-        vision_width=vision_width,
         text_heads=text_heads,
         text_width=text_width,
-        reference_vision=model.encode_image,
         # normalize=False: CoCa's encode_text normalizes by default, the graphs give unnormalized features.
         reference_text=lambda ids: model.encode_text(ids, normalize=False),
     )
+
+
+class _ImageModel(nn.Module):
+    """An open_clip model's image side alone: what the export reads from a model (visual, logit scale
+    and bias, encode_image), without its text tower."""
+
+    def __init__(self, visual: nn.Module, init_logit_scale: float, init_logit_bias: float | None):
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.ones([]) * init_logit_bias)
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(image)
+        features = features[0] if isinstance(features, tuple) else features
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+
+def _image_tower_alone(arch: str) -> tuple[nn.Module, object]:
+    """(model, eval transform) of ARCH's image tower with random weights, its text tower never built:
+    a Hugging Face text tower fetches its config from the hub just to be built. CLIP and CustomTextCLIP
+    build the image tower first, so the seeded weights equal create_model's."""
+    from dataclasses import asdict
+
+    import numpy as np
+    from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = import_open_clip().get_model_config(arch)
+    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+    model = _ImageModel(visual, cfg.get("init_logit_scale", np.log(1 / 0.07)), cfg.get("init_logit_bias"))
+    pre = PreprocessCfg(size=visual.image_size)  # no tag: open_clip's defaults, as create_model gives them
+    set_model_preprocess_cfg(model, asdict(pre))
+    return model, image_transform_v2(pre, is_train=False)
 
 
 def _is_hub_error(exc: Exception) -> bool:

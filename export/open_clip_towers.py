@@ -197,3 +197,37 @@ class OpenClipVisionTower(nn.Module):
         x = _last_block(last, x, None, lambda t: t[:, :1]).squeeze(1)
         x = visual.ln_post(x)  # per-token LayerNorm: before or after pooling is the same
         return x if visual.proj is None else x @ visual.proj
+
+
+class ContrastiveImage(nn.Module):
+    """A tower that returns (contrastive embedding, tokens), as CoCa's does with output_tokens: the
+    first output alone, which is what CoCa's encode_image uses (its attentional pooler's first query)."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values)[0]
+
+
+def reparameterizable(module: nn.Module) -> bool:
+    """Whether timm's reparameterize_model changes anything in `module`: MobileOne / RepMixer / RepCPE
+    branches of MobileCLIP's FastViT-MCi, conv+BN pairs with `fuse`."""
+    return any(hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy") or hasattr(m, "fuse")
+               for m in module.modules() if m is not module)
+
+
+def vision_module(visual: nn.Module) -> nn.Module:
+    """What to trace for open_clip's `visual`: our ViT wrapper where it applies; else the tower itself,
+    reparameterized for inference (a copy: the original stays the verification reference, so the
+    export measures the fusion too) and reduced to its contrastive output."""
+    if OpenClipVisionTower.supports(visual):
+        return OpenClipVisionTower(visual)
+    if reparameterizable(visual):
+        from timm.utils.model import reparameterize_model
+
+        visual = reparameterize_model(visual, inplace=False).eval()
+    if getattr(visual, "output_tokens", False):
+        return ContrastiveImage(visual)
+    return visual

@@ -24,9 +24,9 @@ class Source:
 
     # Towers ending at the projected, unnormalized embedding.
     vision: torch.nn.Module  # pixel_values (B,3,S,S) float32 -> (B,embed_dim)
-    text: torch.nn.Module  # input_ids (B,L) int64 -> (B,embed_dim)
+    text: torch.nn.Module | None  # input_ids (B,L) int64 -> (B,embed_dim); None: image tower only (NO_TEXT)
 
-    # Image preprocessing (already checked to be shortest-side bicubic resize + center crop).
+    # Image preprocessing (the resize mode, filter and fill are below, with their defaults).
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -47,6 +47,12 @@ class Source:
     reference_vision: Callable[[torch.Tensor], torch.Tensor] | None = None
     reference_text: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    # Image preprocessing by name (fastclip.manifest.RESIZE_MODES / INTERPOLATIONS) and the "longest" fill.
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    fill: int = 0
+    # How probabilities come from logits (fastclip.manifest.SCORINGS): "sigmoid" for sigmoid-trained models.
+    scoring: str = "softmax"
     # Text rules per family (the manifest's text spec, format 2).
     dynamic_length: bool = True  # the graph gives the same vector for batch-longest padding
     padding_side: str = "right"
@@ -64,6 +70,10 @@ class Source:
     text_heads: int = 0
     text_width: int = 0
 
+    @property
+    def towers(self) -> tuple[str, ...]:
+        return ("vision", "text") if self.text is not None else ("vision",)
+
     def release(self, tower: str) -> None:
         """Free the torch weights of `tower` ("vision" | "text") once it is traced and its reference
         outputs are computed; the rest of the export reads ONNX files. Storage is emptied in place
@@ -72,3 +82,8 @@ class Source:
         with torch.no_grad():
             for t in (*module.parameters(), *module.buffers()):
                 t.data = torch.empty(0, dtype=t.dtype)
+
+
+# The text fields of a Source that exports its image tower alone.
+NO_TEXT: dict[str, Any] = dict(text=None, context_length=0, bos_token_id=0, eos_token_id=0, pad_token_id=0, pooling="",
+                               cleaning="none", tokenize=None, write_tokenizer=None)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .batch import EmbeddingBatch
 from .errors import FastClipError, ImageError, ModelError, TextError, TextTypeError
+from .families.score import SCORERS
 from .images import ImagePreprocessor
 from .manifest import Manifest, Tower, tower_fingerprint
 from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO, load_manifest, resolve_folder
@@ -749,6 +750,7 @@ class CLIP:
             )
         self.logit_scale = self.images.manifest.logit_scale
         self.logit_bias = self.images.manifest.logit_bias
+        self.scoring = self.images.manifest.scoring
 
     @property
     def dim(self) -> int:
@@ -782,15 +784,11 @@ class CLIP:
     def classify(
         self, images: Iterable[Any], labels: Sequence[str], *, template: str = "a photo of a {}.", batch_size: int = 32
     ) -> np.ndarray:
-        """Zero-shot probabilities, shape (n_images, n_labels): softmax over the model's own logits."""
+        """Zero-shot probabilities, shape (n_images, n_labels), as the model was trained to score: a softmax
+        over the labels (CLIP) or an independent sigmoid per label (SigLIP); see fastclip.families.score."""
         if isinstance(labels, str) or not labels:
             raise ValueError("labels must be a non-empty list of strings")
         prompts = [template.format(label) for label in labels]
         text = np.stack(list(self.texts.embed(prompts)))
         image = np.stack(list(self.images.embed(images, batch_size)))
-        logits = self.logit_scale * (image @ text.T)
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return SCORERS[self.scoring](image @ text.T, self.logit_scale, self.logit_bias)

@@ -5,6 +5,9 @@ open_clip's eval transform (``open_clip.transform.image_transform(size, is_train
 
     Resize(size, bicubic)  ->  CenterCrop(size)  ->  convert("RGB")  ->  ToTensor  ->  Normalize(mean, std)
 
+Other tags resize another way ("squash", "longest") or with another filter ("bilinear"); the manifest
+names both and `fastclip.families.resize` holds one resizer per name, each exact in the same way.
+
 torchvision implements Resize and CenterCrop on PIL images with Pillow's own ``resize`` and ``crop``, so
 the way to be exact is to make the same Pillow calls with the same arguments, in the same order:
 
@@ -33,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ImageTypeError, first_line
+from .families.resize import MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, resize_crop
 from .manifest import VisionSpec
 
 __all__ = [
@@ -300,84 +304,6 @@ def _apply_exif_orientation(
     return ImageOps.exif_transpose(img), geometry
 
 
-# The exact path resizes the whole image, as torchvision does, then crops: its cost is the resized size,
-# S * S * aspect ratio when the short side is scaled up. A 1 x 60000 PNG (320 bytes) becomes 224 x 13.4 M
-# pixels there: 46 s and 12.3 GB. Past this many resized pixels, only the crop window is resampled
-# (`_resize_window`). 2**22 pixels (16 MB as RGB, ~0.1 s) keeps the exact path for aspect ratios up to
-# ~83:1 at 224 px (37:1 at 336 px), far beyond panoramas and banners, while bounding what any one
-# image can cost in resampling.
-MAX_RESIZED_PIXELS = 1 << 22
-
-
-def resize_crop(image: Image.Image, size: int, geometry: Geometry | None = None) -> Image.Image:
-    """torchvision's Resize(size, BICUBIC) then CenterCrop(size) on a PIL image; mode unchanged.
-
-    With `geometry` (a drafted JPEG), the output size is computed from the original photo's size and
-    only the box covering the photo is resampled, as if the full-size photo had been resized.
-    """
-    w, h = geometry.full_size if geometry else image.size
-    # torchvision._compute_resized_output_size: int() truncation of the long side, not round().
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    # torchvision.transforms.functional.center_crop; new_w, new_h >= size, so no padding case.
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    if geometry is None and new_w * new_h > MAX_RESIZED_PIXELS:
-        return _resize_window(image, (new_w, new_h), (left, top), size)
-    if geometry is not None:
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, box=geometry.box)
-    elif (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    if (left, top, new_w, new_h) != (0, 0, size, size):
-        image = image.crop((left, top, left + size, top + size))
-    return image
-
-
-_PREMULTIPLIED = {"LA": "La", "RGBA": "RGBa"}
-
-
-def _resize_window(image: Image.Image, resized: tuple[int, int], offset: tuple[int, int], size: int) -> Image.Image:
-    """The size x size window at `offset` of `image.resize(resized, BICUBIC)`, resampling only that window.
-
-    Pillow's resize is separable: a horizontal pass over the source rows the vertical pass needs, then
-    a vertical pass (that order whenever the short side is scaled up, the only case that reaches here:
-    a short side >= size means the resized image is no larger than the decoded one). Each output pixel
-    reads at most 2 * max(1, scale) + 1 source pixels either side of its centre. So: crop the source to
-    the rows and columns the window reads (integer crop, exact), then run the two passes as two 1-D
-    resizes with a box that maps exactly the window, in the same order as the full resize. Cost: the
-    window plus the filter support, whatever the aspect ratio (1 x 60000: 12.3 GB -> a few MB).
-
-    Pixels: the horizontal pass of a narrow image (box = the full width) is the full resize's own; the
-    pass along the long side gets its box as float32 (Pillow's C API), which moves filter centres by
-    ~1e-7 px and can flip the last bit of a fixed-point weight: at most 1 uint8 level on rare pixels
-    (measured in tests/test_hostile.py). "P" and "1" images are resized with NEAREST by Pillow (and by
-    the reference); there the box decides which source pixel is picked at exact ties.
-    """
-    w, h = image.size
-    new_w, new_h = resized
-    left, top = offset
-    sx, sy = w / new_w, h / new_h
-    bx0, bx1 = left * sx, (left + size) * sx
-    by0, by1 = top * sy, (top + size) * sy
-    mx, my = 2 * max(sx, 1.0) + 2, 2 * max(sy, 1.0) + 2  # bicubic support (2 output px) + rounding
-    x0, x1 = max(0, math.floor(bx0 - mx)), min(w, math.ceil(bx1 + mx))
-    y0, y1 = max(0, math.floor(by0 - my)), min(h, math.ceil(by1 + my))
-    region = image.crop((x0, y0, x1, y1))
-    box = (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
-    if image.mode in ("P", "1"):
-        return region.resize((size, size), Image.Resampling.NEAREST, box=box)
-    mode = image.mode
-    if mode in _PREMULTIPLIED:  # as Image.resize does, once around both passes
-        region = region.convert(_PREMULTIPLIED[mode])
-    rows = region.height
-    # One pass each: the other axis has its full extent and size, so Pillow skips it.
-    region = region.resize((size, rows), Image.Resampling.BICUBIC, box=(box[0], 0, box[2], rows))
-    region = region.resize((size, size), Image.Resampling.BICUBIC, box=(0, box[1], size, box[3]))
-    return region.convert(mode) if mode in _PREMULTIPLIED else region
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
@@ -411,14 +337,14 @@ def _normalize(rgb: np.ndarray, lut: np.ndarray, out: np.ndarray | None) -> np.n
 
 
 def preprocess(image: Image.Image, spec: VisionSpec, *, out: np.ndarray | None = None) -> np.ndarray:
-    """open_clip's eval transform: (3, S, S) float32, equal to the reference's tensor.
+    """open_clip's eval transform for `spec`'s resize mode and filter: (3, S, S) float32, equal to the
+    reference's tensor.
 
     `out` (a C-contiguous float32 (3, S, S) array, e.g. a row of a batch) is filled in place and
     returned, saving the copy of stacking the batch afterwards.
     """
-    size = spec.image_size
-    rgb = _to_rgb(resize_crop(image, size))
-    return _normalize(np.asarray(rgb), normalize_lut(tuple(spec.mean), tuple(spec.std)), out)
+    resized = RESIZERS[spec.resize_mode](image, spec.image_size, None, RESAMPLING[spec.interpolation], spec.fill)
+    return _normalize(np.asarray(_to_rgb(resized)), normalize_lut(tuple(spec.mean), tuple(spec.std)), out)
 
 
 class ImagePreprocessor:
@@ -430,6 +356,12 @@ class ImagePreprocessor:
     a few uint8 steps, vectors by a cosine of about 3e-5 at worst on the benchmark photos, in exchange
     for ~2.4x faster preprocessing of large JPEGs. `fast="max"` drafts down to the crop size itself:
     ~3.6x faster, vectors within a cosine of about 1e-4.
+
+    Every resize mode resamples the same box of the drafted photo at the original photo's output
+    size, so the shift does not depend on the mode. Measured on 48 photos of 1-4 MP with a random-weight
+    ViT-B-16-SigLIP2 image tower (benchmarks/bench_families.py --fast-modes), min cosine to exact for
+    True / "max": 0.999992-0.999995 / 0.999943-0.999956 in all six resize mode x filter combinations;
+    convnext_base_w (shortest, bicubic, 256 px): 0.999959 / 0.999782, a CNN feels the drafted pixels more.
     """
 
     DRAFT_FACTORS = {False: None, True: 2, "max": 1}  # shortest side kept >= factor * image_size
@@ -444,6 +376,7 @@ class ImagePreprocessor:
         factor = self.DRAFT_FACTORS[fast]
         self._draft_min_size = factor * self.size if factor else None
         self._lut = normalize_lut(tuple(spec.mean), tuple(spec.std))
+        self._resample = RESAMPLING[spec.interpolation]
 
     def __call__(self, item: Any, index: int, *, out: np.ndarray | None = None) -> np.ndarray:
         try:
@@ -451,9 +384,10 @@ class ImagePreprocessor:
                 item, index, exif_transpose=self.exif_transpose, draft_min_size=self._draft_min_size
             )
             try:
-                rgb = _to_rgb(resize_crop(img, self.size, geometry))
-            except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert
-                raise ImageError(index, _describe(item), f"cannot preprocess mode {img.mode!r}: {exc}") from None
+                resize = RESIZERS[self.spec.resize_mode]
+                rgb = _to_rgb(resize(img, self.size, geometry, self._resample, self.spec.fill))
+            except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert, a 1 x 10**5 strip
+                raise ImageError(index, _describe(item), f"cannot preprocess ({img.mode} {img.size[0]}x{img.size[1]}): {exc}") from None
             return _normalize(np.asarray(rgb), self._lut, out)
         except Exception as exc:  # noqa: BLE001 - MemoryError and the like: this input's error, not the stream's
             raise image_error(index, _describe(item), exc) from None

@@ -27,14 +27,26 @@ from .errors import ModelError
 from .families.text import CLEANERS, PADDING_SIDES
 
 MANIFEST_NAME = "fastclip.json"
-# 2: the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
-# languages (fields an older runtime would ignore and so get different token ids).
+# 2: vision.resize_mode "squash" / "longest", vision.interpolation "bilinear", vision.fill, "scoring";
+# the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
+# languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
+# silently; the version check makes it refuse them instead.
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
 CLEANINGS = tuple(CLEANERS)
+
+# Image preprocessing, open_clip's names (PreprocessCfg.resize_mode / interpolation); the runtime keeps
+# one resizer per name (fastclip.families.resize).
+RESIZE_MODES = ("shortest", "squash", "longest")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+# How CLIP.classify turns logits into probabilities (fastclip.families.score):
+#   "softmax": over the labels of logit_scale * cos (CLIP-trained: contrastive softmax loss);
+#   "sigmoid": sigmoid(logit_scale * cos + logit_bias) per label (SigLIP's pairwise sigmoid loss).
+SCORINGS = ("softmax", "sigmoid")
 
 # Bounds on what a manifest may ask for. Image sizes of published CLIP-family models run 224-448 (a few
 # at 512-1024); 4096 px is 200 MB per preprocessed image, past any sensible use. Context lengths run 64-
@@ -134,6 +146,7 @@ class VisionSpec(Tower):
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    fill: int = 0  # "longest": the padding value, in every band of the image's own mode (0-255)
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,7 @@ class Manifest:
     vision: VisionSpec | None
     text: TextSpec | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    scoring: str = "softmax"  # one of SCORINGS
 
 
 def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -227,10 +241,11 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             vision = VisionSpec(
                 **_tower_kwargs(v, f"{origin} vision"),
                 image_size=_int(v["image_size"], "vision.image_size", origin, 1, MAX_IMAGE_SIZE),
-                resize_mode=v.get("resize_mode", "shortest"),
-                interpolation=v.get("interpolation", "bicubic"),
+                resize_mode=_choice(v.get("resize_mode", "shortest"), RESIZE_MODES, "vision.resize_mode", origin),
+                interpolation=_choice(v.get("interpolation", "bicubic"), INTERPOLATIONS, "vision.interpolation", origin),
                 mean=_triple(v["mean"], "vision.mean", origin, positive=False),
                 std=_triple(v["std"], "vision.std", origin, positive=True),
+                fill=_int(v.get("fill", 0), "vision.fill", origin, 0, 255),
             )
         if data.get("text"):
             t = data["text"]
@@ -253,24 +268,32 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             )
         if vision is None and text is None:
             raise ModelError(f"{origin}: neither a vision nor a text tower is described")
-        if vision and vision.resize_mode != "shortest":
-            raise ModelError(f"{origin}: resize_mode {vision.resize_mode!r} is not supported (only 'shortest')")
-        if vision and vision.interpolation != "bicubic":
-            raise ModelError(f"{origin}: interpolation {vision.interpolation!r} is not supported (only 'bicubic')")
+        scoring = _choice(data.get("scoring", "softmax"), SCORINGS, "scoring", origin)
+        logit_bias = None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin)
+        if scoring == "sigmoid" and logit_bias is None:
+            raise ModelError(f"{origin}: scoring 'sigmoid' needs a logit_bias (sigmoid(logit_scale * cos + logit_bias))")
         return Manifest(
             format_version=version,
             source=dict(data.get("source", {})),
             architecture=str(data.get("architecture", "unknown")),
             embed_dim=_int(data["embed_dim"], "embed_dim", origin, 1, 1 << 20),
             logit_scale=_finite(data.get("logit_scale", 100.0), "logit_scale", origin),
-            logit_bias=None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin),
+            logit_bias=logit_bias,
             opset=data.get("opset"),
             vision=vision,
             text=text,
             raw=data,
+            scoring=scoring,
         )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelError(f"{origin}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _choice(value: Any, choices: tuple[str, ...], what: str, origin: str) -> str:
+    if value not in choices:
+        raise ModelError(f"{origin}: {what} {value!r} is not one this fastclip knows ({', '.join(choices)}); "
+                         "a newer export may need a newer fastclip")
+    return value
 
 
 def _text_family(t: dict[str, Any], origin: str) -> dict[str, Any]:

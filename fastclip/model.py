@@ -15,6 +15,7 @@ from typing import Any
 from . import hub
 from . import manifest as manifest_mod
 from .errors import ModelError, first_line
+from .families.resize import from_processor_config
 from .manifest import Manifest, VisionSpec
 
 # fastembed's published CLIP ViT-B/32 towers: the default, so a new user gets vectors with no export.
@@ -139,8 +140,10 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
         cfg = _read_json(folder / "preprocessor_config.json")
         pixel_input = "pixel_values" if "pixel_values" in names else names[0]
         out, dim = _pick_output(outputs, "image_embeds", str(folder))
-        size = cfg.get("crop_size", cfg.get("size", 224))
-        size = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+        try:
+            image = from_processor_config(cfg)
+        except ValueError as exc:
+            raise ModelError(f"{folder / 'preprocessor_config.json'}: {exc}") from None
         data.update(
             architecture="unknown",
             embed_dim=dim,
@@ -148,7 +151,7 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
                 "input_name": pixel_input,
                 "output_name": out,
                 "files": {"fp32": base},
-                "image_size": int(size or 224),
+                **image,
                 "mean": cfg.get("image_mean", list(VisionSpec.mean)),
                 "std": cfg.get("image_std", list(VisionSpec.std)),
             },

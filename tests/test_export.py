@@ -315,9 +315,9 @@ def test_unsupported_preprocessing_refused(tiny_hf_checkpoint, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_hf_checkpoint, ckpt)
     cfg = json.loads((ckpt / "preprocessor_config.json").read_text())
-    cfg["resample"] = 2  # bilinear
+    cfg["resample"] = 1  # Lanczos: no open_clip tag uses it
     (ckpt / "preprocessor_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match="bicubic"):
+    with pytest.raises(ExportError, match="bicubic or bilinear"):
         api.export_model(str(ckpt), tmp_path / "m", log=lambda _: None)
 
 

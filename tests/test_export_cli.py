@@ -18,20 +18,46 @@ def test_list_shows_every_open_clip_architecture_and_why_not(capsys):
     assert main(["export", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     total = len(import_open_clip().list_models())
-    assert f" of {total} export" in lines[0]
-    row = {line.split()[0]: line for line in lines[2:] if line and not line.startswith(" ")}
+    assert f" of {total} export both towers, {total} of {total} the image tower" in lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("ARCHITECTURE"))
+    row = {line.split()[0]: line for line in lines[header + 1:] if line and not line.startswith(" ")}
+    column = lines[header].index("STATUS")
+    status = {arch: line[column:] for arch, line in row.items()}
     assert len([name for name in row if not name.startswith("transformers:")]) == total
-    for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu"):
-        assert row[arch].split()[3] == "yes", row[arch]
+    for arch in ("ViT-H-14", "ViT-L-14-336", "ViT-bigG-14", "ViT-B-32-quickgelu", "RN50x4", "EVA02-L-14", "convnext_base_w"):
+        assert status[arch].startswith("yes"), row[arch]
     assert "QuickGELU" in row["ViT-H-14-378-quickgelu"]
-    assert "refused: CoCa" in row["coca_ViT-L-14"]
-    # Text families (issue 17): SigLIP's tokenizer, HF text towers and bidirectional towers export.
-    for arch in ("xlm-roberta-large-ViT-H-14", "nllb-clip-base", "ViT-H-14-CLIPA", "mt5-base-ViT-B-32"):
-        assert row[arch].split()[3] == "yes", row[arch]
-    assert "tokenizer" not in row["ViT-B-16-SigLIP"] and "bidirectional" not in row["MobileCLIP-S1"]
-    # The DFN weights squash the image instead of cropping it: the architecture exports, that tag not.
-    after_h14 = lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
-    assert "refused with pretrained 'dfn5b'" in after_h14 and "resize_mode='squash'" in after_h14
+    # Every vision family is tested (tests/test_families.py): nothing is left "untested".
+    assert not [line for line in row.values() if "untested" in line]
+    # Text families (issue 17): SigLIP's tokenizer, HF text towers, bidirectional towers and CoCa export.
+    for arch in ("xlm-roberta-large-ViT-H-14", "nllb-clip-base", "ViT-H-14-CLIPA", "mt5-base-ViT-B-32",
+                 "ViT-B-16-SigLIP2", "MobileCLIP2-S0", "coca_ViT-L-14", "PE-Core-L-14-336"):
+        assert status[arch].startswith("yes"), row[arch]
+    # The DFN weights squash the image instead of cropping it: that tag exports too, with its own resize.
+    assert "refused" not in lines[lines.index(row["ViT-H-14-378-quickgelu"]) + 1]
+    assert "; tags: 4 of 4 export" in row["ViT-H-14"]
+
+
+def test_list_tags_gives_each_tags_preprocessing(capsys):
+    from fastclip.cli import main
+
+    assert main(["export", "--list", "--tags"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("PE-Core-B-16 ")) + 1]
+    assert after.strip() == "tag meta: exports (squash, bilinear, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5))"
+    dfn = [line.strip() for line in lines if line.strip().startswith("tag dfn5b:")]
+    assert dfn and all(line.startswith("tag dfn5b: exports (squash, bicubic") for line in dfn)
+
+
+def test_vision_only_from_the_command_line(tiny_openclip_config, tmp_path, capsys):
+    from fastclip import ImageEmbedding, manifest
+    from fastclip.cli import main
+
+    out = tmp_path / "vision-only"
+    assert main(["export", f"open_clip:{tiny_openclip_config}", str(out), "--pretrained", "none", "--vision-only"]) == 0
+    m = manifest.load(out)
+    assert m.text is None and m.vision is not None and not (out / "text").exists()
+    assert ImageEmbedding(out).dim == 32
 
 
 def test_list_follows_the_configs_not_a_table(tiny_openclip_config, tmp_path):
@@ -76,9 +102,14 @@ def test_listed_vit_architectures_pass_the_loader_checks():
     assert checked >= 25
 
 
-def test_pretrained_tag_with_other_preprocessing_refused_before_loading(tmp_path):
-    assert "squash" in config_problem("ViT-H-14-378-quickgelu", "dfn5b")
-    with pytest.raises(ExportError, match="squash"):
+def test_pretrained_tag_with_unknown_preprocessing_refused_before_loading(tmp_path, monkeypatch):
+    from open_clip import pretrained
+
+    real = pretrained.get_pretrained_cfg
+    monkeypatch.setattr(pretrained, "get_pretrained_cfg",
+                        lambda arch, tag: {**real(arch, tag), "interpolation": "lanczos"} if tag == "dfn5b" else real(arch, tag))
+    assert "interpolation='lanczos'" in config_problem("ViT-H-14-378-quickgelu", "dfn5b")
+    with pytest.raises(ExportError, match="lanczos"):
         api.export_model("open_clip:ViT-H-14-378-quickgelu", tmp_path / "m", pretrained="dfn5b", log=lambda _: None)
 
 
@@ -122,3 +153,16 @@ def test_hf_parameters_counted_from_the_config(tiny_hf_checkpoint):
     model = CLIPModel.from_pretrained(tiny_hf_checkpoint)
     vision = sum(p.numel() for m in (model.vision_model, model.visual_projection) for p in m.parameters())
     assert api.count_parameters(str(tiny_hf_checkpoint), None) == (vision, sum(p.numel() for p in model.parameters()) - vision)
+
+
+def test_list_status_states_memory_against_this_machine():
+    from fastclip.cli.export import _status
+
+    row = {"architecture": "ViT-bigG-14", "problem": None, "vision_problem": None, "vision": "ViT", "quick_gelu": False,
+           "peak_bytes": 25.0e9}
+    assert _status(row, frozenset({"ViT"}), 18.5e9) == "yes; ~25.0 GB peak > 18.5 GB available here"
+    assert _status({**row, "peak_bytes": 4.2e9}, frozenset({"ViT"}), 18.5e9) == "yes; ~4.2 GB peak"
+    text_refused = {**row, "problem": "tokenizer x is not CLIP's BPE", "peak_bytes": None, "vision": "timm foo"}
+    assert _status(text_refused, frozenset({"ViT"}), None) == (
+        "image tower only (text refused: tokenizer x is not CLIP's BPE); untested family: timm foo traced as is, "
+        "verification decides")

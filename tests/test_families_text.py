@@ -186,8 +186,8 @@ def _tower_matches(tower, ids, want_fn, tmp_path, name: str) -> None:
 def test_coca_text_towers_match_open_clip(text_hub, tmp_path, arch):
     """CoCa's contrastive text embedding traced to ONNX equals open_clip's encode_text: the class token appended
     after 76 CLIP BPE tokens (padding masked for it, pooled last, ln_final after pooling), and the RoBERTa
-    variant's HF tower, which also returns tokens. The export refuses CoCa for its vision tower; the text side
-    is proven at the tower."""
+    variant's HF tower, which also returns tokens. Proven at the tower here; a whole CoCa export
+    (both towers) runs in tests/test_families.py."""
     import torch
 
     from fastclip_export.open_clip_source import _text_tower, text_tokenizer

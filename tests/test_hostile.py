@@ -15,7 +15,7 @@ import pytest
 from photos import photo_array, write_photos
 from PIL import Image
 
-import fastclip.images as images_mod
+import fastclip.families.resize as resize_mod
 from fastclip import ImageEmbedding
 from fastclip.errors import ImageError, ImageTypeError
 from fastclip.images import (
@@ -53,7 +53,7 @@ def resize_sizes(monkeypatch):
 def exact_resize_crop(img: Image.Image, monkeypatch) -> Image.Image:
     """The reference path (resize everything, then crop), whatever the size."""
     with monkeypatch.context() as m:
-        m.setattr(images_mod, "MAX_RESIZED_PIXELS", 1 << 62)
+        m.setattr(resize_mod, "MAX_RESIZED_PIXELS", 1 << 62)
         return resize_crop(img, S)
 
 
@@ -176,7 +176,7 @@ def test_memory_error_is_that_inputs_image_error(monkeypatch):
     def boom(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(images_mod, "resize_crop", boom)
+    monkeypatch.setitem(resize_mod.RESIZERS, "shortest", boom)
     with pytest.raises(ImageError, match=r"image #7 \(<bytes>\).*MemoryError") as ei:
         ImagePreprocessor(SPEC)(png_bytes(Image.new("RGB", (30, 20))), 7)
     assert ei.value.index == 7
@@ -213,14 +213,14 @@ def test_skip_mode_keeps_going_past_none_ints_and_memory_errors(tiny_openclip_ex
     with pytest.raises(TypeError, match=r"#1\b"):
         list(model.embed([paths[0], None]))  # errors="raise": still a TypeError naming the index
 
-    real = images_mod.resize_crop
+    real = resize_mod.resize_crop
 
-    def flaky(image, size, geometry=None):
+    def flaky(image, *args):
         if image.size == Image.open(paths[1]).size:
             raise MemoryError()
-        return real(image, size, geometry)
+        return real(image, *args)
 
-    monkeypatch.setattr(images_mod, "resize_crop", flaky)
+    monkeypatch.setitem(resize_mod.RESIZERS, "shortest", flaky)
     errors.clear()
     got = list(model.embed(paths, errors="skip", on_error=errors.append))
     assert got[1] is None and [e.index for e in errors] == [1] and "MemoryError" in str(errors[0])

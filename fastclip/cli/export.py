@@ -23,10 +23,14 @@ def add_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?", help="Hugging Face id or local transformers folder, or open_clip:ARCH")
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="folder to create")
     p.add_argument("--list", action="store_true", help="list the open_clip architectures and whether each exports (and why not)")
+    p.add_argument("--memory", action="store_true", help="with --list: each export's estimated peak memory vs this machine's")
+    p.add_argument("--tags", action="store_true", help="with --list: every pretrained tag, its preprocessing and whether it exports")
     p.add_argument("--pretrained", metavar="TAG|FILE|none", help="open_clip weights: a tag, a checkpoint file, or none (random)")
     p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
+    p.add_argument("--vision-only", action="store_true",
+                   help="export the image tower alone (for a model whose text tower is refused, or to save the space)")
     p.add_argument("--ignore-memory-estimate", action="store_true",
                    help="export even when the estimated peak memory exceeds what the machine has available")
     p.set_defaults(func=cmd_export)
@@ -37,7 +41,7 @@ def cmd_export(args) -> int:
     if args.list:
         if args.model or args.out_dir:
             raise UsageError("--list takes no MODEL or OUT_DIR")
-        return _list()
+        return _list(with_memory=args.memory, with_tags=args.tags)
     if not args.model or not args.out_dir:
         raise UsageError("export needs MODEL and OUT_DIR (or --list)")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -57,6 +61,7 @@ def cmd_export(args) -> int:
         external_data=True if args.external_data else None,
         check_memory=not args.ignore_memory_estimate,
         log=lambda message: print(message, file=sys.stderr),
+        towers=("vision",) if args.vision_only else ("vision", "text"),
     )
     return 0
 
@@ -74,31 +79,56 @@ def _missing_export_extra() -> bool:
     return False
 
 
-# open_clip families that tests or benchmarks/export_zoo.py export and verify at full size.
-VERIFIED_FAMILIES = ("ViT",)
-
-
-def _list() -> int:
+def _list(with_memory: bool = False, with_tags: bool = False) -> int:
     if _missing_export_extra():
         return 1
-    from fastclip_export.open_clip_source import architectures
+    from fastclip_export import memory
+    from fastclip_export.open_clip_source import TESTED_FAMILIES, architectures
 
-    rows = architectures()
-    ok = [r for r in rows if r["problem"] is None]
-    print(f"open_clip architectures: {len(ok)} of {len(rows)} export (read from open_clip's model configs and "
-          "pretrained tags; weights: --pretrained TAG, a checkpoint file, or none)")
+    available = memory.available_bytes() if with_memory else None
+    rows = architectures(memory_available=available)
+    both = [r for r in rows if r["problem"] is None]
+    vision = [r for r in rows if r["vision_problem"] is None]
+    print(f"open_clip architectures: {len(both)} of {len(rows)} export both towers, {len(vision)} of {len(rows)} the image "
+          "tower (--vision-only) (read from open_clip's model configs and pretrained tags; weights: --pretrained TAG, "
+          "a checkpoint file, or none)")
+    if available:
+        over = [r for r in rows if r.get("peak_bytes", 0) > available]
+        print(f"memory: {len(over)} need more than the {available / memory.GB:.1f} GB available here "
+              "(estimated peak, fp32; --ignore-memory-estimate to try anyway)")
+    elif not with_memory:
+        print("(--list --memory adds each export's estimated peak memory against this machine's; --list --tags each "
+              "pretrained tag's preprocessing)")
     width = max(len(r["architecture"]) for r in rows)
-    print(f"{'ARCHITECTURE':<{width}}  {'SIZE':>4}  {'DIM':>4}  STATUS")
-    for r in sorted(rows, key=lambda r: (r["problem"] is not None, r["architecture"].lower())):
-        if r["problem"]:
-            status = f"refused: {r['problem']}"
-        elif r["vision"] in VERIFIED_FAMILIES:
-            status = "yes" + (" (QuickGELU)" if r["quick_gelu"] else "")
-        else:
-            status = f"yes, untested family: {r['vision']} vision tower traced as is, verification decides"
-        print(f"{r['architecture']:<{width}}  {r['image_size']!s:>4}  {r['embed_dim']!s:>4}  {status}")
-        for problem in r["refused_tags"].values():
-            print(f"{'':<{width}}  {'':>4}  {'':>4}    refused with {problem}")
-    print("transformers: any CLIPModel checkpoint (config model_type 'clip') whose preprocessor_config.json is "
-          "shortest-side bicubic resize + center crop")
+    family_width = max(len(r["vision"]) for r in rows)
+    print(f"{'ARCHITECTURE':<{width}}  {'SIZE':>4}  {'DIM':>4}  {'VISION TOWER':<{family_width}}  STATUS")
+    for r in sorted(rows, key=lambda r: (r["problem"] is not None, r["vision_problem"] is not None, r["architecture"].lower())):
+        status = _status(r, TESTED_FAMILIES, available)
+        print(f"{r['architecture']:<{width}}  {r['image_size']!s:>4}  {r['embed_dim']!s:>4}  {r['vision']:<{family_width}}  {status}")
+        for tag, pre in r["tags"].items() if with_tags else ():
+            problem = r["vision_problem"] or r["refused_tags"].get(tag)
+            print(f"{'':<{width}}  {'':>4}  {'':>4}  {'':<{family_width}}    tag {tag}: "
+                  f"{'refused, ' + problem if problem else 'exports'} ({pre})")
+        for tag, problem in r["refused_tags"].items() if not with_tags else ():
+            print(f"{'':<{width}}  {'':>4}  {'':>4}  {'':<{family_width}}    tag {tag}: refused, {problem}")
+
+    print("transformers: CLIPModel and SiglipModel checkpoints whose preprocessor_config.json is a shortest-edge "
+          "resize + center crop or a plain square resize, bicubic or bilinear")
     return 0
+
+
+def _status(row: dict, tested: frozenset, available: float | None) -> str:
+    if row["vision_problem"]:
+        return f"refused: {row['vision_problem']}"
+    status = "yes" if row["problem"] is None else f"image tower only (text refused: {row['problem']})"
+    if row["quick_gelu"] and row["problem"] is None:
+        status += " (QuickGELU)"
+    if row["vision"] not in tested:
+        status += f"; untested family: {row['vision']} traced as is, verification decides"
+    tags = row.get("tags") or {}
+    if tags:
+        status += f"; tags: {len(tags) - len(row['refused_tags'])} of {len(tags)} export"
+    peak = row.get("peak_bytes")
+    if peak is not None:
+        status += f"; ~{peak / 1e9:.1f} GB peak" + (f" > {available / 1e9:.1f} GB available here" if available and peak > available else "")
+    return status

@@ -20,12 +20,14 @@ def describe(manifest, folder: Path) -> Iterable[str]:
     yield f"source: {src.get('kind', '?')} {src.get('model', '')} {('pretrained=' + str(src['pretrained'])) if src.get('pretrained') else ''}".rstrip()
     yield f"architecture: {manifest.architecture}   embed_dim: {manifest.embed_dim}   logit_scale: {manifest.logit_scale:g}" + (
         f"   logit_bias: {manifest.logit_bias:g}" if manifest.logit_bias is not None else ""
-    )
+    ) + f"   scoring: {manifest.scoring}"
     for name, spec in (("vision", manifest.vision), ("text", manifest.text)):
         if spec is None:
             continue
         if name == "vision":
-            detail = f"{spec.image_size}px, {spec.resize_mode} side {spec.interpolation} + center crop"
+            resize = {"shortest": "shortest side + center crop", "squash": "squashed to the square",
+                      "longest": f"longest side + padding with {spec.fill}"}.get(spec.resize_mode, spec.resize_mode)
+            detail = f"{spec.image_size}px, {spec.interpolation} resize of the {resize}"
         else:
             detail = (f"context {spec.context_length}{' (dynamic length)' if spec.dynamic_length else ', padded to it'}, "
                       f"cleaning {spec.cleaning}, pooling {spec.pooling}"

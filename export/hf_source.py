@@ -139,7 +139,7 @@ def load_hf(model: str, pretrained: str | None) -> Source:
             try:
                 return cls.from_pretrained(model, revision=revision)
             except OSError as exc:
-                raise _offline_error(model, exc) from None
+                raise _hub_error(model, exc) from None
 
         source = load_hf_siglip(model if not Path(model).is_dir() else Path(model).name, config, local,
                                 _fetch(model, revision, "preprocessor_config.json"), load_model)

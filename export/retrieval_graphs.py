@@ -9,8 +9,6 @@ that is not written out fails there.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from onnx import TensorProto, checker, helper
 
 IR_VERSION = 8

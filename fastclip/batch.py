@@ -2,18 +2,40 @@
 
 Every consumer (the lazy generators, the process pool, Ray, the CLI writer, the server) takes these as
 they come and maps rows back to inputs through `indices` / `ok` / `rows()`; nobody regroups rows.
+The batch-call conventions every one of them shares live here too: the default batch sizes, the
+`errors=` choices and the check of both.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .errors import FastClipError
 
-__all__ = ["EmbeddingBatch", "ImageBatch"]
+__all__ = ["EmbeddingBatch", "ImageBatch", "IMAGE_BATCH", "TEXT_BATCH", "ERRORS", "check_batching", "one_or_many",
+           "rows_of"]
+
+# Default inputs per batch: the classes, the process pool, Ray and the CLI all use these.
+IMAGE_BATCH = 32
+TEXT_BATCH = 256
+# What a batch call does with an input it cannot embed: raise its error, or skip it (None in its row).
+ERRORS = ("raise", "skip")
+
+
+def check_batching(batch_size: Any, errors: Any) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+
+
+def one_or_many(items: Any) -> Any:
+    """A lone str or path is one input, not a stream of characters."""
+    return [items] if isinstance(items, (str, os.PathLike)) else items
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,31 @@ class EmbeddingBatch:
     def first_failure(self) -> FastClipError | None:
         """The failure of the lowest input index, which `errors="raise"` raises."""
         return self.failures[min(self.failures)] if self.failures else None
+
+    def split(self, size: int) -> Iterator[EmbeddingBatch]:
+        """This batch as consecutive batches of `size` inputs (views of its vectors, no copy)."""
+        if self.count <= size:
+            yield self
+            return
+        ok = self.ok
+        row = 0
+        for lo in range(0, self.count, size):
+            hi = min(lo + size, self.count)
+            n_ok = int(ok[lo:hi].sum())
+            start, stop = self.start_index + lo, self.start_index + hi
+            failures = {i: e for i, e in self.failures.items() if start <= i < stop}
+            yield EmbeddingBatch(start_index=start, count=hi - lo, vectors=self.vectors[row : row + n_ok], failures=failures)
+            row += n_ok
+
+
+def rows_of(batches: Iterable[EmbeddingBatch],
+            on_error: Callable[[FastClipError], None] | None = None) -> Iterator[np.ndarray | None]:
+    """One vector (None for a failed input, whose error goes to on_error) per input, in input order."""
+    for batch in batches:
+        for index, row in enumerate(batch.rows(), batch.start_index):
+            if row is None and on_error is not None:
+                on_error(batch.failures[index])
+            yield row
 
 
 # The name images used before texts shared the type; kept so existing imports work.

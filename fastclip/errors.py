@@ -57,6 +57,19 @@ class TextTypeError(TextError, TypeError):
     what it is."""
 
 
+class WorkerError(FastClipError):
+    """A worker process died (killed, crashed), could not start, or raised what cannot cross processes.
+    `pid` and `inputs` (first and last input index it held) say which and what."""
+
+    def __init__(self, message: str, pid: int | None = None, inputs: tuple[int, int] | None = None):
+        self.pid = pid
+        self.inputs = inputs
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.pid, self.inputs)
+
+
 class ExportError(FastClipError):
     """The export failed: unknown model, no network, not a CLIP checkpoint, or parity not reached."""
 

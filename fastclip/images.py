@@ -25,7 +25,6 @@ the way to be exact is to make the same Pillow calls with the same arguments, in
 from __future__ import annotations
 
 import io
-import math
 import os
 import stat
 from dataclasses import dataclass

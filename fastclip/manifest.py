@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ModelError
 from .families.text import CLEANERS, PADDING_SIDES
@@ -32,7 +33,8 @@ MANIFEST_NAME = "fastclip.json"
 # languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
 # silently; the version check makes it refuse them instead.
 FORMAT_VERSION = 2
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # the model variants a folder may hold; export and CLI import this
+HASH_BLOCK = 1 << 22
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
@@ -342,12 +344,16 @@ def dump(data: dict[str, Any], folder: str | Path) -> Path:
     return path
 
 
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed: model files run to gigabytes."""
+def sha256(source: str | os.PathLike | BinaryIO) -> str:
+    """Hex sha256 of a file: a path, or a binary file object read from its start. Streamed, HASH_BLOCK
+    bytes at a time, since model files run to gigabytes. The one file hasher of the package."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return sha256(f)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    source.seek(0)
+    while block := source.read(HASH_BLOCK):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -11,18 +11,19 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import hashlib
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError, first_line
-from .manifest import TextSpec, Tower, TowerFile
+from .errors import FastClipError, ModelError, first_line
+from .manifest import TextSpec, Tower, TowerFile, sha256
 
 log = logging.getLogger("fastclip")
 
@@ -77,6 +78,36 @@ def default_providers() -> tuple[list[str], str]:
     return [CUDA, CPU], f"{count} CUDA device(s) found"
 
 
+def resolve_providers(providers: list | None, cuda: Any = None,
+                      device_ids: list[int] | None = None) -> tuple[list | None, bool]:
+    """The onnxruntime providers a model asks for: (providers, or None for `default_providers`; CUDA required).
+
+    cuda and device_ids are fastembed's keywords: cuda=True requires CUDA, False pins the CPU, None or
+    "auto" (also fastembed's Device enum) lets CUDA be used where it really works. device_ids[0] is the
+    GPU the CUDA provider runs on, also in providers given by name (a pool gives each worker its own id).
+    """
+    mode = getattr(cuda, "value", cuda)
+    device = int(device_ids[0]) if device_ids else None
+    if mode in (None, "auto"):
+        if device is None:
+            return providers, False
+        if providers is None:
+            return [(CUDA, {"device_id": device}), CPU], False  # used only if CUDA really works
+        return [_on_device(p, device) for p in providers], False
+    if providers is not None:
+        raise ValueError("pass either providers= or cuda=, not both")
+    if mode is True or mode == "cuda":
+        return [(CUDA, {"device_id": device or 0}), CPU], True
+    if mode is False or mode == "cpu":
+        return [CPU], False
+    raise ValueError(f"cuda must be True, False or 'auto', got {cuda!r}")
+
+
+def _on_device(provider: Any, device: int) -> Any:
+    name, options = provider if isinstance(provider, tuple) else (provider, {})
+    return (CUDA, {**options, "device_id": device}) if name == CUDA else provider
+
+
 class HeldFile:
     """A model file kept open from the moment it is checked, so later sessions read the same bytes.
 
@@ -107,12 +138,8 @@ class HeldFile:
         return self.file.read()
 
     def sha256(self) -> str:
-        """Streamed (model files run to gigabytes) from the held descriptor, not the path."""
-        digest = hashlib.sha256()
-        self.file.seek(0)
-        for block in iter(lambda: self.file.read(1 << 22), b""):
-            digest.update(block)
-        return digest.hexdigest()
+        """Of the held descriptor's bytes, not of whatever the path names now."""
+        return sha256(self.file)
 
     def close(self) -> None:
         self.file.close()
@@ -301,6 +328,60 @@ def open_tower(
         _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
     return LoadedTower(session=session, precision=chosen, device=device, path=path, folder=folder, tower=tower,
                        name=name, verify=verify, held=held)
+
+
+class TowerSession:
+    """One tower's session as a model object holds it: opened once, on first use or at once, checked
+    against the manifest (check_graph), and closed once; after close() it refuses to open again.
+
+    cuda_required: a session that onnxruntime runs on CPU instead is a ModelError (fastembed's cuda=True).
+    open_options: open_tower's keywords (name, providers, threads, precision, verify, allow_spinning).
+    """
+
+    def __init__(self, folder: Path, spec: Tower, *, embed_dim: int, cuda_required: bool, owner: str,
+                 **open_options: Any):
+        self.folder = folder
+        self.spec = spec
+        self.embed_dim = embed_dim
+        self.cuda_required = cuda_required
+        self.owner = owner  # how errors name the object, e.g. "TextEmbedding('models/b32')"
+        self.open_options = open_options
+        self.loaded: LoadedTower | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def get(self) -> LoadedTower:
+        loaded = self.loaded
+        return loaded if loaded is not None else self._open()
+
+    def _open(self) -> LoadedTower:
+        with self._lock:
+            self.check_open()
+            if self.loaded is None:
+                where = f"{self.folder} ({self.open_options['name']} tower)"
+                loaded = open_tower(self.folder, self.spec, **self.open_options)
+                try:
+                    check_graph(loaded, self.spec, self.embed_dim, where)
+                    if self.cuda_required and loaded.device != "cuda":
+                        raise ModelError(f"{where}: cuda=True, but onnxruntime runs it on CPU here (see the log "
+                                         "line above for why); pass cuda=False or cuda='auto'")
+                except BaseException:
+                    loaded.close()
+                    raise
+                self.loaded = loaded
+            return self.loaded
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise FastClipError(f"{self.owner} is closed")
+
+    def close(self) -> None:
+        """Release the session and the model files it holds open; later get() raises FastClipError."""
+        with self._lock:
+            self.closed = True
+            loaded, self.loaded = self.loaded, None
+        if loaded is not None:
+            loaded.close()
 
 
 def check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:

@@ -86,9 +86,9 @@ MUTANTS = [
     Mutant(
         "image-not-normalized",
         "the image tower skips L2 normalization",
-        "fastclip/embedding.py",
-        "            vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, normalize)\n",
-        "            vectors = _run(self._tower, self.spec, {self.spec.input_name: pixels}, False)\n",
+        "fastclip/runner.py",
+        "            vectors = run(self._tower(), self.spec, {self.spec.input_name: pixels}, normalize)\n",
+        "            vectors = run(self._tower(), self.spec, {self.spec.input_name: pixels}, False)\n",
         ("tests/test_embedding.py::test_both_towers_normalized_by_default",),
     ),
     Mutant(

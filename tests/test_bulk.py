@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,9 +20,11 @@ import numpy as np
 import psutil
 import pytest
 
-from fastclip import CLIP, ImageEmbedding, ImageError, TextEmbedding, TextError
+from fastclip import CLIP, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError, WorkerSpec
 from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
-from fastclip.bulk.pool import split_threads
+from fastclip.bulk.pool import _portable, split_threads
+from fastclip.errors import ImageTypeError, TextTypeError
+from fastclip.session import cuda_device_count
 from photos import SENTENCES, photo_array, write_photos
 
 
@@ -71,9 +74,42 @@ def test_devices_and_threads_are_split_round_robin():
     assert split_threads(16, cores=2) == 1
 
 
+def test_worker_spec_pickles_and_opens_the_same_model(tiny_openclip_export, photo_files):
+    model = ImageEmbedding(tiny_openclip_export, lazy_load=True, fast=True, workers=3)
+    spec = pickle.loads(pickle.dumps(model.worker_spec()))
+    assert isinstance(spec, WorkerSpec) and (spec.kind, spec.batch_size) == ("image", 32)
+    assert spec.folder == str(tiny_openclip_export.resolve())  # resolved here: a worker never resolves a name
+    same = spec.open()
+    assert type(same) is ImageEmbedding and same.workers == 3 and same._session.loaded is not None
+    np.testing.assert_array_equal(np.stack(list(same.embed(photo_files))), np.stack(list(model.embed(photo_files))))
+    assert spec.open(threads=1).workers == 0  # a one-thread worker decodes inline
+    assert spec.open(threads=2).workers == 2  # more: as many decode threads as onnxruntime threads
+    text = TextEmbedding(tiny_openclip_export, concurrent_runs=2, lazy_load=True).worker_spec()
+    assert (text.kind, text.batch_size) == ("text", 256)
+    assert text.open().concurrent_runs == 2 and text.open(threads=2).concurrent_runs == 1  # processes run side by side
+    with pytest.raises(TypeError, match="worker_spec"):
+        EmbeddingPool("models/clip", 2)
+
+
+def test_errors_cross_processes_with_their_fields():
+    for exc in (ImageError(3, "a.jpg", "truncated"), ImageTypeError(4, "<int>", "not an image"),
+                TextError(5, "too long"), TextTypeError(6, "expected str"), WorkerError("died", pid=7, inputs=(0, 31))):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and vars(back) == vars(exc)
+
+    class Odd(Exception):  # a constructor that pickling cannot call again: the parent's recv() would fail
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    assert isinstance(_portable(ValueError("plain")), ValueError)
+    wrapped = _portable(Odd(1, 2), (32, 63))
+    assert type(wrapped) is WorkerError and str(wrapped) == "Odd: 1 and 2" and wrapped.inputs == (32, 63)
+    assert pickle.loads(pickle.dumps(wrapped)).pid == os.getpid()
+
+
 def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, tmp_path):
     model, pool = image_pool
-    assert model._loaded is None  # lazy_load: the parent process never opened a session for the pool
+    assert model._session.loaded is None  # lazy_load: the parent process never opened a session for the pool
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
@@ -103,6 +139,23 @@ def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, 
     for a, b in zip(again, want[:5]):
         assert np.abs(a - b).max() <= 1e-6
     assert all(psutil.pid_exists(pid) for pid in pool.pids)  # the same two workers all along
+
+    # An error raised inside a worker (here: an option images do not take) arrives as itself, with the
+    # worker and the inputs as its cause; the pool stays usable.
+    with pytest.raises(TypeError, match="truncate") as info:
+        list(pool.embed(photo_files[:2], truncate=False))
+    assert isinstance(info.value.__cause__, WorkerError) and info.value.__cause__.pid in pool.pids
+    assert info.value.__cause__.inputs == (0, 1)
+    assert len(list(pool.embed(photo_files[:3], batch_size=2))) == 3
+
+
+@pytest.mark.skipif(cuda_device_count()[0] > 0, reason="needs a machine where cuda=True cannot be met")
+def test_a_worker_that_cannot_load_raises_the_models_own_error(tiny_openclip_export):
+    model = TextEmbedding(tiny_openclip_export, lazy_load=True, cuda=True)  # lazy: only the worker loads it
+    with pytest.raises(ModelError, match="cuda=True") as info:
+        EmbeddingPool(model, 1)
+    assert isinstance(info.value.__cause__, WorkerError) and info.value.__cause__.pid not in (None, os.getpid())
+    assert _wait_no_workers() == []
 
 
 def test_parallel_texts_equal_in_process_and_leave_nothing_running(tiny_openclip_export):

@@ -102,9 +102,9 @@ def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_opencli
     bulk = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
     serial = TextEmbedding(tiny_openclip_export, concurrent_runs=1)
     got = np.stack(list(bulk.embed(texts, batch_size=64)))
-    assert bulk._bulk is not None  # the one-thread session ran
+    assert bulk._runner._second is not None  # the one-thread session ran
     plain = np.stack(list(serial.embed(texts, batch_size=64)))
-    assert serial._bulk is None
+    assert serial._runner._second is None
     alone = np.stack([next(serial.embed([t])) for t in texts[:60]])
     np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got[:60], alone, rtol=0, atol=1e-6)
@@ -112,7 +112,7 @@ def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_opencli
 
     short = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
     list(short.embed(texts[:40]))
-    assert short._bulk is None  # a short job keeps the multi-threaded session (latency)
+    assert short._runner._second is None  # a short job keeps the multi-threaded session (latency)
     lines = [r.getMessage() for r in caplog.records if r.name == "fastclip" and "text tower" in r.getMessage()]
     # One line for the text tower, from the first object; neither the second session nor the later
     # objects announce it again.
@@ -274,6 +274,10 @@ def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files,
             np.testing.assert_array_equal(a, b)
     raw = model.embed_batch(items[:1], normalize=False).vectors
     assert abs(np.linalg.norm(raw) - 1) > 1e-3
+    # batch_size: images per model run (the pool passes it for both towers alike); same rows, same failures.
+    runs = model.embed_batch(items, start_index=10, batch_size=2)
+    assert runs.failures.keys() == batch.failures.keys()
+    np.testing.assert_allclose(runs.vectors, batch.vectors, rtol=0, atol=1e-6)
 
     text = TextEmbedding(tiny_openclip_export)
     texts = text.embed_batch(SENTENCES, start_index=5)
@@ -331,7 +335,7 @@ def test_close_ends_threads_and_refuses_later_calls(tiny_openclip_export, photo_
     texts = [f"a photo of {i} dogs" for i in range(300)]
     with TextEmbedding(tiny_openclip_export, concurrent_runs=2) as text:
         list(text.embed(texts, batch_size=32))
-        assert text._bulk is not None
+        assert text._runner._second is not None
     left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("fastclip")]
     assert left == []
     with pytest.raises(FastClipError, match="closed"):
@@ -399,7 +403,7 @@ def test_second_text_session_opens_once_under_concurrent_large_jobs(tiny_opencli
 
     text = TextEmbedding(tiny_openclip_export, concurrent_runs=2)
     opened = []
-    real = text._open_bulk_tower
+    real = text._runner._open_second_session
 
     def counting():
         opened.append(1)
@@ -408,7 +412,7 @@ def test_second_text_session_opens_once_under_concurrent_large_jobs(tiny_opencli
         time.sleep(0.2)  # widen the race window
         return real()
 
-    monkeypatch.setattr(text, "_open_bulk_tower", counting)
+    monkeypatch.setattr(text._runner, "_open_second_session", counting)
     texts = [f"a photo of {i} cats on a mat" for i in range(300)]
     results = [None] * 4
 
@@ -428,15 +432,15 @@ def test_second_text_session_opens_once_under_concurrent_large_jobs(tiny_opencli
 
 def test_lazy_load_defers_the_session(tiny_openclip_export, photo_files):
     lazy = ImageEmbedding(tiny_openclip_export, lazy_load=True)
-    assert lazy._loaded is None and lazy.embedding_size == lazy.dim == 32
+    assert lazy._session.loaded is None and lazy.embedding_size == lazy.dim == 32
     vector = next(lazy.embed(photo_files[:1]))
-    assert lazy._loaded is not None
+    assert lazy._session.loaded is not None
     np.testing.assert_array_equal(vector, next(ImageEmbedding(tiny_openclip_export).embed(photo_files[:1])))
     from fastclip.manifest import tower_fingerprint
 
     text = TextEmbedding(tiny_openclip_export, lazy_load=True)
     assert lazy.fingerprint == tower_fingerprint(lazy.folder, lazy.spec) != text.fingerprint
-    assert text._loaded is None  # the fingerprint comes from the manifest, not a session
+    assert text._session.loaded is None  # the fingerprint comes from the manifest, not a session
 
 
 def test_plain_ascii_skips_ftfy_with_the_same_cleaning():

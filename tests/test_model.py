@@ -136,9 +136,9 @@ def test_fastembed_snippets_run_unchanged_after_swapping_the_import(qdrant_cache
 
     # Every constructor keyword of fastembed's classes is a named keyword here (the class's own or the
     # shared base's: **options only forwards to the base), and an unknown one is a TypeError naming it.
-    from fastclip.embedding import _TowerModel
+    from fastclip.tower import TowerModel
 
-    base = {n for n, p in inspect.signature(_TowerModel.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    base = {n for n, p in inspect.signature(TowerModel.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
     for ours, theirs in ((ImageEmbedding, fastembed.ImageEmbedding), (TextEmbedding, fastembed.TextEmbedding)):
         mine = {n for n, p in inspect.signature(ours.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY} | base
         mine.add("model_name")

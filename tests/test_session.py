@@ -14,7 +14,7 @@ import pytest
 import fastclip.session as session_mod
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import load_manifest
-from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision
+from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision, resolve_providers
 from photos import SENTENCES, cosines, write_photos
 
 
@@ -268,3 +268,21 @@ def test_cuda_fallback_reopens_fp32_on_cpu(tiny_variants_export, photo_files, mo
     assert (pinned.precision, pinned.device) == ("fp16", "cpu") and opened == [("text/model_fp16.onnx", [CUDA, CPU])]
     with pytest.raises(ModelError, match="cuda=True"):
         TextEmbedding(folder, cuda=True)
+
+
+def test_providers_from_fastembeds_cuda_and_device_ids():
+    assert resolve_providers(None) == (None, False)  # default_providers decides
+    assert resolve_providers(None, "auto", [2, 3]) == ([(CUDA, {"device_id": 2}), CPU], False)
+    assert resolve_providers(None, True, [4]) == ([(CUDA, {"device_id": 4}), CPU], True)
+    assert resolve_providers(None, True) == ([(CUDA, {"device_id": 0}), CPU], True)
+    assert resolve_providers(None, False, [1]) == ([CPU], False)
+    # device_ids[0] also places providers given by name (a pool worker gets its own id), options kept;
+    # a CPU-only list stays on the CPU.
+    assert resolve_providers([CUDA, CPU], None, [1]) == ([(CUDA, {"device_id": 1}), CPU], False)
+    assert resolve_providers([(CUDA, {"gpu_mem_limit": 5}), CPU], None, [1]) == (
+        [(CUDA, {"gpu_mem_limit": 5, "device_id": 1}), CPU], False)
+    assert resolve_providers([CPU], None, [1]) == ([CPU], False)
+    with pytest.raises(ValueError, match="either providers= or cuda="):
+        resolve_providers([CPU], True)
+    with pytest.raises(ValueError, match="cuda must be"):
+        resolve_providers(None, "gpu")

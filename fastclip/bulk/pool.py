@@ -1,8 +1,10 @@
 """A local process pool: one embedding tower per worker process, inputs in, vectors out, in input order.
 
-Each worker loads the tower once, from the folder its parent already resolved (no hub access), with
-onnxruntime threads split so workers x threads ~= cores, and runs the very batch call the in-process
-path uses (`ImageEmbedding.embed_batch` / `TextEmbedding.embed_batch`), so the vectors are the same.
+The pool knows no model class: it asks the model for its `worker_spec()` (fastclip.WorkerSpec), and each
+worker builds the model from it once (`spec.open`: the folder its parent already resolved, no hub access),
+with onnxruntime threads split so workers x threads ~= cores, and runs the very batch call the in-process
+path uses (`embed_batch`), so the vectors are the same. Results and errors cross the pipe as they are:
+EmbeddingBatch objects, and exceptions that pickle themselves (fastclip's errors define __reduce__).
 
 How it avoids fastembed's most-reported pool problems:
 - a worker killed by the OOM killer or a segfault (fastembed #279: hangs forever): the parent waits on
@@ -29,31 +31,24 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import FastClipError, ImageError, ModelError, TextError, first_line
+from ..batch import EmbeddingBatch, check_batching, one_or_many, rows_of
+from ..errors import FastClipError, WorkerError, first_line
 from ..runner import available_cores
+from ..worker import WorkerSpec
 
-__all__ = ["EmbeddingPool", "WorkerError", "assign_devices", "pooled_embed"]
-
-
-class WorkerError(FastClipError):
-    """A worker process died (killed, crashed) or could not start. `pid` and `inputs` say which and what."""
-
-    def __init__(self, message: str, pid: int | None = None, inputs: tuple[int, int] | None = None):
-        self.pid = pid
-        self.inputs = inputs
-        super().__init__(message)
+__all__ = ["EmbeddingPool", "assign_devices", "pooled_embed", "split_threads"]
 
 
 def assign_devices(workers: int, device_ids: list[int] | None) -> list[int | None]:
@@ -70,37 +65,14 @@ def split_threads(workers: int, cores: int | None = None) -> int:
 
 # ------------------------------------------------------------------------------------------- worker
 
-def _pack_error(exc: BaseException) -> tuple:
-    """An exception as plain data: ImageError/TextError take several arguments and do not pickle."""
-    if isinstance(exc, ImageError):
-        return ("ImageError", exc.index, exc.source, exc.reason)
-    if isinstance(exc, TextError):
-        return ("TextError", exc.index, exc.reason)
-    kind = type(exc).__name__ if isinstance(exc, (TypeError, ValueError, ModelError)) else "FastClipError"
-    first = first_line(exc, "")
-    return (kind, f"{type(exc).__name__}: {first}" if kind == "FastClipError" else first)
-
-
-def _unpack_error(packed: tuple, where: str) -> BaseException:
-    kind = packed[0]
-    if kind == "ImageError":
-        return ImageError(*packed[1:])
-    if kind == "TextError":
-        return TextError(*packed[1:])
-    cls = {"TypeError": TypeError, "ValueError": ValueError, "ModelError": ModelError}.get(kind, FastClipError)
-    return cls(f"{packed[1]} ({where})")
-
-
-def _worker_main(conn, kind: str, folder: str, options: dict) -> None:
+def _worker_main(conn, spec: WorkerSpec, threads: int, device_id: int | None) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and ends the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ..embedding import ImageEmbedding, TextEmbedding
-
     try:
-        model = (ImageEmbedding if kind == "image" else TextEmbedding)(folder, **options)
+        model = spec.open(threads=threads, device_id=device_id)
         conn.send(("ready", os.getpid(), model.precision, model.device))
     except BaseException as exc:  # noqa: BLE001 - anything that stops the start is reported, then we exit
-        conn.send(("failed", os.getpid(), _pack_error(exc)))
+        conn.send(("failed", os.getpid(), _portable(exc)))
         return
     tasks: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -116,13 +88,23 @@ def _worker_main(conn, kind: str, folder: str, options: dict) -> None:
     while True:
         task_id, start, items, kw = tasks.get()
         try:
-            message = ("ok", task_id, model.embed_batch(items, start_index=start, **kw))  # errors pickle themselves
+            message = ("ok", task_id, model.embed_batch(items, start_index=start, **kw))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it in input order
-            message = ("error", task_id, _pack_error(exc))
+            message = ("error", task_id, _portable(exc, (start, start + len(items) - 1)))
         try:
             conn.send(message)
         except OSError:  # the parent closed the pool (or died) while we were running: nothing to report to
             os._exit(0)
+
+
+def _portable(exc: BaseException, inputs: tuple[int, int] | None = None) -> BaseException:
+    """`exc` itself where it survives pickling both ways, else a WorkerError naming it: an exception class
+    whose constructor takes other arguments than its message would fail in the parent's recv()."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - whatever pickling raises, the report must still reach the parent
+        return WorkerError(f"{type(exc).__name__}: {first_line(exc)}", pid=os.getpid(), inputs=inputs)
+    return exc
 
 
 # ------------------------------------------------------------------------------------------- parent
@@ -137,18 +119,17 @@ class _Worker:
     outstanding: deque = field(default_factory=deque)  # (call id, task id, (first index, last index), first source)
 
 
-def _describe_source(item: Any) -> str:
-    from ..images import _describe
-
-    text = _describe(item)
+def _label(item: Any) -> str:
+    """An input as a WorkerError names it: its path or text, else its type."""
+    text = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 class EmbeddingPool:
     """`processes` worker processes (0: one per core), each holding `model`'s tower; use as a context manager.
 
-    model: an ImageEmbedding or TextEmbedding; its resolved folder and options are what the workers load
-    (construct it with lazy_load=True to keep the model out of this process).
+    model: a model with `worker_spec()` (ImageEmbedding, TextEmbedding) or a WorkerSpec: what the workers
+    build (construct the model with lazy_load=True to keep it out of this process).
     threads: onnxruntime threads per worker (default: cores // processes, at least 1).
     device_ids: GPU ids, assigned to the workers round-robin (default: the model's own device_ids).
     depth: batches each worker holds (one running, the rest queued): bounds memory and read-ahead.
@@ -156,50 +137,27 @@ class EmbeddingPool:
 
     def __init__(self, model: Any, processes: int = 0, *, threads: int | None = None,
                  device_ids: list[int] | None = None, depth: int = 2):
-        from ..embedding import ImageEmbedding, TextEmbedding
-
-        if isinstance(model, ImageEmbedding):
-            self.kind = "image"
-        elif isinstance(model, TextEmbedding):
-            self.kind = "text"
+        if isinstance(model, WorkerSpec):
+            self.spec = model
+        elif callable(getattr(model, "worker_spec", None)):
+            self.spec = model.worker_spec()
         else:
-            raise TypeError(f"EmbeddingPool takes an ImageEmbedding or TextEmbedding, got {type(model).__name__}")
+            raise TypeError(f"EmbeddingPool takes a model with worker_spec() (ImageEmbedding, TextEmbedding) or a "
+                            f"WorkerSpec, got {type(model).__name__}")
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
             raise ValueError(f"processes must be 0 (one per core) or a positive integer, got {processes!r}")
         self.processes = processes or available_cores()
         self.threads = threads or split_threads(self.processes)
         self.depth = max(1, int(depth))
-        self.model_name = model.model_name
-        self._folder = str(Path(model.folder).resolve())
-        self._options = self._worker_options(model)
-        self._cuda_required = model._cuda_required
-        self._providers = model._providers
-        self._devices = assign_devices(self.processes, device_ids if device_ids is not None else model.device_ids)
+        self.kind = self.spec.kind
+        self.model_name = self.spec.model_name
+        self._devices = assign_devices(self.processes,
+                                       device_ids if device_ids is not None else self.spec.options.get("device_ids"))
         self._workers: list[_Worker] = []
         self._call = itertools.count()
         self._active: int | None = None
         self._closed = False
         self._start()
-
-    def _worker_options(self, model: Any) -> dict:
-        options = dict(model._worker_options)
-        tuning = options.pop("tuning")
-        if self.kind == "image":
-            # One thread per worker decodes inline; with more, the decode threads match the ORT threads.
-            tuning = replace(tuning, decode_workers=0 if self.threads == 1 else self.threads)
-        else:
-            tuning = replace(tuning, concurrent_runs=1)  # the processes are the concurrent runs
-        return {**options, "tuning": tuning, "threads": self.threads}
-
-    def _options_for(self, device_id: int | None) -> dict:
-        options = dict(self._options)
-        if self._cuda_required:
-            options.update(cuda=True, device_ids=[device_id if device_id is not None else 0])
-        elif device_id is not None and self._providers != ["CPUExecutionProvider"]:
-            options["providers"] = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-        else:
-            options["providers"] = self._providers
-        return options
 
     # ---------------------------------------------------------------------------------- lifetime
 
@@ -209,7 +167,7 @@ class EmbeddingPool:
             for number, device_id in enumerate(self._devices):
                 parent_end, child_end = ctx.Pipe()
                 process = ctx.Process(target=_worker_main, name=f"fastclip-worker-{number}", daemon=True,
-                                      args=(child_end, self.kind, self._folder, self._options_for(device_id)))
+                                      args=(child_end, self.spec, self.threads, device_id))
                 process.start()
                 child_end.close()
                 self._workers.append(_Worker(number, process, parent_end, device_id, pid=process.pid))
@@ -228,7 +186,8 @@ class EmbeddingPool:
                     except (EOFError, OSError):
                         raise self._died(worker, "while starting (importing onnxruntime, loading the model)") from None
                     if message[0] == "failed":
-                        raise _unpack_error(message[2], f"worker process {message[1]}, loading {self._folder}")
+                        raise message[2] from WorkerError(f"worker process {message[1]} failed to load "
+                                                          f"{self.spec.folder}", pid=message[1])
                     worker.pid = message[1]
         except BaseException:
             self.close()
@@ -273,23 +232,17 @@ class EmbeddingPool:
     # --------------------------------------------------------------------------------------- use
 
     def embed(self, items: Iterable[Any], batch_size: int | None = None, *, normalize: bool = True,
-              errors: str = "raise", on_error: Callable[[ImageError], None] | None = None,
-              truncate: bool = True) -> Iterator[np.ndarray | None]:
+              errors: str = "raise", on_error: Callable[[FastClipError], None] | None = None,
+              **options: Any) -> Iterator[np.ndarray | None]:
         """The model's `embed` spread over the workers: one vector (or None with errors="skip") per input,
-        in input order, lazily; at most processes x depth batches are read ahead."""
-        from ..embedding import _check_common
-
-        batch_size = batch_size or (32 if self.kind == "image" else 256)
-        _check_common(batch_size, errors)
-        if self.kind == "text" and isinstance(items, str):
-            items = [items]
+        in input order, lazily; at most processes x depth batches are read ahead. options: the model's
+        own batch options (truncate= for texts)."""
+        batch_size = batch_size or self.spec.batch_size
+        check_batching(batch_size, errors)
         if self._closed:
             raise FastClipError("this EmbeddingPool is closed")
-        if self.kind == "image":
-            kw: dict = {"normalize": normalize}
-        else:
-            kw = {"normalize": normalize, "truncate": truncate, "batch_size": batch_size}
-        return self._embed(items, batch_size, kw, errors, on_error)
+        kw = {"normalize": normalize, "batch_size": batch_size, **options}
+        return self._embed(one_or_many(items), batch_size, kw, errors, on_error)
 
     def _embed(self, items, batch_size, kw, errors, on_error) -> Iterator[np.ndarray | None]:
         if self._active is not None:
@@ -297,24 +250,20 @@ class EmbeddingPool:
                                 "finish or close that one first")
         call = self._active = next(self._call)
         try:
-            for _, batch in self._ordered(call, items, batch_size, kw):
+            for batch in self._ordered(call, items, batch_size, kw):
                 if errors == "raise" and batch.failures:
                     raise batch.first_failure()
-                for i, row in enumerate(batch.rows(), batch.start_index):
-                    if row is None and on_error is not None:
-                        on_error(batch.failures[i])
-                    yield row
+                yield from rows_of([batch], on_error)
         finally:
             self._active = None
 
-    def _ordered(self, call: int, items: Iterable[Any], batch_size: int, kw: dict) -> Iterator[tuple[int, Any]]:
-        """(first index, result) per batch in input order, batches dispatched to the least busy worker."""
+    def _ordered(self, call: int, items: Iterable[Any], batch_size: int, kw: dict) -> Iterator[EmbeddingBatch]:
+        """The batches in input order, each dispatched to the least busy worker."""
         source = iter(items)
         exhausted = False
         next_task = 0  # id of the next batch to send
         next_yield = 0  # id of the next batch to hand out
-        done: dict[int, tuple[int, Any]] = {}
-        starts: dict[int, int] = {}
+        done: dict[int, EmbeddingBatch] = {}
         start = 0
         limit = self.processes * self.depth
         while True:
@@ -329,7 +278,6 @@ class EmbeddingPool:
                 chunk = [item.read() if hasattr(item, "read") and not hasattr(item, "getpixel") else item
                          for item in chunk]  # open file objects do not cross processes; their bytes do
                 self._send(worker, call, next_task, start, chunk, kw)
-                starts[next_task] = start
                 start += len(chunk)
                 next_task += 1
             if next_yield in done:
@@ -338,11 +286,11 @@ class EmbeddingPool:
                 continue
             if exhausted and next_yield == next_task:
                 return
-            self._receive(call, done, starts)
+            self._receive(call, done)
 
     def _send(self, worker: _Worker, call: int, task: int, start: int, chunk: list, kw: dict) -> None:
         span = (start, start + len(chunk) - 1)
-        worker.outstanding.append((call, task, span, _describe_source(chunk[0])))
+        worker.outstanding.append((call, task, span, _label(chunk[0])))
         try:
             worker.conn.send((task, start, chunk, kw))
         except (BrokenPipeError, ConnectionResetError, EOFError):
@@ -352,7 +300,7 @@ class EmbeddingPool:
             raise TypeError(f"inputs #{span[0]}-#{span[1]} cannot be sent to a worker process ({exc}); "
                             "pass paths, bytes, PIL images or numpy arrays") from None
 
-    def _receive(self, call: int, done: dict, starts: dict) -> None:
+    def _receive(self, call: int, done: dict) -> None:
         busy = [w for w in self._workers if w.outstanding]
         by_conn = {w.conn: w for w in busy}
         by_sentinel = {w.process.sentinel: w for w in busy}
@@ -371,8 +319,9 @@ class EmbeddingPool:
                 continue  # a batch of an earlier stream that was closed early: dropped
             assert task == expected, "a worker answers its tasks in the order it got them"
             if status == "error":
-                raise _unpack_error(payload, f"worker process {worker.pid}, inputs #{span[0]}-#{span[1]}")
-            done[task] = (starts.pop(task), payload)
+                raise payload from WorkerError(f"raised in worker process {worker.pid} on inputs "
+                                               f"#{span[0]}-#{span[1]}", pid=worker.pid, inputs=span)
+            done[task] = payload
 
     def _failed(self, worker: _Worker) -> WorkerError:
         worker.process.join(timeout=2)

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..batch import IMAGE_BATCH
+from ..manifest import PRECISIONS
 from .common import UsageError, progress
 
-PRECISIONS = ("fp32", "fp16", "int8")
 FAST = {"off": False, "on": True, "max": "max"}
 
 
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
     r.add_argument("--report", metavar="FILE.json", help="also write the numbers (clip_benchmark's key names) to this file")
     r.add_argument("--skip-errors", action="store_true", help="leave unreadable images (and their captions) out "
                    "instead of stopping; the numbers are still printed, and the exit status is 1")
-    r.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
+    r.add_argument("--batch-size", type=int, default=IMAGE_BATCH, metavar="N", help=f"images per model call (default {IMAGE_BATCH})")
     r.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (bit-parity with reference pipelines)")
     r.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     r.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -113,47 +113,8 @@ def _batcher(model: str, tower: str, run, max_batch: int, workers: int, limits: 
     return batcher
 
 
-class _Rows:
-    """Stands in for one tower inside CLIP.classify: `embed` returns vectors already computed; anything else
-    (its manifest, dim) is the real tower's."""
-
-    def __init__(self, tower, lookup):
-        self._tower = tower
-        self._lookup = lookup
-
-    def embed(self, items: Iterable[Any], *args: Any, **kw: Any):
-        return (self._lookup(item) for item in items)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tower, name)
-
-
-class _Precomputed:
-    """A CLIP whose towers return the vectors the batchers computed; every other attribute (logit scale and
-    bias, the family's scorer) is the real model's, so CLIP.classify scores exactly as in-process."""
-
-    def __init__(self, clip: CLIP, images: np.ndarray, prompts: dict[str, np.ndarray]):
-        self._clip = clip
-        self.images = _Rows(clip.images, lambda i: images[i])
-        self.texts = _Rows(clip.texts, lambda prompt: prompts[prompt])
-
-    def embed_images(self, images, *args, **kw):
-        return self.images.embed(images)
-
-    def embed_texts(self, texts, *args, **kw):
-        return self.texts.embed(texts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clip, name)
-
-
 def classify_probabilities(clip: CLIP, image_vectors: np.ndarray, labels: Sequence[str], template: str,
                            prompt_vectors: np.ndarray) -> np.ndarray:
-    """The model's own zero-shot probabilities (CLIP.classify) for vectors computed by the batchers.
-
-    prompt_vectors[i] is the text vector of template.format(labels[i]). fastclip's CLIP exposes scoring
-    only through classify(images, labels); this runs that very method over the precomputed vectors.
-    """
-    prompts = {template.format(label): v for label, v in zip(labels, prompt_vectors)}
-    return type(clip).classify(_Precomputed(clip, image_vectors, prompts), list(range(len(image_vectors))),
-                               list(labels), template=template)
+    """The model's own zero-shot probabilities for vectors the batchers computed: CLIP.probabilities, the
+    very scorer CLIP.classify ends in. prompt_vectors[i] is the vector of template.format(labels[i])."""
+    return clip.probabilities(image_vectors, prompt_vectors)

@@ -1,0 +1,57 @@
+"""The arrows point one way (benchmarks/import_graph.py draws them): no import cycle under fastclip/, and
+the runtime imports nothing that sits above it (bulk, serve, retrieval, cli), not even inside a function."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "import_graph.py"
+ABOVE = ("fastclip.bulk", "fastclip.serve", "fastclip.retrieval", "fastclip.cli")
+# The package's front doors, not the runtime: __init__ wires the pool into parallel= (imported on first use),
+# ray.py re-exports fastclip.bulk.ray, __main__ runs the CLI.
+FRONT = {"fastclip", "fastclip.__main__", "fastclip.ray"}
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_finds_cycles_and_lazy_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .sub.c import g\n")  # inside a function: still an edge
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("import pkg.a\nfrom .. import b\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\n")  # no edge
+    graph = _script().graph(pkg)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a", "pkg.b"}
+    assert graph["pkg.d"] == set()
+    assert sorted(map(tuple, _script().cycles(graph))) == [("pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"),
+                                                           ("pkg.b", "pkg.sub.c", "pkg.b")]
+    run = subprocess.run([sys.executable, str(SCRIPT), str(pkg)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "cycle: " in run.stdout
+
+
+def test_no_import_cycle_under_fastclip():
+    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, [line for line in run.stdout.splitlines() if line.startswith("cycle")]
+    assert "fastclip.bulk.pool -> fastclip.worker" in run.stdout.splitlines()  # the pool builds models from specs
+
+
+def test_the_runtime_imports_nothing_above_it():
+    graph = _script().graph(ROOT / "fastclip")
+    runtime = [m for m in graph if m not in FRONT and not m.startswith(ABOVE)]
+    assert {"fastclip.embedding", "fastclip.runner", "fastclip.session", "fastclip.tower"} <= set(runtime)
+    assert [(m, t) for m in runtime for t in sorted(graph[m]) if t.startswith(ABOVE)] == []
+    # The pool reaches the runtime through its public names only.
+    pool = graph["fastclip.bulk.pool"]
+    assert pool <= {"fastclip.batch", "fastclip.errors", "fastclip.runner", "fastclip.worker"}, pool

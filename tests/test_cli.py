@@ -188,6 +188,33 @@ def test_usage_errors_exit_2(args, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "extra, named",
+    [(("--engine", "ray", "--parallel", "2"), "--parallel"), (("--ray-address", "auto"), "--ray-address"),
+     (("--rows-per-part", "5"), "--rows-per-part")],
+)
+def test_options_the_engine_does_not_use_are_refused(photo_dir, tmp_path, extra, named):
+    result = fastclip("embed", photo_dir, "--model", tmp_path / "no-such-model", "--out", tmp_path / "v.npy", *extra)
+    assert result.returncode == 2 and named in result.stderr.splitlines()[-1], result.stderr
+    assert "no such model" not in result.stderr  # refused before the model or Ray
+
+
+def test_engine_ray_unusable_out_is_a_usage_error_before_ray(photo_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "_fastclip_job.json").write_text("{}")
+    for out, says in ((tmp_path / "file", "is a file"), (tmp_path / "parts", "--resume")):
+        result = fastclip("embed", photo_dir, "--engine", "ray", "--model", tmp_path / "no-such-model", "--out", out)
+        assert result.returncode == 2 and says in result.stderr and "no such model" not in result.stderr, result.stderr
+
+
+def test_missing_input_folder_is_a_usage_error_before_the_model(tmp_path):
+    result = fastclip("embed", tmp_path / "no" / "such" / "folder", "--model", tmp_path / "no-such-model",
+                      "--out", tmp_path / "v.npy")
+    assert result.returncode == 2 and "no such file or folder" in result.stderr, result.stderr
+    assert "no such model" not in result.stderr and not (tmp_path / "v.npy").exists()
+
+
 def test_missing_model_is_one_line_exit_1(tmp_path, photo_dir):
     result = fastclip("embed", photo_dir, "--model", tmp_path / "no-such-model", "--out", tmp_path / "v.npy")
     assert result.returncode == 1

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +122,9 @@ def test_image_column_from_read_images(cluster, album, model):
         assert error == "" and np.abs(got - vector).max() <= TOL, path
 
 
-def test_helper_on_paths_hub_model_pyarrow_parquet_ready(cluster, album, model, tmp_path):
+def test_helper_on_paths_hub_model(cluster, album, model, tmp_path):
     """embed_images on local paths, the model given as a hub repo id that each actor resolves (offline,
-    from a seeded cache), Arrow output with the fastclip header in the schema metadata."""
+    from a seeded cache); the callables take and give numpy batches, Ray converts."""
     from test_model import seed_hub_cache
 
     folder, photos, corrupt = album
@@ -130,17 +132,9 @@ def test_helper_on_paths_hub_model_pyarrow_parquet_ready(cluster, album, model, 
     seed_hub_cache(cache, "fastclip-test/tiny-vision", model / "vision")
     hub = {"cache_dir": str(cache), "local_files_only": True}
     missing = folder / "gone.jpg"
-    ds = embed_images([*photos, missing, corrupt], "fastclip-test/tiny-vision", batch_size=3, batch_format="pyarrow",
-                      **hub)
-    table = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    assert table.column_names == ["path", "embedding", "error"]
-    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
-    meta = json.loads(table.schema.metadata[b"fastclip"])
-    with ImageEmbedding("fastclip-test/tiny-vision", **hub) as m:
-        assert meta["fingerprint"] == tower_fingerprint(m.folder, m.spec)
-    assert (meta["kind"], meta["dim"], meta["precision"], meta["model"]) == ("image", 32, "fp32", "fastclip-test/tiny-vision")
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(-1, 32)
-    by_path = dict(zip(table.column("path").to_pylist(), zip(vectors, table.column("error").to_pylist())))
+    ds = embed_images([*photos, missing, corrupt], "fastclip-test/tiny-vision", batch_size=3, **hub)
+    assert set(ds.columns()) == {"path", "embedding", "error"}
+    by_path = rows_by(ds, "path")
     for path, vector in exact("fastclip-test/tiny-vision", photos, **hub).items():
         assert by_path[path][1] == ""
         assert np.abs(by_path[path][0] - vector).max() <= TOL
@@ -160,7 +154,7 @@ def test_texts_match_in_process_and_bad_row_is_an_error_row(cluster, model):
     got, errors = batch["embedding"][order], batch["error"][order]
     assert got.dtype == np.float32 and np.abs(got[: len(texts)] - want).max() <= TOL
     assert list(errors[: len(texts)]) == [""] * len(texts)
-    assert "not a string" in errors[-1] and np.isnan(got[-1]).all()
+    assert "expected str" in errors[-1] and np.isnan(got[-1]).all()
 
 
 def test_errors_raise_fails_the_job_naming_the_file(cluster, album, model):
@@ -183,25 +177,82 @@ def test_model_missing_on_a_node_is_a_clear_error(cluster, album, tmp_path):
     assert "Ray node" in message and str(tmp_path / "no-model") in message and "working_dir" in message
 
 
+def ray_cli(cluster, *args, env=None, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastclip.cli", "embed", *map(str, args), "--engine", "ray", "--ray-address", cluster],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                                                **(env or {})}, **kw)
+
+
 def test_cli_engine_ray(cluster, album, model, tmp_path):
-    folder, photos, _ = album
+    from fastclip.sinks import read_embeddings
+
+    folder, photos, corrupt = album
     out = tmp_path / "vectors"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastclip.cli", "embed", str(folder), "--engine", "ray", "--ray-address", cluster,
-         "--model", str(model), "--out", str(out), "--skip-errors", "--batch-size", "4"],
-        check=False, capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 1, proc.stderr  # one input failed: reported, the others written
-    assert f"{len(photos)} images embedded, 1 failed" in proc.stderr
-    assert "99_corrupt.jpg" in proc.stderr.splitlines()[-1]
+    proc = ray_cli(cluster, folder, "--model", model, "--out", out, "--skip-errors", "--batch-size", 4,
+                   "--rows-per-part", 3)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr  # one input failed: reported, the others written
+    assert f"{len(photos)} images embedded, 1 failed" in stderr
+    assert "99_corrupt.jpg" in stderr.splitlines()[-1]
+    got = read_embeddings(out)  # every part, rows restored to input order
+    assert got.items == sorted(str(p) for p in photos)
+    assert (got.meta["rows"], got.meta["failed"]) == (len(photos), 1)
+    with ImageEmbedding(str(model)) as m:
+        assert got.meta["fingerprint"] == tower_fingerprint(m.folder, m.spec) and got.meta["model"] == str(model)
+    want = exact(model, photos)
+    for path, vector in zip(got.items, got.vectors):
+        assert np.abs(vector - want[path]).max() <= TOL
+    errors = [json.loads(line) for f in sorted(out.glob("_part-*.errors.jsonl")) for line in f.read_text().splitlines()]
+    assert [(e["index"], e["path"]) for e in errors] == [(len(photos), str(corrupt))]
     import pyarrow.parquet as pq
 
-    parts = sorted(out.glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in parts])
-    assert table.num_rows == len(photos) + 1
-    meta = json.loads(pq.read_schema(parts[0]).metadata[b"fastclip"])
-    assert meta["rows"] == len(photos) + 1 and meta["failed"] == 1
-    got = dict(zip(table.column("path").to_pylist(), table.column("embedding").to_pylist()))
-    for path, vector in exact(model, photos).items():
-        assert np.abs(np.asarray(got[path], np.float32) - vector).max() <= TOL
+    assert pq.read_table(sorted(out.glob("part-*.parquet"))[0]).column_names == ["index", "path", "vector"]
+
+
+@pytest.mark.slow
+def test_cli_engine_ray_resumes_after_kill(cluster, model, tmp_path):
+    """kill -9 of the CLI mid-run: the parts in place are kept, a rerun without --resume is refused, and
+    --resume embeds only the rest: each input exactly once, the vectors those of the local engine."""
+    from PIL import Image
+
+    from fastclip.errors import OutputError
+    from fastclip.sinks import read_embeddings
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 256, (20 + i % 5, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "parts"
+    args = (folder, "--model", model, "--out", out, "--batch-size", 4, "--rows-per-part", 4)
+    proc = ray_cli(cluster, *args, env={"FASTCLIP_FAULT": "slow"})  # 0.1 s after each part lands
+    deadline = time.monotonic() + 240
+    while len(list(out.glob("part-*.parquet"))) < 3:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no part written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    import pyarrow.parquet as pq
+
+    kept = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    done = sum(pq.read_metadata(out / name).num_rows for name in kept)
+    assert len(kept) >= 3 and done < 60, sorted(kept)
+    with pytest.raises(OutputError, match=f"holds {done} of the run's 60 inputs"):
+        read_embeddings(out)  # incomplete: refused, naming how many inputs it holds
+    refused = ray_cli(cluster, *args)
+    assert refused.wait(timeout=120) == 2 and "--resume" in refused.stderr.read()
+    started = time.monotonic()
+    resumed = ray_cli(cluster, *args, "--resume")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"{done} of 60 inputs were done" in stderr, stderr
+    print(f"ray resume: {len(kept)} parts ({done} of 60 inputs) kept after kill -9, resumed run "
+          f"{time.monotonic() - started:.1f} s")
+    assert all((out / name).read_bytes() == data for name, data in kept.items())  # kept as they were
+    got = read_embeddings(out)
+    paths = sorted(str(p) for p in folder.iterdir())
+    assert got.items == paths  # each input once, in input order
+    want = exact(model, paths)
+    assert max(np.abs(v - want[p]).max() for p, v in zip(got.items, got.vectors)) <= TOL

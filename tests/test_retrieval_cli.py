@@ -243,6 +243,26 @@ def test_search_refuses_another_models_vectors(tiny_openclip_export, tiny_hf_exp
     assert "fingerprint" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_output_made_in_one_folder_works_from_another(tiny_openclip_export, caption_set, tmp_path):
+    """Relative PATHs and --model at embed time; search (with an HTML page) from an unrelated folder finds the
+    model and every image. A model folder that moved is named as the file's record, not as a hub miss."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(caption_set, work / "pics")
+    shutil.copytree(tiny_openclip_export, work / "models" / "m")
+    elsewhere.mkdir()
+    made = fastclip("embed", "pics", "--model", "models/m", "--out", "v.npy", cwd=work)
+    assert made.returncode == 0, made.stderr
+    page = elsewhere / "page.html"
+    found = fastclip("search", work / "v.npy", "--text", "a cat", "-k", "3", "--html", page, cwd=elsewhere)
+    assert found.returncode == 0, found.stderr
+    assert all(Path(r[2]).is_absolute() and Path(r[2]).exists() for r in parse_results(found.stdout))
+    assert "image not readable" not in page.read_text() and page.read_text().count("data:image/jpeg") == 3
+    shutil.move(work / "models", tmp_path / "moved")
+    lost = fastclip("search", work / "v.npy", "--text", "a cat", cwd=elsewhere)
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr
+    assert f"records the model folder '{work / 'models' / 'm'}'" in lost.stderr and "hub could not" not in lost.stderr
+
+
 @pytest.mark.parametrize("args", [("eval", "retrieval"), ("search",)])
 def test_help(args):
     result = fastclip(*args, "--help")

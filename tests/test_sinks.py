@@ -302,3 +302,91 @@ def test_work_folder_without_work_starts_over(tmp_path):
         assert interrupted_run(out) == partial_dir(out)
         w.finish()
     assert read_embeddings(out).items == ["b.jpg", "c.jpg"]
+
+
+# ----------------------------------------------------------------------------- Ray parts (no Ray needed)
+
+def test_parts_in_any_order_read_back_in_input_order_and_resume(tmp_path):
+    from fastclip.sinks import PartsWriter
+
+    out, vecs = tmp_path / "parts", vectors(len(NAMES))
+    job = {"inputs": len(NAMES) + 1}
+    with PartsWriter(out, header(), job=job) as w:
+        w.write([NAMES[4], NAMES[1]], vecs[[4, 1]], [4, 1])  # completion order, not input order
+        w.write([NAMES[0]], vecs[[0]], [0], failures=[(6, "gone\udcff.jpg", "file not found")])
+    with pytest.raises(OutputError, match="holds 4 of the run's 7 inputs.*--resume"):
+        read_embeddings(out)
+    with pytest.raises(OutputError, match="earlier run.*--resume"):
+        PartsWriter(out, header(), job=job)
+    with pytest.raises(OutputError, match="cannot resume.*fingerprint"):
+        PartsWriter(out, {**header(), "fingerprint": "cd" * 32}, job=job, resume=True)
+    with PartsWriter(out, header(), job=job, resume=True) as w:
+        assert w.done == {0, 1, 4, 6} and (w.rows, w.failed, w.parts) == (3, 1, 2)
+        w.write([NAMES[5], NAMES[2], NAMES[3]], vecs[[5, 2, 3]], [5, 2, 3])
+    got = read_embeddings(out)
+    assert got.items == NAMES and np.array_equal(got.vectors, vecs)
+    assert (got.meta["rows"], got.meta["failed"], got.meta["fingerprint"]) == (6, 1, "ab" * 32)
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(out / "part-00000.parquet")
+    assert first.column_names == ["index", "path", "vector", "path_bytes"] and first.column("index").to_pylist() == [1, 4]
+    assert json.loads((out / "_part-00001.errors.jsonl").read_text()) == {"index": 6, "path": "gone\udcff.jpg",
+                                                                         "error": "file not found"}
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no work folder left
+
+
+PART_KILL = """
+import sys, numpy as np
+from fastclip.sinks import PartsWriter, make_header
+h = make_header(kind="text", dim=8, model="tiny", fingerprint="ab" * 32, precision="fp32")
+with PartsWriter(sys.argv[1], h, job={"inputs": 3}, resume=True) as w:
+    w.write(["a"], np.ones((1, 8), np.float32), [0])
+    w.write(["b"], np.ones((1, 8), np.float32), [1], failures=[(2, "c", "bad")])
+"""
+
+
+@pytest.mark.parametrize("step", ["rename-0", "part-1"])
+def test_kill_while_placing_a_part_leaves_whole_parts(tmp_path, step):
+    """A kill between a part's errors file and its Parquet file leaves an orphan errors file that a resume
+    drops (that part is redone); a kill after the part landed keeps it."""
+    out = tmp_path / "parts"
+    run = [sys.executable, "-c", PART_KILL, str(out)]
+    killed = subprocess.run(run, env={**os.environ, "FASTCLIP_FAULT": step}, capture_output=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    from fastclip.sinks import PartsWriter
+
+    with PartsWriter(out, make_header(kind="text", dim=8, model="tiny", fingerprint="ab" * 32, precision="fp32"),
+                     job={"inputs": 3}, resume=True) as w:
+        assert w.done == ({0} if step == "rename-0" else {0, 1, 2})
+    assert (out / "_part-00001.errors.jsonl").exists() == (step == "part-1")
+
+
+def test_a_format_is_one_entry_in_the_table(tmp_path, monkeypatch):
+    """A new suffix needs only a codec in FORMATS: the writer, journal, renames, errors file and reader
+    take it from there (here a throwaway text format, one row per line)."""
+    import types
+
+    from fastclip.sinks import FORMATS
+    from fastclip.sinks.formats import Format
+
+    def encode(rows, head, work, out):
+        lines = [json.dumps(head)] + [f"{item}\t{v.tolist()}" for items, vecs, _ in rows.chunks(2)
+                                      for item, v in zip(items, vecs)]
+        (work / "final.tsv").write_text("\n".join(lines) + "\n")
+        return [("final.tsv", out.name)], head
+
+    def decode(path, *, mmap=True, verify=True):
+        from fastclip.sinks import EmbeddingsFile
+
+        head, *rows = path.read_text().splitlines()
+        items = [r.split("\t")[0] for r in rows]
+        vecs = np.array([json.loads(r.split("\t")[1]) for r in rows], np.float32)
+        return EmbeddingsFile(vectors=vecs, items=items, meta=json.loads(head))
+
+    monkeypatch.setitem(FORMATS, ".tsv", Format(types.SimpleNamespace(encode=encode, decode=decode)))
+    out = check_output(tmp_path / "v.tsv")
+    vecs = vectors(3)
+    write(out, ["a", "b", "c"], vecs, failures=[(3, "d", "bad")])
+    got = read_embeddings(out)
+    assert got.items == ["a", "b", "c"] and np.array_equal(got.vectors, vecs) and got.meta["failed"] == 1
+    assert errors_path(out).exists() and not partial_dir(out).exists()

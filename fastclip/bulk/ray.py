@@ -17,10 +17,10 @@ texts from `text`. Output: the input's columns minus the payload (`bytes` / `ima
 (float32, the model's dim) and `error` ("" for good rows, the reason for a bad one, whose embedding is all
 NaN so it can never pass for a vector). errors="raise" fails the job at the first bad input instead.
 
-The batch format follows the input: numpy batches (Ray's default) come back as numpy (`embedding` becomes
-Ray's tensor column: (n, dim) arrays in numpy batches); with batch_format="pyarrow" `embedding` is an
-Arrow fixed_size_list<float32>[dim], which any Parquet reader understands, and the schema metadata key
-`fastclip` records the model, its fingerprint, precision and options.
+The callables take one batch format, Ray's default: a dict of numpy arrays in, a dict of numpy arrays out
+(`embedding` becomes Ray's tensor column); Ray converts from and to its blocks. The `--engine ray` job
+(embed_to_parquet) writes its parts with fastclip.sinks (the .parquet format plus an `index` column, the
+header in the schema metadata) and resumes after a kill; read them back with sinks.read_embeddings(DIR).
 
 Ray itself is imported lazily: `import fastclip` never needs it (`pip install 'fastclip[ray]'`).
 """
@@ -28,7 +28,6 @@ Ray itself is imported lazily: `import fastclip` never needs it (`pip install 'f
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FastClipError, ImageError, ModelError, OutputError, TextError
+from ..errors import FastClipError, ImageError, ModelError, TextError
 
 __all__ = [
     "EmbedSummary",
@@ -118,51 +117,7 @@ def open_on_node(factory: Callable[..., Any], model: Any, options: dict[str, Any
         raise ModelError(f"Ray node {_node()}, working folder {os.getcwd()}: {exc}. {_DISTRIBUTION_HINT}") from None
 
 
-def _header(embedding: Any, kind: str, model: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """What the schema metadata records (the keys of fastclip.sinks' header; rows/failed are per file)."""
-    from ..manifest import tower_fingerprint
-    from ..sinks import make_header
-
-    keep = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    header = make_header(kind=kind, dim=embedding.dim, model=str(model if model is not None else embedding.model_name),
-                         fingerprint=tower_fingerprint(embedding.folder, embedding.spec),
-                         precision=embedding.precision, options=keep)
-    header["layout"] = "ray"  # columns path|text, embedding, error; failed inputs are rows with NaN vectors
-    return header
-
-
 # ------------------------------------------------------------------------------------------ batches
-
-
-def _batch_kind(batch: Any) -> str:
-    if isinstance(batch, dict):
-        return "numpy"
-    module = type(batch).__module__
-    if module.startswith("pyarrow"):
-        return "pyarrow"
-    if module.startswith("pandas"):
-        return "pandas"
-    raise TypeError(f"fastclip.ray: expected a numpy, pandas or pyarrow batch, got {type(batch).__name__}")
-
-
-def _columns(batch: Any, kind: str) -> list[str]:
-    return list(batch.column_names) if kind == "pyarrow" else list(batch.keys() if kind == "numpy" else batch.columns)
-
-
-def _column_values(batch: Any, kind: str, name: str) -> list[Any]:
-    """One column as a list of Python values (bytes, str) or uint8 arrays (an `image` tensor column)."""
-    if kind == "numpy":
-        values = list(batch[name])
-    elif kind == "pandas":
-        values = list(batch[name].to_numpy())
-    else:
-        column = batch.column(name)
-        if not isinstance(column.type, __import__("pyarrow").ExtensionType):
-            return column.to_pylist()
-        from ray.data.block import BlockAccessor  # Ray's tensor column (read_images)
-
-        values = list(BlockAccessor.for_block(batch.select([name])).to_batch_format("numpy")[name])
-    return [_unpad(v) for v in values] if name == "image" else values
 
 
 def _unpad(image: Any) -> Any:
@@ -173,25 +128,11 @@ def _unpad(image: Any) -> Any:
     return image
 
 
-def _output(batch: Any, kind: str, drop: str | None, vectors: np.ndarray, errors: list[str], header: dict) -> Any:
-    if kind == "pyarrow":
-        import pyarrow as pa
-
-        table = batch.drop_columns([c for c in (drop, "embedding", "error") if c in batch.column_names])
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
-        table = table.append_column("error", pa.array(errors, pa.string()))
-        meta = dict(table.schema.metadata or {})
-        meta[b"fastclip"] = json.dumps(header, ensure_ascii=True).encode("ascii")
-        return table.replace_schema_metadata(meta)
-    names = [c for c in _columns(batch, kind) if c not in (drop, "embedding", "error")]
-    out = {c: (batch[c] if kind == "numpy" else batch[c].to_numpy()) for c in names}
-    out["embedding"] = vectors
-    out["error"] = np.array(errors, dtype=object)
-    return out
-
-
 class _Embedder:
+    """One Ray Data callable for both towers: a numpy batch (dict of arrays, Ray's default batch format)
+    in, the same dict out minus the payload plus `embedding` and `error`; Ray converts to and from its
+    blocks. One `embed_batch` call per batch, whose failures become error rows."""
+
     kind = ""
     columns: tuple[str, ...] = ()
 
@@ -202,36 +143,49 @@ class _Embedder:
         self.errors = errors
         self.normalize = normalize
         self.column = column
+        self.batch_options: dict[str, Any] = {}
         self.model = open_on_node(self._factory(), model, options)
         self.dim = self.model.dim
-        self.header = _header(self.model, self.kind, model, {**options, "normalize": normalize})
 
-    def _pick(self, batch: Any, kind: str) -> str:
-        present = _columns(batch, kind)
+    def _pick(self, batch: dict) -> str:
         if self.column is not None:
-            if self.column not in present:
-                raise ValueError(f"{type(self).__name__}: no column {self.column!r} in the batch (columns: {present})")
+            if self.column not in batch:
+                raise ValueError(f"{type(self).__name__}: no column {self.column!r} in the batch (columns: {list(batch)})")
             return self.column
         for name in self.columns:
-            if name in present:
+            if name in batch:
                 return name
         raise ValueError(f"{type(self).__name__} needs a column named one of {list(self.columns)} (or column=...); "
-                         f"the batch has {present}")
+                         f"the batch has {list(batch)}")
 
-    def __call__(self, batch: Any) -> Any:
-        kind = _batch_kind(batch)
-        name = self._pick(batch, kind)
-        items = _column_values(batch, kind, name)
-        labels = _column_values(batch, kind, "path") if name != "path" and "path" in _columns(batch, kind) else None
-        vectors = np.full((len(items), self.dim), np.nan, dtype=np.float32)
-        reasons = [""] * len(items)
-        self._embed(items, labels, vectors, reasons)
-        return _output(batch, kind, name if name in PAYLOADS else None, vectors, reasons, self.header)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(batch, dict):
+            raise TypeError(f"{type(self).__name__} takes numpy batches (a dict of arrays: map_batches' default "
+                            f"batch_format), got {type(batch).__name__}")
+        name = self._pick(batch)
+        items = [_unpad(v) for v in batch[name]] if name == "image" else list(batch[name])
+        result = self.model.embed_batch(items, normalize=self.normalize, **self.batch_options)
+        if result.failures and self.errors == "raise":
+            i = min(result.failures)
+            labels = batch.get("path") if name != "path" else None
+            raise self._error(i, result.failures[i], items[i], None if labels is None else str(labels[i]))
+        vectors = np.full((len(items), self.dim), np.nan, dtype=np.float32)  # NaN: never passes for a vector
+        vectors[result.ok] = result.vectors
+        reasons = np.full(len(items), "", dtype=object)
+        for i, exc in result.failures.items():
+            reasons[i] = exc.reason
+        out = {c: v for c, v in batch.items() if c not in ("embedding", "error") and not (c == name and c in PAYLOADS)}
+        out["embedding"] = vectors
+        out["error"] = reasons
+        return out
 
     def __del__(self) -> None:
         model = getattr(self, "model", None)
         if model is not None:
             model.close()
+
+
+_HINT = "errors='skip' records it in the 'error' column instead of failing the job"
 
 
 class ImageEmbedder(_Embedder):
@@ -256,17 +210,8 @@ class ImageEmbedder(_Embedder):
 
         return ImageEmbedding
 
-    def _embed(self, items: list, labels: list | None, vectors: np.ndarray, reasons: list[str]) -> None:
-        result = self.model.embed_batch(items, normalize=self.normalize)
-        if result.failures and self.errors == "raise":
-            i = min(result.failures)
-            exc = result.failures[i]
-            source = str(labels[i]) if labels is not None else exc.source
-            raise ImageError(i, source, f"{exc.reason} (row {i} of its batch; errors='skip' records it in the "
-                                        f"'error' column instead of failing the job)")
-        vectors[result.ok] = result.vectors
-        for i, exc in result.failures.items():
-            reasons[i] = exc.reason
+    def _error(self, i: int, exc: Any, item: Any, label: str | None) -> FastClipError:
+        return ImageError(i, label or exc.source, f"{exc.reason} (row {i} of its batch; {_HINT})")
 
 
 class TextEmbedder(_Embedder):
@@ -281,8 +226,8 @@ class TextEmbedder(_Embedder):
     columns = TEXT_COLUMNS
 
     def __init__(self, model: Any = None, *, truncate: bool = True, **kwargs: Any):
-        self.truncate = truncate
         super().__init__(model, **kwargs)
+        self.batch_options = {"truncate": truncate}
 
     @staticmethod
     def _factory():
@@ -290,35 +235,8 @@ class TextEmbedder(_Embedder):
 
         return TextEmbedding
 
-    def _embed(self, items: list, labels: list | None, vectors: np.ndarray, reasons: list[str]) -> None:
-        good = []
-        for i, text in enumerate(items):
-            if isinstance(text, str):
-                good.append(i)
-            else:
-                self._fail(i, text, f"not a string ({type(text).__name__})", reasons)
-        try:
-            vectors[good] = self._run([items[i] for i in good])
-        except TextError:
-            # Rare (truncate=False, or text the tokenizer refuses): find the culprits one by one.
-            for i in good:
-                try:
-                    vectors[i] = self._run([items[i]])[0]
-                except TextError as exc:
-                    self._fail(i, items[i], exc.reason, reasons)
-
-    def _run(self, texts: list[str]) -> np.ndarray:
-        batch = self.model.embed_batch(texts, normalize=self.normalize, truncate=self.truncate,
-                                       batch_size=max(1, len(texts)))
-        if batch.failures:
-            raise batch.first_failure()
-        return batch.vectors
-
-    def _fail(self, i: int, text: Any, reason: str, reasons: list[str]) -> None:
-        if self.errors == "raise":
-            raise TextError(i, f"{reason}: {str(text)[:80]!r} (row {i} of its batch; errors='skip' records it in "
-                               f"the 'error' column instead of failing the job)")
-        reasons[i] = reason
+    def _error(self, i: int, exc: Any, item: Any, label: str | None) -> FastClipError:
+        return TextError(i, f"{exc.reason}: {str(item)[:80]!r} (row {i} of its batch; {_HINT})")
 
 
 # ---------------------------------------------------------------------------------------- resources
@@ -399,20 +317,25 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def _dataset(inputs: Any, kind: str):
+def _dataset(inputs: Any, kind: str, indices: list[int] | None = None):
+    """A Dataset of the inputs: `text` rows, or `path` rows the actors open; with `indices`, only those
+    inputs, each row carrying its input index in an `index` column."""
     ray = _ray()
     if isinstance(inputs, ray.data.Dataset):
         return inputs
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     items = [os.fspath(p) if kind == "image" else p for p in inputs]
-    if kind == "text":
-        return ray.data.from_items([{"text": t} for t in items])
-    if items and all(_is_uri(p) for p in items):
-        # Cloud storage: read tasks fetch the bytes, the actors decode them with fastclip's own decoder.
-        return ray.data.read_binary_files(items, include_paths=True)
-    # Local (or shared-storage) files: the actors open them; a missing file is an error row, not a failed job.
-    return ray.data.from_items([{"path": os.path.abspath(p) if not _is_uri(p) else p} for p in items])
+    if kind == "image":
+        if indices is None and items and all(_is_uri(p) for p in items):
+            # Cloud storage: read tasks fetch the bytes, the actors decode them with fastclip's own decoder.
+            return ray.data.read_binary_files(items, include_paths=True)
+        # Local (or shared-storage) files: the actors open them; a missing file is an error row, not a failed job.
+        items = [p if _is_uri(p) else os.path.abspath(p) for p in items]
+    key = "text" if kind == "text" else "path"
+    if indices is None:
+        return ray.data.from_items([{key: item} for item in items])
+    return ray.data.from_items([{"index": i, key: items[i]} for i in indices])
 
 
 def _absolute_model(model: Any) -> Any:
@@ -422,11 +345,10 @@ def _absolute_model(model: Any) -> Any:
     return model
 
 
-def _embed(cls, kind, inputs, model, batch_size, concurrency, num_cpus, num_gpus, errors, batch_format, options):
+def _map(cls, ds, model, batch_size, concurrency, num_cpus, num_gpus, errors, options):
     ray = _ray()
     if not ray.is_initialized():
         ray.init()
-    ds = _dataset(inputs, kind)
     plan = plan_resources(concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
                           threads=options.get("threads"))
     options = dict(options, threads=plan["threads"])
@@ -435,7 +357,7 @@ def _embed(cls, kind, inputs, model, batch_size, concurrency, num_cpus, num_gpus
         kwargs["num_gpus"] = plan["num_gpus"]
     return ds.map_batches(
         cls, fn_constructor_kwargs={"model": _absolute_model(model), "errors": errors, **options},
-        batch_size=batch_size, batch_format=batch_format, num_cpus=plan["num_cpus"], **kwargs,
+        batch_size=batch_size, batch_format="numpy", num_cpus=plan["num_cpus"], **kwargs,
     )
 
 
@@ -448,7 +370,6 @@ def embed_images(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     errors: str = "skip",
-    batch_format: str = "default",
     **options: Any,
 ):
     """A lazy Ray Dataset of image vectors: the input's columns minus the payload, plus embedding and error.
@@ -459,8 +380,8 @@ def embed_images(
     plan_resources (no deadlock on small clusters) unless concurrency / num_cpus / num_gpus are given.
     options: every ImageEmbedder / ImageEmbedding option (precision, fast, exif_transpose, threads, ...).
     """
-    return _embed(ImageEmbedder, "image", paths_or_dataset, model, batch_size, concurrency, num_cpus, num_gpus,
-                  errors, batch_format, options)
+    return _map(ImageEmbedder, _dataset(paths_or_dataset, "image"), model, batch_size, concurrency, num_cpus,
+                num_gpus, errors, options)
 
 
 def embed_texts(
@@ -472,52 +393,71 @@ def embed_texts(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     errors: str = "skip",
-    batch_format: str = "default",
     **options: Any,
 ):
     """A lazy Ray Dataset of text vectors from a list of texts or a Dataset with a `text` column (see embed_images)."""
     if isinstance(texts_or_dataset, str):
         texts_or_dataset = [texts_or_dataset]
-    return _embed(TextEmbedder, "text", texts_or_dataset, model, batch_size, concurrency, num_cpus, num_gpus,
-                  errors, batch_format, options)
+    return _map(TextEmbedder, _dataset(texts_or_dataset, "text"), model, batch_size, concurrency, num_cpus,
+                num_gpus, errors, options)
 
 
 # -------------------------------------------------------------------------------------- CLI job
 
 
 class EmbedSummary(dict):
-    """rows, embedded, failed, seconds (from submitting the job, once Ray is up: actor start included),
-    files (Parquet parts written)."""
+    """rows (embedded), failed, done_before (inputs a resumed run found done), seconds (from submitting
+    the job, once Ray is up: actor start included), files (Parquet parts written by this run)."""
 
 
-def _write_part(out_dir: Path, number: int, tables: list, header: dict) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _job_header(kind: str, model: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The header of the run, from the model as this machine opens it (the parts and a resume check it)."""
+    from ..embedding import ImageEmbedding, TextEmbedding
+    from ..sinks import make_header
 
-    table = pa.concat_tables(tables)
-    failed = sum(1 for e in table.column("error").to_pylist() if e)
-    meta = dict(header, rows=table.num_rows, failed=failed)
-    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    table = table.replace_schema_metadata({"fastclip": json.dumps(meta, ensure_ascii=True)})
-    final = out_dir / f"part-{number:05d}.parquet"
-    tmp = out_dir / f".part-{number:05d}.parquet.tmp{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)  # a part is either complete or absent: a kill never leaves half a file
-    return final
+    factory = ImageEmbedding if kind == "image" else TextEmbedding
+    hub = {k: options[k] for k in (*_HUB_OPTIONS, "precision", "language") if options.get(k) is not None}
+    with factory(model, threads=1, **hub) as local:
+        recorded = {"engine": "ray", **{k: options[k] for k in ("fast", "exif_transpose", "language") if k in options}}
+        return make_header(kind=kind, dim=local.dim, model=local.model_name, fingerprint=local.fingerprint,
+                           precision=local.precision, options=recorded)
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> Path:
-    """An output folder for Parquet parts: created if missing, refused when it already holds parts."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--engine ray writes a folder of Parquet files; {out} is a file (give a folder, e.g. {out.with_suffix('')}/)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from None
-    if any(out.glob("*.parquet")):
-        raise OutputError(f"{out} already holds Parquet files from another run; give an empty or new folder")
-    return out
+class _Gather:
+    """Rows coming back from Ray in completion order, gathered into parts of `rows_per_file` inputs (or
+    whatever arrived within `part_seconds`), so a kill loses at most one part in the making."""
+
+    def __init__(self, writer: Any, rows_per_file: int, part_seconds: float):
+        self.writer, self.rows_per_file, self.part_seconds = writer, rows_per_file, part_seconds
+        self.files: list = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.items: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.indices: list[int] = []
+        self.failures: list[tuple[int, str, str]] = []
+        self.since = time.monotonic()
+
+    def add(self, batch: dict, key: str, *, failures: bool = True) -> list[tuple[int, str, str]]:
+        """Gather one batch's rows (and its failures, unless failures=False); return its failures."""
+        ok = batch["error"] == ""
+        self.items.extend(str(batch[key][i]) for i in np.flatnonzero(ok))
+        self.vectors.append(np.asarray(batch["embedding"], np.float32)[ok])
+        self.indices.extend(int(i) for i in batch["index"][ok])
+        failed = [(int(batch["index"][i]), str(batch[key][i]), str(batch["error"][i])) for i in np.flatnonzero(~ok)]
+        if failures:
+            self.failures.extend(failed)
+        if len(self.indices) + len(self.failures) >= self.rows_per_file or \
+                time.monotonic() - self.since >= self.part_seconds:
+            self.flush()
+        return failed
+
+    def flush(self) -> None:
+        if self.indices or self.failures:
+            vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.writer.dim), np.float32)
+            self.files.append(self.writer.write(self.items, vectors, self.indices, self.failures))
+        self._clear()
 
 
 def embed_to_parquet(
@@ -529,71 +469,72 @@ def embed_to_parquet(
     ray_address: str | None = None,
     errors: str = "skip",
     batch_size: int | None = None,
+    resume: bool = False,
     rows_per_file: int = 100_000,
+    part_seconds: float = 60.0,
     on_rows: Callable[[int], None] | None = None,
     on_error: Callable[[str, str], None] | None = None,
     object_store_memory: int = 500 * 2**20,
     **options: Any,
 ) -> EmbedSummary:
-    """Embed `inputs` (image paths or texts) on Ray and write DIR/part-NNNNN.parquet (path|text, embedding,
-    error), each part renamed into place when complete. The rows come back to this process, so the progress
-    (on_rows(n)) and every failure (on_error(item, reason)) are reported here; errors="raise" stops at the
-    first failure with its ImageError / TextError (the parts already written stay).
+    """Embed `inputs` (image paths or texts) on Ray into DIR/part-NNNNN.parquet (fastclip.sinks.parts: the
+    .parquet format plus an `index` column), each part renamed into place when complete. The rows come back
+    to this process, so the progress (on_rows(n)) and every failure (on_error(item, reason)) are reported
+    here; errors="raise" stops at the first failure with its ImageError / TextError (the parts gathered so
+    far are written first). resume=True continues a run that was killed: the inputs already in a part are
+    not embedded again. Read the folder with fastclip.sinks.read_embeddings(DIR) (rows in input order).
 
     Connects to `ray_address` (e.g. "ray://head:10001" or "auto"), or starts a local Ray sized to this
     machine (object store capped at object_store_memory) and shuts it down at the end.
     """
-    ray = _ray()
-    out = check_out_dir(out_dir)
-    started_here = False
-    if not ray.is_initialized():
-        init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if ray_address:
-            init["address"] = ray_address
-        else:
-            init["object_store_memory"] = object_store_memory
-        ray.init(**init)
-        started_here = True
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr already
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per job stage otherwise
-        helper = embed_images if kind == "image" else embed_texts
-        ds = helper(list(inputs), model, batch_size=batch_size or (32 if kind == "image" else 256),
-                    errors="skip", batch_format="pyarrow", **options)
-        key = "path" if kind == "image" else "text"
-        summary = EmbedSummary(rows=0, failed=0, files=[], seconds=0.0)
-        started = time.perf_counter()
-        pending: list = []
-        pending_rows = 0
-        header: dict = {}
-        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            if not header and table.schema.metadata and b"fastclip" in table.schema.metadata:
-                header = json.loads(table.schema.metadata[b"fastclip"])
-            for item, reason in zip(table.column(key).to_pylist(), table.column("error").to_pylist()):
-                if reason:
-                    summary["failed"] += 1
-                    if errors == "raise":
-                        if pending:
-                            summary["files"].append(_write_part(out, len(summary["files"]), pending, header))
-                        index = list(inputs).index(item)
-                        if kind == "image":
-                            raise ImageError(index, item, reason)
-                        raise TextError(index, f"{reason}: {item[:80]!r}")
+    from ..sinks import PartsWriter
+    from ..sinks.header import inputs_job
+
+    model = _absolute_model(model)
+    header = _job_header(kind, model, options)
+    options = dict(options, precision=header["precision"])  # the actors run the variant the header names
+    key = "path" if kind == "image" else "text"
+    with PartsWriter(out_dir, header, job=inputs_job(inputs), resume=resume) as writer:
+        summary = EmbedSummary(rows=writer.rows, failed=writer.failed, done_before=len(writer.done), files=[],
+                               seconds=0.0)
+        todo = [i for i in range(len(inputs)) if i not in writer.done]
+        if not todo:
+            return summary
+        ray = _ray()
+        started_here = False
+        if not ray.is_initialized():
+            init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if ray_address:
+                init["address"] = ray_address
+            else:
+                init["object_store_memory"] = object_store_memory
+            ray.init(**init)
+            started_here = True
+        gather = _Gather(writer, rows_per_file, part_seconds)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr already
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per job stage otherwise
+            cls = ImageEmbedder if kind == "image" else TextEmbedder
+            ds = _map(cls, _dataset(inputs, kind, todo), model, batch_size or (32 if kind == "image" else 256),
+                      None, None, None, "skip", options)
+            started = time.perf_counter()
+            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+                failed = gather.add(batch, key, failures=errors == "skip")
+                if failed and errors == "raise":
+                    gather.flush()  # the good rows are kept; the failed input stays to do for a resume
+                    index, item, reason = min(failed)
+                    if kind == "image":
+                        raise ImageError(index, item, reason)
+                    raise TextError(index, f"{reason}: {item[:80]!r}")
+                for _, item, reason in failed:
                     if on_error is not None:
                         on_error(item, reason)
-            summary["rows"] += table.num_rows
-            pending.append(table)
-            pending_rows += table.num_rows
-            if pending_rows >= rows_per_file:
-                summary["files"].append(_write_part(out, len(summary["files"]), pending, header))
-                pending, pending_rows = [], 0
-            if on_rows is not None:
-                on_rows(table.num_rows)
-        if pending:
-            summary["files"].append(_write_part(out, len(summary["files"]), pending, header))
-        summary["seconds"] = time.perf_counter() - started
-        summary["embedded"] = summary["rows"] - summary["failed"]
-        return summary
-    finally:
-        if started_here:
-            ray.shutdown()
+                if on_rows is not None:
+                    on_rows(len(batch["index"]))
+            gather.flush()
+            summary["seconds"] = time.perf_counter() - started
+        finally:
+            summary.update(rows=writer.rows, failed=writer.failed, files=gather.files)
+            if started_here:
+                ray.shutdown()
+    return summary

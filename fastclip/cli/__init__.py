@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import embed, eval, export, info, search, serve
+from . import eval, export, info, inputs, search, serve
 from .common import UsageError
 
 DESCRIPTION = """\
@@ -59,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (embed, export, info, eval, search, serve):
+    inputs.add_parser(sub, func=_embed)
+    for command in (export, info, eval, search, serve):
         command.add_parser(sub)
     _quiet_anywhere(parser)
     return parser
+
+
+def _embed(args) -> int:
+    """`fastclip embed`: the engine's module runs it (each imports only the shared cli.inputs)."""
+    if args.engine == "ray":
+        from .embed_ray import run
+    else:
+        from .embed import run
+    return run(args)
 
 
 def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:

@@ -1,66 +1,61 @@
-"""`fastclip embed --engine ray`: the same inputs as the local engine, embedded on a Ray cluster.
+"""`fastclip embed --engine ray`: the same inputs and options as the local engine, embedded on a Ray cluster.
 
---out is a folder of Parquet parts (path|text, embedding, error); see fastclip.bulk.ray.embed_to_parquet.
-The progress bar and the summary lines are the local engine's.
+--out is a folder of Parquet parts (fastclip.sinks.parts), resumable after a kill with --resume; read it
+with fastclip.sinks.read_embeddings(FOLDER). The progress bar and the summary lines are the local engine's.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from .common import UsageError, progress
+from .common import UsageError, progress, report_failures
+from .inputs import check_options, model_name, model_options, read_inputs
 
 
-def cmd_embed_ray(args) -> int:
+def run(args) -> int:
     from ..bulk.ray import embed_to_parquet
-    from ..errors import ImageError, TextError
-    from .embed import collect_paths, collect_texts
+    from ..errors import ImageError, OutputError
+    from ..sinks.parts import check_folder
 
-    texts_mode = bool(args.text or args.text_file)
-    if texts_mode and args.paths:
-        raise UsageError("give image PATHs or --text/--text-file, not both")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if texts_mode:
-        inputs, kind, unit = collect_texts(args), "text", "texts"
-    else:
-        if not args.paths:
-            raise UsageError("nothing to embed: give image PATHs, - for paths on stdin, or --text")
-        null = getattr(args, "null", False)
-        inputs = collect_paths(args.paths, null=True) if null else collect_paths(args.paths)
-        if not inputs:
-            raise UsageError(f"no images found in {' '.join(args.paths)}")
-        kind, unit = "image", "images"
-    options: dict[str, Any] = {"cache_dir": args.cache_dir, "local_files_only": args.offline,
-                               "precision": args.precision, "threads": args.threads}
-    if kind == "image":
-        options.update(fast="max" if args.fast_max else args.fast, exif_transpose=not args.no_exif)
-    elif getattr(args, "language", None):
-        options["language"] = args.language  # a TextEmbedding option: every actor tokenizes with it
-    bar = progress(len(inputs), "text" if texts_mode else "img")
+    check_options(args, "ray")
+    try:
+        check_folder(args.out, resume=args.resume)  # before the model loads or Ray starts
+    except OutputError as exc:
+        raise UsageError(f"--out: {exc}") from None
+    inputs = read_inputs(args)
+    bar = progress(len(inputs.items), inputs.bar_unit)
     failures: list[str] = []
 
     def report(item: str, reason: str) -> None:
         failures.append(item)
         bar.write(f"fastclip: skipped {item}: {reason}", file=sys.stderr)
 
+    extra = {} if args.rows_per_part is None else {"rows_per_file": args.rows_per_part}
     try:
         summary = embed_to_parquet(
-            inputs, args.out, args.model, kind=kind, ray_address=args.ray_address, batch_size=args.batch_size,
-            errors="skip" if args.skip_errors else "raise", on_rows=bar.update, on_error=report,
-            **options,
+            inputs.items, args.out, model_name(args), kind=inputs.kind, ray_address=args.ray_address,
+            batch_size=args.batch_size, resume=args.resume, errors="skip" if args.skip_errors else "raise",
+            on_rows=bar.update, on_error=report, **extra, **model_options(args, inputs.kind),
         )
+    except OutputError as exc:
+        raise UsageError(f"--out: {exc}") from None
     except ImageError as exc:
-        raise ImageError(exc.index, exc.source, exc.reason + " (--skip-errors leaves unreadable images out)") from None
-    except TextError:
-        raise
+        raise ImageError(exc.index, exc.source, exc.reason + " (--skip-errors leaves unreadable images out; the "
+                         "parts written so far are kept: add --resume to continue)") from None
+    except KeyboardInterrupt:
+        print(f"fastclip: interrupted; the parts written to {args.out} are kept: run the same command with "
+              f"--resume to continue", file=sys.stderr)
+        return 130
     finally:
         bar.close()
-    rate = len(inputs) / summary["seconds"] if summary["seconds"] > 0 else float("inf")
-    print(f"fastclip: {summary['embedded']} {unit} embedded, {summary['failed']} failed, {rate:.1f} {unit}/s "
-          f"-> {args.out} ({len(summary['files'])} Parquet file(s), engine ray)", file=sys.stderr)
-    if failures:
-        print("fastclip: failed: " + ", ".join(failures), file=sys.stderr)
+    if summary["done_before"]:
+        print(f"fastclip: resumed {args.out}: {summary['done_before']} of {len(inputs.items)} inputs were done",
+              file=sys.stderr)
+    embedded = len(inputs.items) - summary["done_before"]
+    rate = embedded / summary["seconds"] if summary["seconds"] > 0 else float("inf")
+    print(f"fastclip: {summary['rows']} {inputs.unit} embedded, {summary['failed']} failed, {rate:.1f} {inputs.unit}/s "
+          f"-> {args.out} ({len(summary['files'])} Parquet part(s) written, engine ray)", file=sys.stderr)
+    if summary["failed"]:
+        report_failures(failures, summary["failed"], f"{args.out}/_part-*.errors.jsonl")
         return 1
     return 0

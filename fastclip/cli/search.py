@@ -6,6 +6,7 @@ import argparse
 import base64
 import html
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -89,9 +90,9 @@ def query_model(meta: dict, query_kind: str, args):
     )
 
     recorded = meta.get("model")
-    name = args.model or recorded
-    if not name:
+    if not (args.model or recorded):
         raise UsageError(f"{args.embeddings}: the file records no model: give --model")
+    name = args.model or beside(recorded, args.embeddings, os.path.isdir)
     hub = {"cache_dir": args.cache_dir, "local_files_only": args.offline}
     file_tower = "vision" if meta["kind"] == "image" else "text"
     query_tower = "vision" if query_kind == "image" else "text"
@@ -108,7 +109,14 @@ def query_model(meta: dict, query_kind: str, args):
                              f"{'the query' if which == query_tower else 'checking the file'}): give --model with both towers")
         return model_name, folder, spec
 
-    _, check_folder, check_spec = tower(name, file_tower)
+    try:
+        _, check_folder, check_spec = tower(name, file_tower)
+    except ModelError as exc:
+        if args.model:
+            raise
+        kind = "model folder" if os.path.isabs(recorded) else "model (a hub repo, or a folder relative to where it ran)"
+        raise ModelError(f"{args.embeddings} records the {kind} {recorded!r}, which cannot be opened here "
+                         f"({exc}); give --model with the same weights (checked by fingerprint)") from None
     fingerprint = tower_fingerprint(check_folder, check_spec)
     if meta.get("fingerprint") and fingerprint != meta["fingerprint"]:
         raise ModelError(
@@ -126,6 +134,15 @@ def query_model(meta: dict, query_kind: str, args):
     return TextEmbedding(query_name, **common)
 
 
+def beside(item: str, embeddings: str, exists) -> str:
+    """`item` as recorded, or, for a relative name that `exists` does not find from here, the same name
+    under the embeddings file's folder (files from before paths were recorded absolute)."""
+    if os.path.isabs(item) or exists(item):
+        return item
+    near = os.path.join(os.path.dirname(os.path.abspath(embeddings)), item)
+    return near if exists(near) else item
+
+
 def _thumbnail(path: str) -> str | None:
     """The image as a base64 JPEG data URI, at most THUMBNAIL px; None when it cannot be read."""
     from PIL import Image, ImageOps
@@ -141,11 +158,11 @@ def _thumbnail(path: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figure(kind: str, item: str) -> str:
+def _figure(kind: str, item: str, source: str = "") -> str:
     shown = html.escape(_printable(item))
     if kind == "text":
         return f'<div class="text">{shown}</div>'
-    uri = _thumbnail(item)
+    uri = _thumbnail(beside(item, source, os.path.exists) if source else item)
     img = f'<img src="{uri}" alt="{shown}">' if uri else '<div class="missing">image not readable</div>'
     return img + f'<div class="path">{shown}</div>'
 
@@ -155,7 +172,7 @@ def write_html(out: Path, query_kind: str, query: str, kind: str, results: list[
     """A self-contained page: the query, then each result's rank, score and thumbnail (or text)."""
     cards = "\n".join(
         f'<figure class="result"><div class="rank">#{rank}</div><div class="score">{score:.4f}</div>'
-        f"{_figure(kind, item)}</figure>"
+        f"{_figure(kind, item, source)}</figure>"
         for rank, (item, score) in enumerate(results, 1)
     )
     title = f"fastclip search: {query_kind} -> {kind}"

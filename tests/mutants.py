@@ -112,7 +112,7 @@ MUTANTS = [
     Mutant(
         "journal-off-by-one",
         "resume restarts one input after the last checkpoint (one input silently missing)",
-        "fastclip/sinks.py",
+        "fastclip/sinks/journal.py",
         '                        keep, done, rows = offset, mark["next"], mark["rows"]\n',
         '                        keep, done, rows = offset, mark["next"] + 1, mark["rows"]\n',
         ("tests/test_sinks.py::test_interrupted_run_keeps_old_output_and_resumes_to_identical_file",

@@ -131,6 +131,13 @@ def test_pool_images_equal_in_process_vector_by_vector(image_pool, photo_files, 
         list(pool.embed(items, batch_size=3))
     assert info.value.index == bad_at and str(bad) in str(info.value)
 
+    # The batch call, as the model's own: the same batches, failures by input index, no rows regrouped.
+    pooled = list(pool.embed_batches(items, batch_size=3, errors="skip"))
+    local = list(model.embed_batches(items, batch_size=3, errors="skip"))
+    assert [(b.start_index, b.count, sorted(b.failures)) for b in pooled] == \
+           [(b.start_index, b.count, sorted(b.failures)) for b in local]
+    assert max(np.abs(a.vectors - b.vectors).max() for a, b in zip(pooled, local)) <= 1e-6
+
     # A stream closed early leaves its batches in flight; the next stream must not receive them.
     early = pool.embed(itertools.cycle(photo_files), batch_size=2)
     next(early)

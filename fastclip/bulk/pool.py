@@ -244,7 +244,22 @@ class EmbeddingPool:
         kw = {"normalize": normalize, "batch_size": batch_size, **options}
         return self._embed(one_or_many(items), batch_size, kw, errors, on_error)
 
+    def embed_batches(self, items: Iterable[Any], batch_size: int | None = None, *, normalize: bool = True,
+                      errors: str = "raise", **options: Any) -> Iterator[EmbeddingBatch]:
+        """The model's `embed_batches` spread over the workers: one EmbeddingBatch per `batch_size`
+        consecutive inputs, in input order, as the workers return them (no rows regrouped)."""
+        batch_size = batch_size or self.spec.batch_size
+        check_batching(batch_size, errors)
+        if self._closed:
+            raise FastClipError("this EmbeddingPool is closed")
+        kw = {"normalize": normalize, "batch_size": batch_size, **options}
+        return self._batches(one_or_many(items), batch_size, kw, errors)
+
     def _embed(self, items, batch_size, kw, errors, on_error) -> Iterator[np.ndarray | None]:
+        for batch in self._batches(items, batch_size, kw, errors):
+            yield from rows_of([batch], on_error)
+
+    def _batches(self, items, batch_size, kw, errors) -> Iterator[EmbeddingBatch]:
         if self._active is not None:
             raise FastClipError("this EmbeddingPool is already serving another embed() stream; "
                                 "finish or close that one first")
@@ -253,7 +268,7 @@ class EmbeddingPool:
             for batch in self._ordered(call, items, batch_size, kw):
                 if errors == "raise" and batch.failures:
                     raise batch.first_failure()
-                yield from rows_of([batch], on_error)
+                yield batch
         finally:
             self._active = None
 

@@ -160,10 +160,8 @@ class Job:
             bar.close()
 
     def _batches(self, items, errors: str) -> Iterator:
-        batches = getattr(self.source, "embed_batches", None)
-        if batches is None:  # an EmbeddingPool without a batch call of its own
-            return _pool_batches(self.source, items, self.batch_size, errors, self.dim)
-        return batches(items, self.batch_size, errors=errors)
+        # The model or its EmbeddingPool: both yield EmbeddingBatch objects as they come.
+        return self.source.embed_batches(items, self.batch_size, errors=errors)
 
     def _texts(self, start: int) -> Iterator[tuple[list[str], np.ndarray, list]]:
         texts = self.inputs.items
@@ -199,20 +197,3 @@ class Job:
             index = start + exc.index
             raise ImageError(index, paths[index], special.pop(index, exc.reason)) from None
 
-
-def _pool_batches(pool, items, batch_size: int, errors: str, dim: int) -> Iterator:
-    """EmbeddingBatch per batch_size inputs from a pool that yields rows (until it yields batches itself)."""
-    import itertools
-
-    from ..batch import EmbeddingBatch
-
-    failures: dict = {}
-    rows = pool.embed(items, batch_size, errors=errors, on_error=lambda e: failures.__setitem__(e.index, e))
-    for start in itertools.count(0, batch_size):
-        chunk = list(itertools.islice(rows, batch_size))
-        if not chunk:
-            return
-        vectors = [row for row in chunk if row is not None]
-        mine = {i: failures.pop(i) for i in range(start, start + len(chunk)) if i in failures}
-        matrix = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
-        yield EmbeddingBatch(start_index=start, count=len(chunk), vectors=matrix, failures=mine)

@@ -355,7 +355,7 @@ def retrieval_metrics(image_vectors, text_vectors, text_image_index, ks: Iterabl
     relevant), each a mean over queries: ``{dir}_mAP``, ``{dir}_precision@K``, ``{dir}_ndcg@K``.
     Definitions in the module doc (trec_eval's). Cost: in the same pass over the scores, one more pair
     of threshold comparisons per score for each further caption per image (4 more for COCO's 5);
-    measured at COCO-5k size, 1.08-1.09x recall_at_k's time (CPU time 1.21x) and the same memory
+    measured at COCO-5k size, 1.25x recall_at_k's time on a quiet machine (CPU time 1.14x) and the same memory
     (benchmarks/bench_retrieval.py --only ranking).
     """
     ks = _check_ks(ks)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ImageTypeError, first_line
-from .families.resize import MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, resize_crop
+from .families.resize import MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, Geometry, resize_crop
 from .manifest import VisionSpec
 
 __all__ = [
@@ -238,33 +237,6 @@ def decode(
     except Exception as exc:  # noqa: BLE001 - see image_error: any failure of this one input is its error
         raise image_error(index, source, exc) from None
     return img, geometry
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where the original photo lies in a drafted image: `box` in drafted pixels, `full_size` its size."""
-
-    box: tuple[float, float, float, float]
-    full_size: tuple[int, int]
-
-    def transposed(self, method: Image.Transpose, size: tuple[int, int]) -> "Geometry":
-        """The same geometry after `image.transpose(method)` of an image of `size` (before transposing)."""
-        W, H = size
-        T = Image.Transpose
-        point = {
-            T.FLIP_LEFT_RIGHT: lambda x, y: (W - x, y),
-            T.FLIP_TOP_BOTTOM: lambda x, y: (x, H - y),
-            T.ROTATE_180: lambda x, y: (W - x, H - y),
-            T.ROTATE_90: lambda x, y: (y, W - x),  # counter-clockwise
-            T.ROTATE_270: lambda x, y: (H - y, x),
-            T.TRANSPOSE: lambda x, y: (y, x),
-            T.TRANSVERSE: lambda x, y: (H - y, W - x),
-        }[method]
-        x0, y0, x1, y1 = self.box
-        (ax, ay), (bx, by) = point(x0, y0), point(x1, y1)
-        swaps = method in (T.ROTATE_90, T.ROTATE_270, T.TRANSPOSE, T.TRANSVERSE)
-        full = self.full_size[::-1] if swaps else self.full_size
-        return Geometry(box=(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), full_size=full)
 
 
 def _close_file(img: Image.Image) -> None:

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import hub
-from . import manifest as manifest_mod
+from .hub import not_cached, unreachable
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, load, parse
 from .errors import ModelError, first_line
 from .families.resize import from_processor_config
 from .manifest import Manifest, VisionSpec
@@ -45,7 +45,7 @@ def resolve_folder(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    offline = None if local_files_only else hub.unreachable()
+    offline = None if local_files_only else unreachable()
     try:
         return Path(
             snapshot_download(
@@ -58,7 +58,7 @@ def resolve_folder(
             )
         )
     except LocalEntryNotFoundError:
-        raise ModelError(hub.not_cached(
+        raise ModelError(not_cached(
             text, offline, "pass a model folder instead (`--model PATH` on the command line, the model argument "
             "in Python), or make one with `fastclip export`", cache_dir)) from None
     except RepositoryNotFoundError:
@@ -70,14 +70,14 @@ def resolve_folder(
 
 def load_manifest(folder: Path) -> Manifest:
     """The folder's manifest, or one derived from a fastembed-style single-tower folder."""
-    if (folder / manifest_mod.MANIFEST_NAME).is_file():
-        return manifest_mod.load(folder)
+    if (folder / MANIFEST_NAME).is_file():
+        return load(folder)
     if (folder / "model.onnx").is_file():
         try:
             derived = _derive_single_tower(folder)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # config files of unexpected shape
             raise ModelError(f"{folder}: malformed tower folder files ({type(exc).__name__}: {exc})") from None
-        return manifest_mod.parse(derived, origin=str(folder))
+        return parse(derived, origin=str(folder))
     raise ModelError(
         f"{folder}: neither a fastclip model folder (fastclip.json) nor a tower folder (model.onnx); "
         "export one with `fastclip export`"
@@ -129,7 +129,7 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
     base = {"path": "model.onnx", "bytes": model_path.stat().st_size}
     data: dict[str, Any] = {
         "format": "fastclip",
-        "format_version": manifest_mod.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "source": {"kind": "folder", "model": str(folder)},
         "logit_scale": DEFAULT_LOGIT_SCALE,
     }

@@ -21,14 +21,12 @@ resampled, in every mode.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from PIL import Image, ImageOps
 
-if TYPE_CHECKING:
-    from ..images import Geometry
-
-__all__ = ["RESAMPLING", "RESIZERS", "MAX_RESIZED_PIXELS", "resize_crop", "resize_squash", "resize_pad"]
+__all__ = ["Geometry", "RESAMPLING", "RESIZERS", "MAX_RESIZED_PIXELS", "resize_crop", "resize_squash", "resize_pad"]
 
 # torchvision's pil_modes_mapping for the two filters open_clip's eval transform uses.
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -42,6 +40,33 @@ RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.
 MAX_RESIZED_PIXELS = 1 << 22
 
 BICUBIC = Image.Resampling.BICUBIC
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the original photo lies in a drafted image: `box` in drafted pixels, `full_size` its size."""
+
+    box: tuple[float, float, float, float]
+    full_size: tuple[int, int]
+
+    def transposed(self, method: Image.Transpose, size: tuple[int, int]) -> "Geometry":
+        """The same geometry after `image.transpose(method)` of an image of `size` (before transposing)."""
+        W, H = size
+        T = Image.Transpose
+        point = {
+            T.FLIP_LEFT_RIGHT: lambda x, y: (W - x, y),
+            T.FLIP_TOP_BOTTOM: lambda x, y: (x, H - y),
+            T.ROTATE_180: lambda x, y: (W - x, H - y),
+            T.ROTATE_90: lambda x, y: (y, W - x),  # counter-clockwise
+            T.ROTATE_270: lambda x, y: (H - y, x),
+            T.TRANSPOSE: lambda x, y: (y, x),
+            T.TRANSVERSE: lambda x, y: (H - y, W - x),
+        }[method]
+        x0, y0, x1, y1 = self.box
+        (ax, ay), (bx, by) = point(x0, y0), point(x1, y1)
+        swaps = method in (T.ROTATE_90, T.ROTATE_270, T.TRANSPOSE, T.TRANSVERSE)
+        full = self.full_size[::-1] if swaps else self.full_size
+        return Geometry(box=(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), full_size=full)
 
 
 def resize_crop(image: Image.Image, size: int, geometry: "Geometry | None" = None,

@@ -1,6 +1,6 @@
 """The table of output formats, keyed by suffix, and the checks on an output path before any work.
 
-Each format is a module with
+Each format is a module (its codec: these functions) with
 
     encode(rows, header, work, out) -> (renames, header)   write the final file(s) inside the work folder
                                                            `work`; renames: (name in work, name beside out)
@@ -16,15 +16,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
+from typing import Any
 
 from ..errors import OutputError
-from . import jsonl, npy, parquet
+from .jsonl import decode as jsonl_decode, encode as jsonl_encode
+from .npy import decode as npy_decode, encode as npy_encode, side_files as npy_side_files
+from .parquet import NEEDS as PARQUET_NEEDS, decode as parquet_decode, encode as parquet_encode
 
 
 @dataclass(frozen=True)
 class Format:
-    codec: ModuleType  # encode / decode, and side_files(out) when the format leaves more than one file
+    codec: Any  # encode / decode, and side_files(out) when the format leaves more than one file
     needs: tuple[str, str] | None = None  # (module, the error when it is missing), checked before any work
 
     def side_files(self, out: Path) -> list[Path]:
@@ -33,9 +36,9 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    ".npy": Format(npy),
-    ".jsonl": Format(jsonl),
-    ".parquet": Format(parquet, needs=("pyarrow", parquet.NEEDS)),
+    ".npy": Format(SimpleNamespace(encode=npy_encode, decode=npy_decode, side_files=npy_side_files)),
+    ".jsonl": Format(SimpleNamespace(encode=jsonl_encode, decode=jsonl_decode)),
+    ".parquet": Format(SimpleNamespace(encode=parquet_encode, decode=parquet_decode), needs=("pyarrow", PARQUET_NEEDS)),
 }
 SUFFIXES = tuple(FORMATS)
 

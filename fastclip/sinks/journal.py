@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import OutputError
-from . import npy
+from .npy import DTYPE, data_offset, npy_header
 from .files import fault, publish, read_json, write_json_atomic, write_lines
 from .formats import errors_path, format_of
 from .header import KINDS, dumps, finished, identity_mismatch, short
@@ -101,7 +101,7 @@ class Rows:
     def chunks(self, size: int) -> Iterator[tuple[list[str], np.ndarray, None]]:
         items: list[str] = []
         with open(self.vectors_file, "rb") as vec:
-            vec.seek(npy.data_offset(self.dim))
+            vec.seek(data_offset(self.dim))
             for item in self.items():
                 items.append(item)
                 if len(items) == size:
@@ -111,7 +111,7 @@ class Rows:
                 yield items, self._read(vec, len(items)), None
 
     def _read(self, f, n: int) -> np.ndarray:
-        out = np.empty((n, self.dim), dtype=npy.DTYPE)
+        out = np.empty((n, self.dim), dtype=DTYPE)
         if f.readinto(memoryview(out).cast("B")) != out.nbytes:
             raise OutputError(f"{self.folder}: vectors file shorter than its journal")
         return out
@@ -185,7 +185,7 @@ class EmbeddingsWriter:
             raise OutputError(f"cannot create {self.dir}: {exc.strerror or exc}") from None
         self._lock = lock_folder(self.dir, str(self.out))
         with open(self.dir / "vectors.npy", "wb") as f:
-            f.write(npy.npy_header(0, self.dim))
+            f.write(npy_header(0, self.dim))
         (self.dir / "rows.jsonl").touch()
         write_json_atomic(self.dir / "job.json", {
             "format": JOURNAL_FORMAT, "version": 1, "out": self.out.name, "header": self.header, "job": self.job,
@@ -255,7 +255,7 @@ class EmbeddingsWriter:
 
     def _truncate_to_checkpoint(self) -> None:
         row_bytes = 4 * self.dim
-        offset0 = npy.data_offset(self.dim)
+        offset0 = data_offset(self.dim)
         vec_path, journal_path = self.dir / "vectors.npy", self.dir / "rows.jsonl"
         try:
             have = max(0, (vec_path.stat().st_size - offset0) // row_bytes)
@@ -299,7 +299,7 @@ class EmbeddingsWriter:
         batch, at input positions where restarting gives the same vectors (the same batch boundaries)."""
         if self._closed or self.finished:
             raise OutputError(f"{self.out}: writer already closed")
-        vectors = np.ascontiguousarray(vectors, dtype=npy.DTYPE)
+        vectors = np.ascontiguousarray(vectors, dtype=DTYPE)
         if vectors.ndim != 2 or vectors.shape != (len(items), self.dim):
             raise ValueError(f"vectors must have shape ({len(items)}, {self.dim}), got {vectors.shape}")
         failures = list(failures)

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import OutputError
-from . import parquet
+from .parquet import _pyarrow, encode as encode_parquet, read as read_parquet
 from .files import fault, publish, read_json, write_json_atomic, write_lines
 from .formats import check_writable_folder
 from .header import EmbeddingsFile, KINDS, dumps, finished, identity_mismatch, json_line, short
@@ -135,7 +135,7 @@ class PartsWriter:
         work.mkdir()
         final = self.folder / PART.format(number)
         try:
-            renames, _ = parquet.encode(rows, finished(self.header, rows.count, len(failures)), work, final)
+            renames, _ = encode_parquet(rows, finished(self.header, rows.count, len(failures)), work, final)
             if failures:
                 lines = (error_line(i, self.key, item, reason) for i, item, reason in sorted(failures))
                 write_lines(work / "errors.jsonl", [], lines)
@@ -182,7 +182,7 @@ def _part_errors(folder: Path, number: int) -> list[dict]:
 
 def _part_indices(path: Path, number: int) -> tuple[dict, list[int], list[int]]:
     """(header, row indices, failed indices) of one part, reading only its index column."""
-    _, pq = parquet._pyarrow()
+    _, pq = _pyarrow()
     try:
         table = pq.read_table(path, columns=["index"])
         meta = json.loads(table.schema.metadata[b"fastclip"])
@@ -204,7 +204,7 @@ def read_parts(folder: Path) -> EmbeddingsFile:
     failed: list[int] = []
     created = None
     for number, path in _parts(folder):
-        meta, part_items, part_vectors, part_indices = parquet.read(path)
+        meta, part_items, part_vectors, part_indices = read_parquet(path)
         if identity_mismatch(meta, header) is not None or part_indices is None:
             raise OutputError(f"{path}: a part from another run (model, options or columns differ from {JOB})")
         items.extend(part_items)

@@ -157,7 +157,7 @@ def worker(task: str, system: str) -> dict:
                 return recall_at_k(images, texts, index)
         else:
             sys.path.insert(0, str(HERE.parent / "tests"))
-            from clip_benchmark_ref import evaluate, normalized
+            from support.clip_benchmark_ref import evaluate, normalized
 
             # clip_benchmark F.normalize()s the encoders' output; fastclip is given those same
             # normalized vectors in the comparison check below (they differ in the last bit)

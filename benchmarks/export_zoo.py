@@ -145,7 +145,7 @@ def child_runtime(model: str, out: Path, precisions: list[str]) -> None:
     import numpy as np
     import torch
     from fastclip_export.api import load_source
-    from photos import SENTENCES, cosines, write_photos
+    from support.photos import SENTENCES, cosines, write_photos
     from PIL import Image
 
     from fastclip import ImageEmbedding, TextEmbedding

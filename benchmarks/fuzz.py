@@ -1,4 +1,4 @@
-"""Long fuzzing run, started by hand: every kind of tests/fuzzing.py, crash-isolated.
+"""Long fuzzing run, started by hand: every kind of tests/support/fuzzing.py, crash-isolated.
 
     python benchmarks/fuzz.py --cases 20000 [--seed 1] [--kinds image-mutate,tokenizer-mutate] [--model DIR]
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FUZZING = ROOT / "tests" / "fuzzing.py"
+FUZZING = ROOT / "benchmarks" / "fuzz_chunk.py"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzzing import KINDS, case_count
+from support.fuzzing import KINDS, case_count
 
 
 def tiny_model(folder: Path) -> Path:

@@ -448,7 +448,7 @@ def placement(path: Path, disabled: list[str], providers: list, work: Path) -> d
 
 def jpeg_inputs(count: int) -> list[bytes]:
     from PIL import Image
-    from photos import PHOTO_NAMES, photo_array
+    from support.photos import PHOTO_NAMES, photo_array
 
     photos = []
     for name in PHOTO_NAMES:

@@ -25,7 +25,7 @@ from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
 from fastclip.bulk.pool import _portable, split_threads
 from fastclip.errors import ImageTypeError, TextTypeError
 from fastclip.session import cuda_device_count
-from photos import SENTENCES, photo_array, write_photos
+from support.photos import SENTENCES, photo_array, write_photos
 
 
 _SHARED_POOL: set[int] = set()

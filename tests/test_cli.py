@@ -15,7 +15,7 @@ import pytest
 from fastclip import ImageEmbedding, TextEmbedding
 from fastclip.manifest import tower_fingerprint
 from fastclip.sinks import errors_path, partial_dir, read_embeddings
-from photos import write_photos
+from support.photos import write_photos
 
 
 def fastclip(*args, stdin: str | None = None, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def test_fast_and_no_exif_flags_reach_the_model(tiny_openclip_export, tmp_path):
     the header; on these files each flag changes the vectors (a large JPEG, an EXIF-rotated one)."""
     from PIL import Image
 
-    from photos import photo_array
+    from support.photos import photo_array
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -469,7 +469,7 @@ def test_text_arguments_and_files_must_be_utf8(tiny_openclip_export, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_texts_resume_after_kill_is_identical(tiny_openclip_export, tmp_path, suffix):
-    from photos import SENTENCES
+    from support.photos import SENTENCES
 
     # 2,500 texts in chunks of 1,200 (TEXT_CHUNK rounded up to batches of 300): the kill lands after chunk 1.
     text_file = tmp_path / "texts.txt"
@@ -527,7 +527,7 @@ def test_parallel_ctrl_c_leaves_no_worker(tiny_openclip_export, many_images, tmp
 
 
 def test_parallel_texts_match_serial(tiny_openclip_export, tmp_path):
-    from photos import SENTENCES
+    from support.photos import SENTENCES
 
     text_file = tmp_path / "texts.txt"
     text_file.write_text("\n".join(f"{SENTENCES[i % len(SENTENCES)]} {i}" for i in range(600)) + "\n")

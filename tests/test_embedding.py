@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fastclip import CLIP, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError
-from photos import SENTENCES, assert_parity, cosines, photo_array, write_photos
+from support.photos import SENTENCES, assert_parity, cosines, photo_array, write_photos
 
 
 @pytest.fixture(scope="module")

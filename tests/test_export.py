@@ -16,7 +16,7 @@ from fastclip import manifest
 from fastclip.errors import ExportError
 from fastclip_export import api, verify
 
-from photos import SENTENCES, assert_parity, cosines, photo_array
+from support.photos import SENTENCES, assert_parity, cosines, photo_array
 
 
 def _session(path, disabled=()):
@@ -497,7 +497,7 @@ def test_quickgelu_378px_model_end_to_end(tmp_path):
     from fastclip_export.torchvision_compat import import_open_clip
 
     from conftest import SEED, TINY_OPEN_CLIP_CONFIG
-    from photos import write_photos
+    from support.photos import write_photos
 
     cfg = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
     cfg["vision_cfg"].update(image_size=378, patch_size=14)

@@ -14,7 +14,7 @@ from fastclip import ImageEmbedding, TextEmbedding, manifest
 from fastclip_export import api
 
 from conftest import SEED, copy_tokenizer_files
-from photos import SENTENCES, assert_parity, write_photos
+from support.photos import SENTENCES, assert_parity, write_photos
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from photos import cosines, photo_array, write_photos
+from support.photos import cosines, photo_array, write_photos
 from PIL import Image
 
 from fastclip import CLIP, ImageEmbedding, manifest

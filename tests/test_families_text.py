@@ -1,7 +1,7 @@
 """Text families (issue 17, items 2, 6, 7): one tiny case per family, through the real export path.
 
 Every case is exported with `fastclip export open_clip:ARCH OUT --pretrained TAG|FILE` from a pre-seeded,
-offline hub cache (tests/hubcache.py: tokenizers of the real kind under the real repo ids) and compared with
+offline hub cache (tests/support/hubcache.py: tokenizers of the real kind under the real repo ids) and compared with
 the torch reference built the way a user builds it: open_clip's create_model_and_transforms + get_tokenizer.
 Token ids must be equal; fp32 features (unnormalized) must have min cosine >= 0.99999 and
 max |got - ref| <= 1e-4 x max |ref| on a multilingual sentence set (tests/fixtures/multilingual_sentences.json).
@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-import hubcache
+from support import hubcache
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""A bounded, fixed-seed share of the fuzzing (tests/fuzzing.py) in CI; the long run is benchmarks/fuzz.py.
+"""A bounded, fixed-seed share of the fuzzing (tests/support/fuzzing.py) in CI; the long run is benchmarks/fuzz.py.
 
 Each kind runs in a subprocess with a timeout, so a crash (segfault in a decoder) or a hang fails the
 test with the kind named instead of taking the suite down. ~20 s on 2 cores.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-FUZZING = Path(__file__).parent / "fuzzing.py"
+FUZZING = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz_chunk.py"
 
 # (kind, stop, step): ~900 of the 10,795 truncation offsets, a few hundred of each other kind.
 SHARE = [

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from photos import photo_array, write_photos
+from support.photos import photo_array, write_photos
 from PIL import Image
 
 import fastclip.families.resize as resize_mod

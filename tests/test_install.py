@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fastclip import ImageEmbedding, TextEmbedding
-from photos import SENTENCES, photo_array
+from support.photos import SENTENCES, photo_array
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- cpu-install -->"

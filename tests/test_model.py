@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from photos import SENTENCES, photo_array
+from support.photos import SENTENCES, photo_array
 
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO

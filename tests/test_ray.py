@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 
-from photos import SENTENCES, write_photos
+from support.photos import SENTENCES, write_photos
 
 from fastclip import ImageEmbedding, TextEmbedding
 from fastclip.manifest import tower_fingerprint

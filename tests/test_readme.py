@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from photos import photo_array
+from support.photos import photo_array
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL_PATH = "models/clip-b32"

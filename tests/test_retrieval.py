@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from clip_benchmark_ref import evaluate, normalized
+from support.clip_benchmark_ref import evaluate, normalized
 
 from fastclip.retrieval import (datasets, metrics, recall_at_k, reference_metrics, retrieval_metrics, retrieval_ranks,
                                 search)

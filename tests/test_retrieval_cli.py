@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clip_benchmark_ref import evaluate, normalized
+from support.clip_benchmark_ref import evaluate, normalized
 from conftest import FIXTURES
-from photos import photo_array
+from support.photos import photo_array
 from PIL import Image
 from test_cli import fastclip
 

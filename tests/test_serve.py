@@ -32,7 +32,7 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
 
-from photos import SENTENCES, photo_array  # noqa: E402
+from support.photos import SENTENCES, photo_array  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fastclip import CLIP, ImageEmbedding, TextEmbedding  # noqa: E402

@@ -15,7 +15,7 @@ import fastclip.session as session_mod
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import load_manifest
 from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision, resolve_providers
-from photos import SENTENCES, cosines, write_photos
+from support.photos import SENTENCES, cosines, write_photos
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

@@ -414,7 +414,7 @@ def test_tokenizer_that_panics_is_a_model_error_at_load(tmp_path):
     with pytest.raises(ModelError, match=r"PanicException"):
         TextTokenizer(path, spec(cleaning="none", pad_token_id=49407))
     # Through the fuzz case's exact file, where the panic comes at the first encode instead.
-    import fuzzing
+    from support import fuzzing
 
     tree = json.loads(fuzzing.small_tokenizer_json())
     tree["normalizer"] = {"type": -1, "normalizers": [{"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": ""},

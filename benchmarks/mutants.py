@@ -7,8 +7,8 @@ the same tests first and must pass, so a failure means the bug, not a broken tes
 (e.g. fastclip/sinks.py into a package), re-point its row of MUTANTS: the old string must occur exactly
 once in the file, or the script stops and says so.
 
-    python tests/mutants.py                     # every mutant; prints the table
-    python tests/mutants.py --only int8-default,measure-self --out benchmarks/results/mutants.txt
+    python benchmarks/mutants.py                     # every mutant; prints the table
+    python benchmarks/mutants.py --only int8-default,measure-self --out benchmarks/results/mutants.txt
 
 Not collected by pytest (the file name does not start with test_). Runs the tests of each mutant in a
 fresh pytest process: ~1-3 minutes per mutant on 2 cores (the tiny exports are rebuilt in each copy).
@@ -213,7 +213,7 @@ def main() -> int:
 
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    lines = [f"# tests/mutants.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    lines = [f"# benchmarks/mutants.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{platform.node()} ({os.cpu_count()} cores, load {load}), {time.time() - started:.0f} s",
              "# each mutant applied to a temporary copy of the tree; all the tests below pass on an unmutated copy",
              "",

@@ -2,11 +2,12 @@
 
 Every case must end in a result (pixels, a Manifest, token ids, a vector) or a fastclip error
 (ImageError / ModelError / TextError); anything else (another exception type, a hang past the per-case
-alarm, a crash of the process) is a finding. Run as a script, it runs one slice of cases of one kind
+alarm, a crash of the process) is a finding. benchmarks/fuzz_chunk.py runs one slice of cases of one kind
 and prints one JSON line per finding and a summary line; tests/test_fuzz.py runs a bounded share in a
-subprocess, benchmarks/fuzz.py the long run (crash-isolated, in chunks).
+subprocess, benchmarks/fuzz.py the long run (crash-isolated, in chunks); both through
+benchmarks/fuzz_chunk.py, which runs one slice:
 
-    python tests/fuzzing.py --kind image-truncate --start 0 --stop 500 --seed 0 [--model DIR]
+    python benchmarks/fuzz_chunk.py --kind image-truncate --start 0 --stop 500 --seed 0 [--model DIR]
 
 Kinds: image-truncate (every offset of small JPEG/PNG/GIF/WebP/BMP/TIFF files), image-mutate (random
 byte edits, mostly in headers), manifest-mutate (values and types replaced, keys dropped), manifest-
@@ -17,23 +18,19 @@ exact ids).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
 import re
-import signal
-import sys
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-FIXTURE = HERE / "fixtures" / "clip-tokenizer" / "tokenizer.json"
+TESTS = Path(__file__).resolve().parent.parent
+FIXTURE = TESTS / "fixtures" / "clip-tokenizer" / "tokenizer.json"
 PER_CASE_SECONDS = 20
 
 
@@ -341,47 +338,3 @@ def run_case(kind: str, i: int, seed: int, model_dir: Path | None, full_load_eve
     if kind == "texts":
         return texts_case(rng, i)
     raise ValueError(kind)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--stop", type=int, required=True)
-    parser.add_argument("--step", type=int, default=1, help="run every step-th case (sampling an enumeration)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", type=Path, help="a fastclip model folder (manifest kinds)")
-    parser.add_argument("--full-load-every", type=int, default=25,
-                        help="manifest-mutate: also load and embed with every n-th valid case's manifest")
-    args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    import warnings
-
-    warnings.simplefilter("ignore")  # Pillow's truncated/bomb warnings are not findings
-    counts = {"ok": 0, "error": 0, "finding": 0}
-    signal.signal(signal.SIGALRM, _alarm)
-    started = time.perf_counter()
-    total = case_count(args.kind, args.model)
-    stop = args.stop if total is None else min(args.stop, total)
-    for i in range(args.start, stop, args.step):
-        signal.alarm(PER_CASE_SECONDS)
-        try:
-            outcome = run_case(args.kind, i, args.seed, args.model, args.full_load_every)
-        except Hang:
-            outcome = "finding"
-            print(json.dumps({"kind": args.kind, "case": i, "seed": args.seed, "finding": f"hang > {PER_CASE_SECONDS} s"}), flush=True)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            outcome = "finding"
-            print(json.dumps({"kind": args.kind, "case": i, "seed": args.seed,
-                              "finding": f"{type(exc).__module__}.{type(exc).__qualname__}: {str(exc)[:300]}"}), flush=True)
-        finally:
-            signal.alarm(0)
-        counts[outcome] += 1
-    print(json.dumps({"summary": args.kind, **counts, "seconds": round(time.perf_counter() - started, 2)}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

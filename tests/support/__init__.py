@@ -1,0 +1,1 @@
+"""Builders shared by the tests: the offline hub cache, real photos and sentences, fuzz cases, references."""

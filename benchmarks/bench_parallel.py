@@ -40,7 +40,7 @@ def make(system: str, kind: str, model: Path):
 
         cls = ImageEmbedding if kind == "image" else TextEmbedding
         if system.startswith("fastclip-pool-"):
-            from fastclip.bulk import EmbeddingPool
+            from fastclip import EmbeddingPool
 
             pool = EmbeddingPool(cls(model, lazy_load=True), int(system.rsplit("-", 1)[1]))
             return lambda items, bs: np.stack(list(pool.embed(items, bs))), pool.close

@@ -2,40 +2,55 @@
 
     from fastclip import ImageEmbedding, TextEmbedding, CLIP
     vectors = ImageEmbedding("models/clip-b32").embed(["photo.jpg"])   # lazy generator of (dim,) float32
+
+The names below are imported on first use (PEP 562), so `import fastclip.cli` for `fastclip --help`, or
+`fastclip.errors` alone, loads neither onnxruntime, Pillow nor tokenizers.
 """
 
-from .batch import EmbeddingBatch, ImageBatch
-from .clip import CLIP
-from .embedding import ImageEmbedding, TextEmbedding
-from .errors import ExportError, FastClipError, ImageError, ModelError, TextError, WorkerError
-from .runner import Tuning, l2_normalize, set_parallel_embed
-from .worker import WorkerSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "CLIP",
-    "ImageEmbedding",
-    "TextEmbedding",
-    "l2_normalize",
-    "EmbeddingBatch",
-    "ImageBatch",
-    "Tuning",
-    "WorkerSpec",
-    "FastClipError",
-    "ImageError",
-    "ModelError",
-    "TextError",
-    "WorkerError",
-    "ExportError",
-]
+
+# public name -> the module that defines it
+_HOMES = {
+    "CLIP": "clip",
+    "ImageEmbedding": "embedding",
+    "TextEmbedding": "embedding",
+    "EmbeddingPool": "pool",
+    "EmbeddingBatch": "batch",
+    "Tuning": "runner",
+    "l2_normalize": "runner",
+    "WorkerSpec": "worker",
+    "FastClipError": "errors",
+    "ImageError": "errors",
+    "ModelError": "errors",
+    "TextError": "errors",
+    "WorkerError": "errors",
+    "ExportError": "errors",
+}
+__all__ = list(_HOMES)
+
+if TYPE_CHECKING:
+    from .batch import EmbeddingBatch
+    from .clip import CLIP
+    from .embedding import ImageEmbedding, TextEmbedding
+    from .errors import ExportError, FastClipError, ImageError, ModelError, TextError, WorkerError
+    from .pool import EmbeddingPool
+    from .runner import Tuning, l2_normalize
+    from .worker import WorkerSpec
 
 
-def _pooled_embed(model, items, batch_size, processes, **options):
-    # The runtime never imports fastclip.bulk (it sits above it); this package wires the two, and imports
-    # the process machinery only when parallel= is first used (see fastclip.runner).
-    from .bulk.pool import pooled_embed
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fastclip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-    return pooled_embed(model, items, batch_size, processes, **options)
 
-
-set_parallel_embed(_pooled_embed)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,8 +2,7 @@
 
 Every consumer (the lazy generators, the process pool, Ray, the CLI writer, the server) takes these as
 they come and maps rows back to inputs through `indices` / `ok` / `rows()`; nobody regroups rows.
-The batch-call conventions every one of them shares live here too: the default batch sizes, the
-`errors=` choices and the check of both.
+The check of the batch-call conventions they share (fastclip.defaults: batch sizes, `errors=`) lives here too.
 """
 
 from __future__ import annotations
@@ -14,16 +13,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .defaults import ERRORS, IMAGE_BATCH, TEXT_BATCH
 from .errors import FastClipError
 
-__all__ = ["EmbeddingBatch", "ImageBatch", "IMAGE_BATCH", "TEXT_BATCH", "ERRORS", "check_batching", "one_or_many",
+__all__ = ["EmbeddingBatch", "IMAGE_BATCH", "TEXT_BATCH", "ERRORS", "check_batching", "one_or_many",
            "rows_of"]
 
-# Default inputs per batch: the classes, the process pool, Ray and the CLI all use these.
-IMAGE_BATCH = 32
-TEXT_BATCH = 256
-# What a batch call does with an input it cannot embed: raise its error, or skip it (None in its row).
-ERRORS = ("raise", "skip")
 
 
 def check_batching(batch_size: Any, errors: Any) -> None:
@@ -106,6 +101,3 @@ def rows_of(batches: Iterable[EmbeddingBatch],
                 on_error(batch.failures[index])
             yield row
 
-
-# The name images used before texts shared the type; kept so existing imports work.
-ImageBatch = EmbeddingBatch

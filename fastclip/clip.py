@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batch import IMAGE_BATCH, TEXT_BATCH
+from .defaults import IMAGE_BATCH, TEXT_BATCH
 from .embedding import ImageEmbedding, TextEmbedding
 from .errors import ModelError
 from .families.score import SCORERS

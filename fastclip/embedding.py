@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batch import IMAGE_BATCH, TEXT_BATCH, EmbeddingBatch, check_batching, one_or_many
+from .batch import EmbeddingBatch, check_batching, one_or_many
+from .defaults import IMAGE_BATCH, TEXT_BATCH
 from .compat import FastembedTextNames
 from .errors import ImageError
 from .images import ImagePreprocessor

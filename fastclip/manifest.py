@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
 
+from .defaults import PRECISIONS
 from .errors import ModelError
+from .families.resize import RESAMPLING, RESIZERS
+from .families.score import SCORERS
 from .families.text import CLEANERS, PADDING_SIDES
 
 MANIFEST_NAME = "fastclip.json"
@@ -33,22 +36,21 @@ MANIFEST_NAME = "fastclip.json"
 # languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
 # silently; the version check makes it refuse them instead.
 FORMAT_VERSION = 2
-PRECISIONS = ("fp32", "fp16", "int8")  # the model variants a folder may hold; export and CLI import this
 HASH_BLOCK = 1 << 22
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
 CLEANINGS = tuple(CLEANERS)
 
-# Image preprocessing, open_clip's names (PreprocessCfg.resize_mode / interpolation); the runtime keeps
-# one resizer per name (fastclip.families.resize).
-RESIZE_MODES = ("shortest", "squash", "longest")
-INTERPOLATIONS = ("bicubic", "bilinear")
+# Image preprocessing, open_clip's names (PreprocessCfg.resize_mode / interpolation): the keys of the
+# runtime's tables (fastclip.families.resize), so a name the manifest accepts always has its resizer.
+RESIZE_MODES = tuple(RESIZERS)
+INTERPOLATIONS = tuple(RESAMPLING)
 
 # How CLIP.classify turns logits into probabilities (fastclip.families.score):
 #   "softmax": over the labels of logit_scale * cos (CLIP-trained: contrastive softmax loss);
 #   "sigmoid": sigmoid(logit_scale * cos + logit_bias) per label (SigLIP's pairwise sigmoid loss).
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = tuple(SCORERS)
 
 # Bounds on what a manifest may ask for. Image sizes of published CLIP-family models run 224-448 (a few
 # at 512-1024); 4096 px is 200 MB per preprocessed image, past any sensible use. Context lengths run 64-

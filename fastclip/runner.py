@@ -9,11 +9,9 @@ generators, the process pool and Ray compute vectors the same way.
 `Tuning` is the one documented place for scheduling choices (decode threads, text bucketing,
 concurrent text runs, onnxruntime spin-waiting), so benchmarks and users set them by name.
 
-`embed(parallel=N)` runs on a process pool, and the pool sits above the runtime: fastclip.bulk imports
-the runtime, never the reverse, not even lazily. So the runtime holds only a slot for it here
-(`set_parallel_embed`); the package's `__init__`, the one place that wires the layers together, fills
-it with a function that imports the pool on first use. Importing fastclip.embedding always runs the
-package's `__init__` first, so the slot is filled whenever a model exists.
+`embed(parallel=N)` runs on the process pool (fastclip.pool), runtime-level code beside this module: it
+imports only the batch type, the errors, `WorkerSpec` and `available_cores`, so the towers import it
+directly, on first use.
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ from .manifest import TextSpec, Tower, VisionSpec
 from .session import LoadedTower
 from .text import TextTokenizer
 
-__all__ = ["Tuning", "ImageRunner", "TextRunner", "available_cores", "l2_normalize", "run", "set_parallel_embed",
-           "parallel_embed"]
+__all__ = ["Tuning", "ImageRunner", "TextRunner", "available_cores", "l2_normalize", "run"]
 
 
 def available_cores() -> int:
@@ -386,20 +383,3 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, np.finfo(x.dtype).tiny)
-
-
-# ------------------------------------------------------------------------------------ other processes
-
-_parallel_embed: Callable[..., Iterator] | None = None
-
-
-def set_parallel_embed(embed: Callable[..., Iterator]) -> None:
-    """Install what `embed(parallel=N)` calls: embed(model, items, batch_size, processes, **options)."""
-    global _parallel_embed
-    _parallel_embed = embed
-
-
-def parallel_embed(model: Any, items: Iterable[Any], batch_size: int, processes: int, **options: Any) -> Iterator:
-    if _parallel_embed is None:
-        raise FastClipError("embed(parallel=...) needs a process pool; `import fastclip` installs fastclip.bulk's")
-    return _parallel_embed(model, items, batch_size, processes, **options)

@@ -17,7 +17,7 @@ from .compat import FastembedNames
 from .errors import FastClipError, ModelError
 from .manifest import Manifest, tower_fingerprint
 from .model import load_manifest, resolve_folder
-from .runner import Tuning, parallel_embed
+from .runner import Tuning
 from .session import LoadedTower, TowerSession, resolve_providers
 from .worker import WorkerSpec
 
@@ -134,7 +134,9 @@ class TowerModel(FastembedNames):
         if parallel is None:
             return rows_of(self.embed_batches(items, batch_size, errors=errors, **options), on_error)
         self._check_open()
-        return parallel_embed(self, one_or_many(items), batch_size, parallel, errors=errors, on_error=on_error,
+        from .pool import pooled_embed  # multiprocessing and the pool's machinery load on first use
+
+        return pooled_embed(self, one_or_many(items), batch_size, parallel, errors=errors, on_error=on_error,
                               **options)
 
     # ------------------------------------------------------------------------------------ lifetime

@@ -1,4 +1,4 @@
-"""The process pool (fastclip.bulk.pool): parity with the in-process path, order, errors, lifetime.
+"""The process pool (fastclip.pool): parity with the in-process path, order, errors, lifetime.
 
 Every pool spawns processes that import onnxruntime (~1-2 s each on 2 cores), so the tests share
 one module-scoped pool where they can and start only the few others that must die or be closed.
@@ -20,9 +20,8 @@ import numpy as np
 import psutil
 import pytest
 
-from fastclip import CLIP, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError, WorkerSpec
-from fastclip.bulk import EmbeddingPool, WorkerError, assign_devices
-from fastclip.bulk.pool import _portable, split_threads
+from fastclip import CLIP, EmbeddingPool, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError, WorkerError, WorkerSpec
+from fastclip.pool import _portable, assign_devices, split_threads
 from fastclip.errors import ImageTypeError, TextTypeError
 from fastclip.session import cuda_device_count
 from support.photos import SENTENCES, photo_array, write_photos
@@ -183,7 +182,7 @@ def test_parallel_texts_equal_in_process_and_leave_nothing_running(tiny_openclip
 
 
 def test_parallel_routes_through_clip_and_is_validated(tiny_openclip_export, monkeypatch):
-    import fastclip.bulk.pool as pool_mod
+    import fastclip.pool as pool_mod
 
     calls = []
     monkeypatch.setattr(pool_mod, "pooled_embed", lambda model, items, bs, n, **kw: calls.append((model, bs, n)) or iter(()))
@@ -321,7 +320,7 @@ def test_at_most_depth_batches_per_worker_are_read_ahead(image_pool):
 PARENT = """
 import sys, time
 from fastclip import TextEmbedding
-from fastclip.bulk import EmbeddingPool
+from fastclip import EmbeddingPool
 
 if __name__ == "__main__":
     pool = EmbeddingPool(TextEmbedding(sys.argv[1], lazy_load=True), 2)

@@ -256,14 +256,14 @@ def test_newer_manifest_and_dim_mismatch_are_refused(tiny_openclip_export, tmp_p
 
 def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files, tmp_path):
     """The batch call under the generators: vectors of the good images, failures by input index."""
-    from fastclip import ImageBatch
+    from fastclip import EmbeddingBatch
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     model = ImageEmbedding(tiny_openclip_export)
     items = [photo_files[0], bad, photo_files[1], photo_files[2]]
     batch = model.embed_batch(items, start_index=10)
-    assert isinstance(batch, ImageBatch) and batch.count == 4 and batch.vectors.shape == (3, model.dim)
+    assert isinstance(batch, EmbeddingBatch) and batch.count == 4 and batch.vectors.shape == (3, model.dim)
     assert list(batch.ok) == [True, False, True, True] and list(batch.indices) == [10, 12, 13]
     assert set(batch.failures) == {11} and str(bad) in str(batch.failures[11]) and batch.failures[11].index == 11
     streamed = list(model.embed(items, batch_size=3, errors="skip"))
@@ -281,7 +281,7 @@ def test_embed_batch_maps_rows_back_to_inputs(tiny_openclip_export, photo_files,
 
     text = TextEmbedding(tiny_openclip_export)
     texts = text.embed_batch(SENTENCES, start_index=5)
-    assert isinstance(texts, ImageBatch) and texts.count == len(SENTENCES) and not texts.failures
+    assert isinstance(texts, EmbeddingBatch) and texts.count == len(SENTENCES) and not texts.failures
     assert texts.vectors.shape == (len(SENTENCES), text.dim) and texts.vectors.dtype == np.float32
     np.testing.assert_array_equal(texts.vectors, np.stack(list(text.embed(SENTENCES))))
     # One text over the context with truncate=False, one that is not a str: both land in failures, by

@@ -1,5 +1,6 @@
 """The arrows point one way (benchmarks/import_graph.py draws them): no import cycle under fastclip/, and
-the runtime imports nothing that sits above it (bulk, serve, retrieval, cli), not even inside a function."""
+the runtime (the process pool included) imports nothing that sits above it (bulk, serve, retrieval, cli),
+not even inside a function."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "import_graph.py"
 ABOVE = ("fastclip.bulk", "fastclip.serve", "fastclip.retrieval", "fastclip.cli")
-# The package's front doors, not the runtime: __init__ wires the pool into parallel= (imported on first use),
-# ray.py re-exports fastclip.bulk.ray, __main__ runs the CLI.
-FRONT = {"fastclip", "fastclip.__main__", "fastclip.ray"}
+# The package's front doors, not the runtime: ray.py re-exports fastclip.bulk.ray, __main__ runs the CLI.
+# The package's __init__ is a lazy re-export of runtime names and is held to the runtime's rule.
+FRONT = {"fastclip.__main__", "fastclip.ray"}
 
 
 def _script():
@@ -44,14 +45,24 @@ def test_the_script_finds_cycles_and_lazy_imports(tmp_path):
 def test_no_import_cycle_under_fastclip():
     run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, [line for line in run.stdout.splitlines() if line.startswith("cycle")]
-    assert "fastclip.bulk.pool -> fastclip.worker" in run.stdout.splitlines()  # the pool builds models from specs
+    assert "fastclip.pool -> fastclip.worker" in run.stdout.splitlines()  # the pool builds models from specs
 
 
 def test_the_runtime_imports_nothing_above_it():
     graph = _script().graph(ROOT / "fastclip")
     runtime = [m for m in graph if m not in FRONT and not m.startswith(ABOVE)]
-    assert {"fastclip.embedding", "fastclip.runner", "fastclip.session", "fastclip.tower"} <= set(runtime)
+    assert {"fastclip", "fastclip.embedding", "fastclip.pool", "fastclip.runner", "fastclip.session",
+            "fastclip.tower"} <= set(runtime)
     assert [(m, t) for m in runtime for t in sorted(graph[m]) if t.startswith(ABOVE)] == []
     # The pool reaches the runtime through its public names only.
-    pool = graph["fastclip.bulk.pool"]
+    pool = graph["fastclip.pool"]
     assert pool <= {"fastclip.batch", "fastclip.errors", "fastclip.runner", "fastclip.worker"}, pool
+
+
+def test_the_cli_help_loads_no_model_machinery():
+    """`fastclip --help` and the package's front door import neither onnxruntime, Pillow nor tokenizers."""
+    code = ("import sys, fastclip, fastclip.cli; "
+            "print(sorted(m for m in ('onnxruntime', 'PIL', 'tokenizers', 'numpy') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == "[]", run.stdout

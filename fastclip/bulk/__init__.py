@@ -1,12 +1,4 @@
-"""Bulk embedding beside the runtime: a local process pool (pool.py) and Ray (ray.py).
-
-These modules import the runtime's public names, never the other way round: `embed(..., parallel=N)`
-reaches `fastclip.bulk.pool` through the slot the package's `__init__` fills
-(`fastclip.runner.set_parallel_embed`), which imports the pool only when it is used. Ray is imported
-only by `fastclip.bulk.ray`.
+"""Bulk embedding on Ray (ray.py: map_batches callables, `embed_images` / `embed_texts`, the `--engine ray`
+job). It imports the runtime's public names, never the other way round; Ray itself is imported only here.
+The local process pool is runtime-level code: fastclip.pool (`fastclip.EmbeddingPool`).
 """
-
-from ..errors import WorkerError
-from .pool import EmbeddingPool, assign_devices
-
-__all__ = ["EmbeddingPool", "WorkerError", "assign_devices"]

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import ERRORS, IMAGE_BATCH, TEXT_BATCH
 from ..errors import FastClipError, ImageError, ModelError, TextError
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 IMAGE_COLUMNS = ("bytes", "image", "path")  # in order of preference when a batch has several
 TEXT_COLUMNS = ("text",)
 PAYLOADS = ("bytes", "image")  # dropped from the output: a dataset of embeddings should stay small
-ERRORS = ("skip", "raise")
 _HUB_OPTIONS = ("cache_dir", "local_files_only", "revision")
 log = logging.getLogger("fastclip")
 
@@ -365,7 +365,7 @@ def embed_images(
     paths_or_dataset: Any,
     model: Any = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = IMAGE_BATCH,
     concurrency: int | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
@@ -388,7 +388,7 @@ def embed_texts(
     texts_or_dataset: Any,
     model: Any = None,
     *,
-    batch_size: int = 256,
+    batch_size: int = TEXT_BATCH,
     concurrency: int | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
@@ -515,7 +515,7 @@ def embed_to_parquet(
             ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr already
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per job stage otherwise
             cls = ImageEmbedder if kind == "image" else TextEmbedder
-            ds = _map(cls, _dataset(inputs, kind, todo), model, batch_size or (32 if kind == "image" else 256),
+            ds = _map(cls, _dataset(inputs, kind, todo), model, batch_size or (IMAGE_BATCH if kind == "image" else TEXT_BATCH),
                       None, None, None, "skip", options)
             started = time.perf_counter()
             for batch in ds.iter_batches(batch_format="numpy", batch_size=None):

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .common import SHOWN_FAILURES, UsageError, progress, report_failures
-from .inputs import IMAGE_BATCH, TEXT_BATCH, Inputs, check_options, model_name, model_options, not_regular, read_inputs
+from ..defaults import IMAGE_BATCH, TEXT_BATCH
+from .inputs import Inputs, check_options, model_name, model_options, not_regular, read_inputs
 
 # Texts are embedded (and checkpointed) this many at a time, rounded up to whole batches: a kill loses at
 # most one chunk (~3 s of ViT-B/32 text on 2 cores), and the text tower still sorts by length within it.
@@ -129,7 +130,7 @@ class Job:
         return 0
 
     def _start_pool(self, model) -> None:
-        from ..bulk.pool import EmbeddingPool
+        from ..pool import EmbeddingPool
 
         # One pool for the whole run: the workers start once (1-3 s each), not once per chunk.
         self.pool = self.source = EmbeddingPool(model, self.args.parallel, threads=self.args.threads)

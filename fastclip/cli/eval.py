@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..batch import IMAGE_BATCH
-from ..manifest import PRECISIONS
+from ..defaults import IMAGE_BATCH, PRECISIONS
 from .common import UsageError, progress
 
 FAST = {"off": False, "on": True, "max": "max"}

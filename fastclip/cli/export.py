@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..manifest import PRECISIONS
+from ..defaults import PRECISIONS
 from .common import UsageError
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..defaults import IMAGE_BATCH, PRECISIONS, TEXT_BATCH
 from .common import UsageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".avif", ".heic"}
-IMAGE_BATCH, TEXT_BATCH = 32, 256  # the runtime's defaults for embed()
 # Options that only one engine reads: given with the other they would be silently ignored, so they are refused.
 LOCAL_ONLY = ("parallel",)
 RAY_ONLY = ("ray_address", "rows_per_part")
@@ -46,7 +46,7 @@ def add_parser(sub, func) -> None:
     p.add_argument("--model", metavar="MODEL", help="model folder or hub repo (default: Qdrant/clip-ViT-B-32-vision / -text)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"inputs per model call (default {IMAGE_BATCH} images, {TEXT_BATCH} texts)")
     p.add_argument("--skip-errors", action="store_true", help="report unreadable images and leave them out instead of stopping")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="pin a model variant (default: fp32 on CPU, fp16 on GPU when present)")
+    p.add_argument("--precision", choices=PRECISIONS, help="pin a model variant (default: fp32 on CPU, fp16 on GPU when present)")
     p.add_argument("--language", metavar="CODE", help="source language of the texts, for towers that take one (NLLB: e.g. fra_Latn; see `fastclip info`)")
     p.add_argument("--fast", action="store_true", help="reduced JPEG decoding (>= 2x the crop): ~2.4x faster preprocessing, vectors within cosine ~3e-5 of exact")
     p.add_argument("--fast-max", action="store_true", help="reduced JPEG decoding down to the crop size: ~3.6x faster, vectors within cosine ~1e-4")

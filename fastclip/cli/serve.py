@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 
+from ..defaults import PRECISIONS
 from .common import UsageError
 
 MIB = 2**20
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
                    help="on SIGTERM, seconds to finish the requests in flight before exiting")
     m = p.add_argument_group("model")
     m.add_argument("--threads", type=int, help="onnxruntime threads per session (default: all cores)")
-    m.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="model variant (default: fp32 on CPU)")
+    m.add_argument("--precision", choices=PRECISIONS, help="model variant (default: fp32 on CPU)")
     m.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     m.add_argument("--offline", action="store_true", help="use only models already cached")
     p.add_argument("--access-log", action="store_true", help="log every request line (uvicorn's access log)")

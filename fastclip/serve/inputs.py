@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..defaults import ERRORS
 from .limits import Limits, TooLarge
 
 __all__ = ["BadRequest", "InputError", "EmbeddingsRequest", "ClassifyRequest", "parse_embeddings",
@@ -19,7 +20,6 @@ __all__ = ["BadRequest", "InputError", "EmbeddingsRequest", "ClassifyRequest", "
 
 MODALITIES = ("text", "image")
 ENCODINGS = ("float", "base64")
-ERRORS = ("raise", "skip")
 _DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 _WHITESPACE = re.compile(r"\s")
 MAX_TEMPLATE_CHARS = 1000

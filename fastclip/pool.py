@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import EmbeddingBatch, check_batching, one_or_many, rows_of
-from ..errors import FastClipError, WorkerError, first_line
-from ..runner import available_cores
-from ..worker import WorkerSpec
+from .batch import EmbeddingBatch, check_batching, one_or_many, rows_of
+from .errors import FastClipError, WorkerError, first_line
+from .runner import available_cores
+from .worker import WorkerSpec
 
 __all__ = ["EmbeddingPool", "assign_devices", "pooled_embed", "split_threads"]
 

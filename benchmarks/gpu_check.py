@@ -239,7 +239,7 @@ class Cuda:
             log(f"torch not usable ({first_line(exc)}); CUDA libraries must be on the loader's path")
         preload_cuda_libraries()
         if CUDA in ort.get_available_providers():
-            from fastclip.session import cuda_device_count
+            from fastclip.providers import cuda_device_count
 
             count, reason = cuda_device_count()
             if count:

@@ -44,9 +44,9 @@ def gaps() -> list[tuple[str, str, float, float, float]]:
     from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 
     from fastclip.images import preprocess
-    from fastclip.manifest import VisionSpec
+    from fastclip.manifest import ImageSpec
 
-    spec = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})
+    spec = ImageSpec(input_name="pixel_values", output_name="image_embeds", files={})
     ref_t = image_transform(224, is_train=False, mean=spec.mean, std=spec.std)
     tv = CLIPImageProcessor.from_pretrained(FIXTURE)
     pil = CLIPImageProcessorPil.from_pretrained(FIXTURE)
@@ -67,7 +67,7 @@ def timing(megapixels: float, repeats: int) -> tuple[tuple[int, int], float, flo
     from skimage import data
 
     from fastclip.images import ImagePreprocessor
-    from fastclip.manifest import VisionSpec
+    from fastclip.manifest import ImageSpec
 
     # A real photo scaled up to ~2 MP (4:3-ish), saved as a typical camera-quality JPEG.
     src = Image.fromarray(data.chelsea())
@@ -76,7 +76,7 @@ def timing(megapixels: float, repeats: int) -> tuple[tuple[int, int], float, flo
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=90)
     payload = buf.getvalue()
-    spec = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})
+    spec = ImageSpec(input_name="pixel_values", output_name="image_embeds", files={})
     results = []
     for fast in (False, True):
         pre = ImagePreprocessor(spec, fast=fast)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import external_data_helper
 
-from fastclip.manifest import sha256
+from fastclip.hashing import sha256
 
 OPSET = 17
 # Protobuf cannot hold a message over 2 GiB; stay clear of it with some room for the graph itself.

@@ -1,7 +1,7 @@
 """fastembed's names on fastclip's classes, so code written for fastembed runs unchanged.
 
 `ImageEmbedding` / `TextEmbedding` take fastembed's constructor keywords (cuda, device_ids, lazy_load,
-specific_model_path; cuda/device_ids become providers in fastclip.session.resolve_providers) and carry
+specific_model_path; cuda/device_ids become providers in fastclip.providers.resolve_providers) and carry
 its class-level names: `list_supported_models`, `get_embedding_size`, `embedding_size`, and for texts
 `query_embed` / `passage_embed`. Nothing here computes a vector.
 """

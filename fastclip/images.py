@@ -35,7 +35,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ImageTypeError, first_line
 from .families.resize import MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, Geometry, resize_crop
-from .manifest import VisionSpec
+from .manifest import ImageSpec
 
 __all__ = [
     "load_image", "decode", "Geometry", "preprocess", "resize_crop", "normalize_lut", "ImagePreprocessor", "image_error",
@@ -307,7 +307,7 @@ def _normalize(rgb: np.ndarray, lut: np.ndarray, out: np.ndarray | None) -> np.n
     return out
 
 
-def preprocess(image: Image.Image, spec: VisionSpec, *, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess(image: Image.Image, spec: ImageSpec, *, out: np.ndarray | None = None) -> np.ndarray:
     """open_clip's eval transform for `spec`'s resize mode and filter: (3, S, S) float32, equal to the
     reference's tensor.
 
@@ -337,7 +337,7 @@ class ImagePreprocessor:
 
     DRAFT_FACTORS = {False: None, True: 2, "max": 1}  # shortest side kept >= factor * image_size
 
-    def __init__(self, spec: VisionSpec, *, exif_transpose: bool = True, fast: bool | str = False):
+    def __init__(self, spec: ImageSpec, *, exif_transpose: bool = True, fast: bool | str = False):
         if fast not in self.DRAFT_FACTORS:
             raise ValueError(f"fast must be False, True or 'max', got {fast!r}")
         self.spec = spec
@@ -362,10 +362,3 @@ class ImagePreprocessor:
             return _normalize(np.asarray(rgb), self._lut, out)
         except Exception as exc:  # noqa: BLE001 - MemoryError and the like: this input's error, not the stream's
             raise image_error(index, _describe(item), exc) from None
-
-    def batch(self, items: list[Any], start_index: int = 0) -> np.ndarray:
-        """(B, 3, S, S) float32 for `items`, written straight into one array."""
-        out = np.empty((len(items), 3, self.size, self.size), dtype=np.float32)
-        for i, item in enumerate(items):
-            self(item, start_index + i, out=out[i])
-        return out

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from .defaults import PRECISIONS
 from .errors import ModelError
+from .hashing import sha256
 from .families.resize import RESAMPLING, RESIZERS
 from .families.score import SCORERS
 from .families.text import CLEANERS, PADDING_SIDES
@@ -36,7 +37,6 @@ MANIFEST_NAME = "fastclip.json"
 # languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
 # silently; the version check makes it refuse them instead.
 FORMAT_VERSION = 2
-HASH_BLOCK = 1 << 22
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
@@ -136,7 +136,7 @@ class Verification:
 
 
 @dataclass(frozen=True)
-class Tower:
+class TowerSpec:
     input_name: str
     output_name: str
     files: dict[str, TowerFile]  # precision -> file
@@ -144,7 +144,7 @@ class Tower:
 
 
 @dataclass(frozen=True)
-class VisionSpec(Tower):
+class ImageSpec(TowerSpec):
     image_size: int = 224
     resize_mode: str = "shortest"  # resize the shortest side to image_size, then center crop
     interpolation: str = "bicubic"
@@ -154,7 +154,7 @@ class VisionSpec(Tower):
 
 
 @dataclass(frozen=True)
-class TextSpec(Tower):
+class TextSpec(TowerSpec):
     tokenizer: str = "text/tokenizer.json"
     cleaning: str = "none"
     context_length: int = 77
@@ -183,7 +183,7 @@ class Manifest:
     logit_scale: float  # already exponentiated: logits = logit_scale * cos + logit_bias
     logit_bias: float | None
     opset: int | None
-    vision: VisionSpec | None
+    vision: ImageSpec | None
     text: TextSpec | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     scoring: str = "softmax"  # one of SCORINGS
@@ -242,7 +242,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
         vision = text = None
         if data.get("vision"):
             v = data["vision"]
-            vision = VisionSpec(
+            vision = ImageSpec(
                 **_tower_kwargs(v, f"{origin} vision"),
                 image_size=_int(v["image_size"], "vision.image_size", origin, 1, MAX_IMAGE_SIZE),
                 resize_mode=_choice(v.get("resize_mode", "shortest"), RESIZE_MODES, "vision.resize_mode", origin),
@@ -346,23 +346,10 @@ def dump(data: dict[str, Any], folder: str | Path) -> Path:
     return path
 
 
-def sha256(source: str | os.PathLike | BinaryIO) -> str:
-    """Hex sha256 of a file: a path, or a binary file object read from its start. Streamed, HASH_BLOCK
-    bytes at a time, since model files run to gigabytes. The one file hasher of the package."""
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            return sha256(f)
-    digest = hashlib.sha256()
-    source.seek(0)
-    while block := source.read(HASH_BLOCK):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 _fingerprints: dict[tuple, str] = {}
 
 
-def tower_fingerprint(folder: str | Path, spec: Tower) -> str:
+def tower_fingerprint(folder: str | Path, spec: TowerSpec) -> str:
     """Which weights a tower holds: the sha256 hex of its fp32 ONNX file (no fp32: the first listed precision).
 
     Embeddings files record it so that vectors from different weights are never compared. The manifest's

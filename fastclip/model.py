@@ -16,7 +16,7 @@ from .hub import not_cached, unreachable
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, load, parse
 from .errors import ModelError, first_line
 from .families.resize import from_processor_config
-from .manifest import Manifest, VisionSpec
+from .manifest import Manifest, ImageSpec
 
 # fastembed's published CLIP ViT-B/32 towers: the default, so a new user gets vectors with no export.
 DEFAULT_VISION_REPO = "Qdrant/clip-ViT-B-32-vision"
@@ -152,8 +152,8 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
                 "output_name": out,
                 "files": {"fp32": base},
                 **image,
-                "mean": cfg.get("image_mean", list(VisionSpec.mean)),
-                "std": cfg.get("image_std", list(VisionSpec.std)),
+                "mean": cfg.get("image_mean", list(ImageSpec.mean)),
+                "std": cfg.get("image_std", list(ImageSpec.std)),
             },
         )
         return data

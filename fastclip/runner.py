@@ -29,8 +29,8 @@ import numpy as np
 from .batch import EmbeddingBatch
 from .errors import FastClipError, ImageError, TextError, TextTypeError
 from .images import ImagePreprocessor
-from .manifest import TextSpec, Tower, VisionSpec
-from .session import LoadedTower
+from .manifest import TextSpec, TowerSpec, ImageSpec
+from .session import OnnxSession
 from .text import TextTokenizer
 
 __all__ = ["Tuning", "ImageRunner", "TextRunner", "available_cores", "l2_normalize", "run"]
@@ -85,7 +85,7 @@ class Tuning:
 class _Runner:
     """What both runners share: the model's tower (loaded on first use), its closed state, its threads."""
 
-    def __init__(self, tower: Callable[[], LoadedTower], dim: int, owner: str):
+    def __init__(self, tower: Callable[[], OnnxSession], dim: int, owner: str):
         self._tower = tower
         self.dim = dim
         self._owner = owner  # how errors name the object, e.g. "TextEmbedding('models/b32')"
@@ -114,7 +114,7 @@ class _Runner:
 class ImageRunner(_Runner):
     """Images → decode + preprocess (on decode threads, `read_ahead` batches ahead) → one run per batch."""
 
-    def __init__(self, spec: VisionSpec, preprocess: ImagePreprocessor, tower: Callable[[], LoadedTower], *,
+    def __init__(self, spec: ImageSpec, preprocess: ImagePreprocessor, tower: Callable[[], OnnxSession], *,
                  dim: int, workers: int, read_ahead: int, owner: str):
         super().__init__(tower, dim, owner)
         self.spec = spec
@@ -230,14 +230,14 @@ class _PendingImages:
 class TextRunner(_Runner):
     """Texts → tokenize → (sorted by length on a dynamic-length graph) runs → vectors in input order."""
 
-    def __init__(self, spec: TextSpec, tokenizer: TextTokenizer, tower: Callable[[], LoadedTower], *,
+    def __init__(self, spec: TextSpec, tokenizer: TextTokenizer, tower: Callable[[], OnnxSession], *,
                  dim: int, tuning: Tuning, owner: str):
         super().__init__(tower, dim, owner)
         self.spec = spec
         self._tokenizer = tokenizer
         self.tuning = tuning
         self.concurrent_runs = tuning.concurrent_runs
-        self._second: tuple[LoadedTower, ThreadPoolExecutor] | None = None
+        self._second: tuple[OnnxSession, ThreadPoolExecutor] | None = None
 
     # Length bucketing: texts are tokenized `tuning.text_bucket_window` batches at a time, sorted by
     # token count and run `tuning.text_run_rows` at a time (at most batch_size), so each run is padded
@@ -324,7 +324,7 @@ class TextRunner(_Runner):
         # Padding on the left (padding_side="left") puts the real tokens last: keep the last `width` columns.
         left = self.spec.padding_side == "left"
 
-        def run_one(picked: np.ndarray, tower: LoadedTower = self._tower()) -> np.ndarray:
+        def run_one(picked: np.ndarray, tower: OnnxSession = self._tower()) -> np.ndarray:
             width = max(int(lengths[picked].max()), 1)
             cols = slice(ids.shape[1] - width, None) if left else slice(0, width)
             return run(tower, self.spec, {k: v[picked, cols] for k, v in feeds.items()}, normalize)
@@ -349,14 +349,14 @@ class TextRunner(_Runner):
     # 6.4 ms, which is why short jobs stay on the multi-threaded session.
     _second_min_runs = 8
 
-    def _second_session(self) -> tuple[LoadedTower, ThreadPoolExecutor] | None:
+    def _second_session(self) -> tuple[OnnxSession, ThreadPoolExecutor] | None:
         if self.concurrent_runs < 2 or self._tower().device != "cpu":
             return None
         return self._threads(lambda: (self._open_second_session(),
                                       ThreadPoolExecutor(self.concurrent_runs, thread_name_prefix="fastclip-text")),
                              "_second")
 
-    def _open_second_session(self) -> LoadedTower:
+    def _open_second_session(self) -> OnnxSession:
         """One onnxruntime thread on the very model bytes the first session verified."""
         return self._tower().reopen(threads=1)
 
@@ -372,7 +372,7 @@ class TextRunner(_Runner):
 
 # ------------------------------------------------------------------------------------ run, normalize
 
-def run(loaded: LoadedTower, spec: Tower, feeds: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
+def run(loaded: OnnxSession, spec: TowerSpec, feeds: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
     """One onnxruntime run of a tower: float32 (n, dim), L2-normalized unless asked not to be."""
     out = loaded.session.run([spec.output_name], feeds)[0]
     out = np.asarray(out, dtype=np.float32)  # fp16 graphs may return half precision

@@ -1,19 +1,13 @@
-"""onnxruntime sessions: which device really works, which precision to load, threads.
+"""onnxruntime sessions: which precision to load, the model bytes held open, threads, the graph checks.
 
-onnxruntime-gpu lists CUDAExecutionProvider even on a machine without a GPU, and asking for it
-there prints a red error before falling back to CPU. So we probe the CUDA driver ourselves first
-(libcuda: cuInit + cuDeviceGetCount), only then ask onnxruntime for CUDA, and check which provider
-the session really got. Whatever happens, one clean log line says where the model runs.
+Which device to ask for is fastclip.providers' job; this module opens the session, checks which provider
+it really got, and says so in one log line.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,90 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import FastClipError, ModelError, first_line
-from .manifest import TextSpec, Tower, TowerFile, sha256
+from .hashing import sha256
+from .manifest import TextSpec, TowerFile, TowerSpec
+from .providers import CPU, CUDA, default_providers, log_once
 
 log = logging.getLogger("fastclip")
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> tuple[int, str]:
-    """(number of CUDA devices the driver reports, reason when 0). Never raises."""
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
-    found = ctypes.util.find_library("cuda")
-    if found:
-        names.append(found)
-    lib = None
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return 0, "no CUDA driver (libcuda) on this machine"
-    try:
-        if lib.cuInit(0) != 0:
-            return 0, "the CUDA driver did not initialize (cuInit failed)"
-        count = ctypes.c_int(0)
-        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-            return 0, "the CUDA driver reports no device"
-        return count.value, ""
-    except (AttributeError, OSError) as exc:  # a stub libcuda without the symbols
-        return 0, f"the CUDA driver is unusable ({exc})"
-
-
-def _announce(message: str) -> None:
-    # One line per distinct outcome per process, not one per session.
-    if message not in _announced:
-        _announced.add(message)
-        log.info(message)
-
-
-_announced: set[str] = set()
-
-
-def default_providers() -> tuple[list[str], str]:
-    """Providers to ask for when the user gave none, and why."""
-    if CUDA not in ort.get_available_providers():
-        return [CPU], "this onnxruntime build has no CUDA provider"
-    count, reason = cuda_device_count()
-    if count == 0:
-        return [CPU], f"{reason}; CUDAExecutionProvider is listed but cannot run"
-    return [CUDA, CPU], f"{count} CUDA device(s) found"
-
-
-def resolve_providers(providers: list | None, cuda: Any = None,
-                      device_ids: list[int] | None = None) -> tuple[list | None, bool]:
-    """The onnxruntime providers a model asks for: (providers, or None for `default_providers`; CUDA required).
-
-    cuda and device_ids are fastembed's keywords: cuda=True requires CUDA, False pins the CPU, None or
-    "auto" (also fastembed's Device enum) lets CUDA be used where it really works. device_ids[0] is the
-    GPU the CUDA provider runs on, also in providers given by name (a pool gives each worker its own id).
-    """
-    mode = getattr(cuda, "value", cuda)
-    device = int(device_ids[0]) if device_ids else None
-    if mode in (None, "auto"):
-        if device is None:
-            return providers, False
-        if providers is None:
-            return [(CUDA, {"device_id": device}), CPU], False  # used only if CUDA really works
-        return [_on_device(p, device) for p in providers], False
-    if providers is not None:
-        raise ValueError("pass either providers= or cuda=, not both")
-    if mode is True or mode == "cuda":
-        return [(CUDA, {"device_id": device or 0}), CPU], True
-    if mode is False or mode == "cpu":
-        return [CPU], False
-    raise ValueError(f"cuda must be True, False or 'auto', got {cuda!r}")
-
-
-def _on_device(provider: Any, device: int) -> Any:
-    name, options = provider if isinstance(provider, tuple) else (provider, {})
-    return (CUDA, {**options, "device_id": device}) if name == CUDA else provider
-
 
 class HeldFile:
     """A model file kept open from the moment it is checked, so later sessions read the same bytes.
@@ -146,19 +61,19 @@ class HeldFile:
 
 
 @dataclass
-class LoadedTower:
+class OnnxSession:
     session: ort.InferenceSession
     precision: str
     device: str  # "cuda" or "cpu": what the session really runs on
     path: Path
     # What `reopen` needs to open the same bytes again (set by open_tower).
     folder: Path | None = None
-    tower: Tower | None = None
+    tower: TowerSpec | None = None
     name: str = ""
     verify: bool = False
     held: list[HeldFile] = field(default_factory=list, repr=False)
 
-    def reopen(self, *, threads: int | None = 1, providers: list | None = None, allow_spinning: bool = True) -> LoadedTower:
+    def reopen(self, *, threads: int | None = 1, providers: list | None = None, allow_spinning: bool = True) -> OnnxSession:
         """Another session of exactly the model bytes this one loaded (and verified), or ModelError.
 
         One object must run one model. If the file was replaced on disk since (renamed over), the new
@@ -197,7 +112,7 @@ class LoadedTower:
         got = session.get_providers()
         held = [HeldFile(h.path) if h.path_still_names_it() else h for h in self.held]
         # A replaced file stays shared with this tower (same bytes); reopening by path gives fresh handles.
-        return LoadedTower(session=session, precision=self.precision, device="cuda" if got and got[0] == CUDA else "cpu",
+        return OnnxSession(session=session, precision=self.precision, device="cuda" if got and got[0] == CUDA else "cpu",
                            path=self.path, folder=self.folder, tower=self.tower, name=self.name, verify=self.verify,
                            held=held)
 
@@ -207,7 +122,7 @@ class LoadedTower:
             held.close()
 
 
-def pick_precision(tower: Tower, device: str, requested: str | None, where: str) -> str:
+def pick_precision(tower: TowerSpec, device: str, requested: str | None, where: str) -> str:
     """fp16 on GPU when present, fp32 otherwise; int8 only when asked for by name."""
     if requested is not None:
         if requested not in tower.files:
@@ -271,7 +186,7 @@ def _session(source: str | bytes, entry: TowerFile, providers: list, threads: in
 
 def open_tower(
     folder: Path,
-    tower: Tower,
+    tower: TowerSpec,
     *,
     name: str,
     providers: list | None = None,
@@ -280,13 +195,13 @@ def open_tower(
     verify: bool = False,
     allow_spinning: bool = True,
     announce: bool = True,
-) -> LoadedTower:
+) -> OnnxSession:
     """Check the tower's files, then open an onnxruntime session on the best device that works.
 
     allow_spinning=False stops onnxruntime's idle intra-op threads from spin-waiting between
     operators, leaving the cores to other threads of the process (image decoding). announce=False
     skips the one log line (for a second session of a tower already announced). The model files stay
-    open in the returned tower, so `LoadedTower.reopen` can open more sessions of the same bytes.
+    open in the returned tower, so `OnnxSession.reopen` can open more sessions of the same bytes.
     """
     where = f"{folder} ({name} tower)"
     if providers is None:
@@ -322,15 +237,15 @@ def open_tower(
             fallback = open_tower(folder, tower, name=name, providers=[CPU], threads=threads, precision="fp32",
                                   verify=verify, allow_spinning=allow_spinning, announce=False)
             if announce:  # the line says why it runs on CPU, not "as requested"
-                _announce(f"fastclip: {name} tower on CPU ({why}), fp32")
+                log_once(f"fastclip: {name} tower on CPU ({why}), fp32")
             return fallback
     if announce:
-        _announce(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
-    return LoadedTower(session=session, precision=chosen, device=device, path=path, folder=folder, tower=tower,
+        log_once(f"fastclip: {name} tower on {device.upper()} ({why}), {chosen}")
+    return OnnxSession(session=session, precision=chosen, device=device, path=path, folder=folder, tower=tower,
                        name=name, verify=verify, held=held)
 
 
-class TowerSession:
+class LazySession:
     """One tower's session as a model object holds it: opened once, on first use or at once, checked
     against the manifest (check_graph), and closed once; after close() it refuses to open again.
 
@@ -338,7 +253,7 @@ class TowerSession:
     open_options: open_tower's keywords (name, providers, threads, precision, verify, allow_spinning).
     """
 
-    def __init__(self, folder: Path, spec: Tower, *, embed_dim: int, cuda_required: bool, owner: str,
+    def __init__(self, folder: Path, spec: TowerSpec, *, embed_dim: int, cuda_required: bool, owner: str,
                  **open_options: Any):
         self.folder = folder
         self.spec = spec
@@ -346,15 +261,15 @@ class TowerSession:
         self.cuda_required = cuda_required
         self.owner = owner  # how errors name the object, e.g. "TextEmbedding('models/b32')"
         self.open_options = open_options
-        self.loaded: LoadedTower | None = None
+        self.loaded: OnnxSession | None = None
         self.closed = False
         self._lock = threading.Lock()
 
-    def get(self) -> LoadedTower:
+    def get(self) -> OnnxSession:
         loaded = self.loaded
         return loaded if loaded is not None else self._open()
 
-    def _open(self) -> LoadedTower:
+    def _open(self) -> OnnxSession:
         with self._lock:
             self.check_open()
             if self.loaded is None:
@@ -384,7 +299,7 @@ class TowerSession:
             loaded.close()
 
 
-def check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) -> None:
+def check_graph(loaded: OnnxSession, spec: TowerSpec, embed_dim: int, where: str) -> None:
     """Names and dims the manifest promises must be what the graph has: fail at load, before any work.
 
     For a text tower this includes one probe run at the full context length with the start, pad and end
@@ -409,7 +324,7 @@ def check_graph(loaded: LoadedTower, spec: Tower, embed_dim: int, where: str) ->
         _probe_text(loaded, spec, inputs, where)
 
 
-def _probe_text(loaded: LoadedTower, spec: TextSpec, inputs: dict, where: str) -> None:
+def _probe_text(loaded: OnnxSession, spec: TextSpec, inputs: dict, where: str) -> None:
     n = spec.context_length
     if spec.attention_mask_input and spec.attention_mask_input not in inputs:
         raise ModelError(f"{where}: graph has no input {spec.attention_mask_input!r} (inputs: {list(inputs)})")

@@ -54,10 +54,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import ModelError, TextError, first_line
-from .families.text import _PLAIN_ASCII, CLEANERS  # noqa: F401 - _PLAIN_ASCII: tests check the fast path
+from .families.text import CLEANERS
 from .manifest import TextSpec
 
-__all__ = ["TextTokenizer", "open_clip_clean", "HEAD_CHARS"]
+__all__ = ["TextTokenizer", "HEAD_CHARS"]
 
 # First head: 40 non-blank characters per context token (77 -> ~3 K characters, ~1-2 ms to clean and
 # tokenize); CLIP's BPE averages 3-5 characters per token on prose, so one head nearly always suffices.
@@ -104,9 +104,6 @@ def text_head(text: str, budget: int) -> tuple[str, bool]:
         return "".join(pieces), True  # trailing whitespace gives no tokens
     return "".join(pieces), _WORD.search(text, previous) is None
 
-
-# The open_clip cleaning functions live in fastclip.families.text (one table, keyed by the manifest's cleaning).
-open_clip_clean = CLEANERS["open_clip"].clean
 
 
 class TextTokenizer:

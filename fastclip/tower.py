@@ -18,7 +18,8 @@ from .errors import FastClipError, ModelError
 from .manifest import Manifest, tower_fingerprint
 from .model import load_manifest, resolve_folder
 from .runner import Tuning
-from .session import LoadedTower, TowerSession, resolve_providers
+from .providers import resolve_providers
+from .session import LazySession, OnnxSession
 from .worker import WorkerSpec
 
 __all__ = ["TowerModel"]
@@ -79,7 +80,7 @@ class TowerModel(FastembedNames):
                                          "device_ids": self.device_ids, "precision": precision, "verify": verify,
                                          "tuning": self.tuning}
         providers, cuda_required = resolve_providers(providers, cuda, self.device_ids)
-        self._session = TowerSession(
+        self._session = LazySession(
             self.folder, self.spec, embed_dim=self.manifest.embed_dim, cuda_required=cuda_required, owner=self._name(),
             name=self.tower_name, providers=providers, threads=threads, precision=precision, verify=verify,
             allow_spinning=self._allow_spinning(),
@@ -91,7 +92,7 @@ class TowerModel(FastembedNames):
         return True if self.tuning.allow_spinning is None else self.tuning.allow_spinning
 
     @property
-    def _tower(self) -> LoadedTower:
+    def _tower(self) -> OnnxSession:
         """The onnxruntime session, opened on first use with lazy_load."""
         return self._session.get()
 

@@ -23,7 +23,7 @@ import pytest
 from fastclip import CLIP, EmbeddingPool, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError, WorkerError, WorkerSpec
 from fastclip.pool import _portable, assign_devices, split_threads
 from fastclip.errors import ImageTypeError, TextTypeError
-from fastclip.session import cuda_device_count
+from fastclip.providers import cuda_device_count
 from support.photos import SENTENCES, photo_array, write_photos
 
 

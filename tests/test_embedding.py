@@ -90,9 +90,9 @@ def test_length_bucketing_and_concurrent_runs_keep_vectors_in_order(tiny_opencli
     import logging
     import random
 
-    import fastclip.session
+    import fastclip.providers
 
-    monkeypatch.setattr(fastclip.session, "_announced", set())  # earlier tests announced this tower already
+    monkeypatch.setattr(fastclip.providers, "_announced", set())  # earlier tests announced this tower already
     caplog.set_level(logging.INFO, logger="fastclip")
     rng = random.Random(0)
     words = " ".join(SENTENCES).split()
@@ -450,7 +450,9 @@ def test_plain_ascii_skips_ftfy_with_the_same_cleaning():
 
     import ftfy
 
-    from fastclip.text import _PLAIN_ASCII, open_clip_clean
+    from fastclip.families.text import _PLAIN_ASCII, CLEANERS
+
+    open_clip_clean = CLEANERS["open_clip"].clean
 
     def reference(text):
         text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split())

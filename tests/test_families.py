@@ -21,7 +21,7 @@ from fastclip.errors import ModelError
 from fastclip.families.resize import RESAMPLING, RESIZERS
 from fastclip.families.score import SCORERS
 from fastclip.images import ImagePreprocessor, preprocess
-from fastclip.manifest import VisionSpec
+from fastclip.manifest import ImageSpec
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "camera"]
 SIZES = [None, (1000, 300), (301, 999), (50, 40)]  # None: the photo's own size; then wide, tall, upscaled
@@ -35,8 +35,8 @@ def _open_clip():
     return import_open_clip()
 
 
-def _spec(resize_mode="shortest", interpolation="bicubic", **kw) -> VisionSpec:
-    return VisionSpec(input_name="pixel_values", output_name="image_embeds", files={}, resize_mode=resize_mode,
+def _spec(resize_mode="shortest", interpolation="bicubic", **kw) -> ImageSpec:
+    return ImageSpec(input_name="pixel_values", output_name="image_embeds", files={}, resize_mode=resize_mode,
                       interpolation=interpolation, **kw)
 
 

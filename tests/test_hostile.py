@@ -24,9 +24,9 @@ from fastclip.images import (
     load_image,
     resize_crop,
 )
-from fastclip.manifest import VisionSpec
+from fastclip.manifest import ImageSpec
 
-SPEC = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})
+SPEC = ImageSpec(input_name="pixel_values", output_name="image_embeds", files={})
 S = SPEC.image_size
 
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from fastclip.errors import ImageError
 from fastclip.images import ImagePreprocessor, load_image, normalize_lut, preprocess, resize_crop
-from fastclip.manifest import VisionSpec
+from fastclip.manifest import ImageSpec
 
 skimage_data = pytest.importorskip("skimage.data")
 
-SPEC = VisionSpec(input_name="pixel_values", output_name="image_embeds", files={})  # ViT-B-32: 224, OpenAI mean/std
+SPEC = ImageSpec(input_name="pixel_values", output_name="image_embeds", files={})  # ViT-B-32: 224, OpenAI mean/std
 TOL = 1e-5  # on the normalized tensor; one uint8 step is 1/255/std ~ 0.015, so this means "same pixels"
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "camera"]
 SIZES = [None, (1000, 300), (301, 999), (225, 224), (224, 224), (50, 40)]  # None: the photo's own size
@@ -187,11 +187,13 @@ def test_numpy_layouts(reference, photos):
         pre(np.zeros((4, 4, 2), np.uint8), 6)
 
 
-def test_batch_matches_single(files, photos):
+def test_writing_into_a_batch_row_matches_single(files, photos):
+    """The runner writes each image straight into its row of the batch array (out=): same pixels."""
     pre = ImagePreprocessor(SPEC)
     items = [files / "chelsea.jpg", photos["rocket"], np.asarray(photos["camera"])]
-    batch = pre.batch(items)
-    assert batch.shape == (3, 3, 224, 224) and batch.dtype == np.float32
+    batch = np.full((3, 3, 224, 224), np.nan, dtype=np.float32)
+    for i, item in enumerate(items):
+        pre(item, i, out=batch[i])
     for i, item in enumerate(items):
         np.testing.assert_array_equal(batch[i], pre(item, i))
 

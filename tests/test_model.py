@@ -159,7 +159,7 @@ def test_fastembed_snippets_run_unchanged_after_swapping_the_import(qdrant_cache
         assert ours.get_embedding_size(listed[0]["model"]) == listed[0]["dim"]
     with pytest.raises(ValueError, match="either providers= or cuda="):
         TextEmbedding("Qdrant/clip-ViT-B-32-text", cache_dir=str(qdrant_cache), cuda=True, providers=["CPUExecutionProvider"])
-    from fastclip.session import cuda_device_count
+    from fastclip.providers import cuda_device_count
 
     if cuda_device_count()[0] == 0:
         with pytest.raises(ModelError, match="cuda=True"):  # no GPU: asked-for CUDA is an error, not a silent CPU run

@@ -11,10 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import fastclip.providers as providers_mod
 import fastclip.session as session_mod
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import load_manifest
-from fastclip.session import CPU, CUDA, cuda_device_count, default_providers, pick_precision, resolve_providers
+from fastclip.providers import CPU, CUDA, cuda_device_count, default_providers, resolve_providers
+from fastclip.session import pick_precision
 from support.photos import SENTENCES, cosines, write_photos
 
 
@@ -65,8 +67,8 @@ def test_driver_probe_reads_libcuda(monkeypatch, driver, want):
             raise OSError(f"{name}: cannot open shared object file")
         return driver
 
-    monkeypatch.setattr(session_mod.ctypes, "CDLL", load)
-    count, reason = session_mod.cuda_device_count.__wrapped__()
+    monkeypatch.setattr(providers_mod.ctypes, "CDLL", load)
+    count, reason = providers_mod.cuda_device_count.__wrapped__()
     if want is None:
         assert count == 0 and reason.startswith("the CUDA driver is unusable"), reason
     else:
@@ -80,8 +82,8 @@ def test_driver_probe_reads_libcuda(monkeypatch, driver, want):
     ([CUDA, CPU], (2, ""), ([CUDA, CPU], "2 CUDA device(s) found")),
 ])
 def test_default_providers_ask_for_cuda_only_when_the_driver_answers(monkeypatch, listed, probe, want):
-    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: listed)
-    monkeypatch.setattr(session_mod, "cuda_device_count", lambda: probe)
+    monkeypatch.setattr(providers_mod.ort, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(providers_mod, "cuda_device_count", lambda: probe)
     assert default_providers() == want
 
 
@@ -233,7 +235,7 @@ def _cuda_that_falls_back(monkeypatch) -> list:
     does when the driver answers but the CUDA / cuDNN libraries do not load. Returns the log of
     (file, providers asked for) of every session opened."""
     monkeypatch.setattr(session_mod, "default_providers", lambda: ([CUDA, CPU], "1 CUDA device(s) found"))
-    monkeypatch.setattr(session_mod, "_announced", set())
+    monkeypatch.setattr(providers_mod, "_announced", set())
     opened = []
     real = session_mod._session
 

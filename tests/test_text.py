@@ -14,7 +14,10 @@ from fastclip_export.tokenizer_files import (
 
 from fastclip.errors import ModelError, TextError
 from fastclip.manifest import TextSpec
-from fastclip.text import HEAD_CHARS, TextTokenizer, open_clip_clean
+from fastclip.families.text import CLEANERS
+from fastclip.text import HEAD_CHARS, TextTokenizer
+
+open_clip_clean = CLEANERS["open_clip"].clean
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clip-tokenizer"
 

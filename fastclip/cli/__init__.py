@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import eval, export, info, inputs, search, serve
+from . import evaluate, export, info, inputs, search, serve
 from .common import UsageError
 
 DESCRIPTION = """\
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inputs.add_parser(sub, func=_embed)
-    for command in (export, info, eval, search, serve):
+    for command in (export, info, evaluate, search, serve):
         command.add_parser(sub)
     _quiet_anywhere(parser)
     return parser

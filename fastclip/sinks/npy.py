@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from ..errors import OutputError
-from ..manifest import sha256
+from ..hashing import sha256
 from .header import EmbeddingsFile, KINDS, check_header, dumps, json_line
 from .files import fault, write_lines
 

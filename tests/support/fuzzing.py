@@ -100,9 +100,9 @@ def mutated(blob: bytes, rng: np.random.Generator) -> bytes:
 @lru_cache(maxsize=4)
 def preprocessor(fast):
     from fastclip.images import ImagePreprocessor
-    from fastclip.manifest import VisionSpec
+    from fastclip.manifest import ImageSpec
 
-    return ImagePreprocessor(VisionSpec(input_name="x", output_name="y", files={}, image_size=32), fast=fast)
+    return ImagePreprocessor(ImageSpec(input_name="x", output_name="y", files={}, image_size=32), fast=fast)
 
 
 def image_case(blob: bytes, index: int) -> str:

@@ -120,25 +120,26 @@ MUTANTS = [
     ),
     # ---- issue 26: code added since the first audit; each row names the tests that must catch it
     Mutant(
-        "gelu-tanh-graph",
-        "the exported graph's last block uses the tanh approximation of GELU (the export's own 1e-4 guard "
-        "lets it through; only the runtime parity bound sees it)",
-        "export/open_clip_towers.py",
-        "    x = rows(x) + block.ls_1(_attention(block.attn, h, mask, rows(h)))\n"
-        "    return x + block.ls_2(block.mlp(block.ln_2(x)))\n",
-        "    x = rows(x) + block.ls_1(_attention(block.attn, h, mask, rows(h)))\n"
-        "    u = block.mlp.c_fc(block.ln_2(x))\n"
-        "    return x + block.ls_2(block.mlp.c_proj(nn.functional.gelu(u, approximate=\"tanh\")))\n",
+        "gelu-tanh-model",
+        "the loaded model's vision MLPs switched to the tanh approximation of GELU before export (graph and "
+        "export-time reference agree; only parity with open_clip can see it)",
+        "export/open_clip_source.py",
+        "    model.eval()\n\n    image = _check_preprocessing(",
+        "    model.eval()\n"
+        "    for _block in model.visual.transformer.resblocks:\n"
+        "        _block.mlp.gelu = torch.nn.GELU(approximate=\"tanh\")\n\n"
+        "    image = _check_preprocessing(",
         ("tests/test_embedding.py::test_open_clip_export_matches_open_clip",
-         "tests/test_export.py::test_tiny_open_clip_export"),
+         "tests/test_export.py::test_tiny_open_clip_export",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
     ),
     Mutant(
         "layernorm-eps-graph",
-        "the exported vision graph's final LayerNorm (ln_post) runs with eps 1e-6 instead of the model's 1e-5",
+        "the exported text graph's final LayerNorm (ln_final) runs with eps 1e-6 instead of the model's 1e-5",
         "export/open_clip_towers.py",
-        "        x = visual.ln_post(x)  # per-token LayerNorm",
-        "        x = nn.functional.layer_norm(x, visual.ln_post.normalized_shape, visual.ln_post.weight, "
-        "visual.ln_post.bias, 1e-6)  # per-token LayerNorm",
+        "        x = self.ln_final(x)  # per-token LayerNorm",
+        "        x = nn.functional.layer_norm(x, self.ln_final.normalized_shape, self.ln_final.weight, "
+        "self.ln_final.bias, 1e-6)  # per-token LayerNorm",
         ("tests/test_embedding.py::test_open_clip_export_matches_open_clip",
          "tests/test_export.py::test_tiny_open_clip_export"),
     ),

@@ -53,8 +53,8 @@ def test_open_clip_vit_b_32_round_trip(tmp_path):
         ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "open_clip ViT image", "ViT-B/32 full size")
-    assert_parity(got_txt, ref_txt, "open_clip text", "ViT-B/32 full size")
+    assert_parity(got_img, ref_img, "open_clip ViT-B/32 image")
+    assert_parity(got_txt, ref_txt, "open_clip ViT-B/32 text")
 
 
 def test_hf_vit_b_32_round_trip(tmp_path):
@@ -89,5 +89,5 @@ def test_hf_vit_b_32_round_trip(tmp_path):
     del model
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "transformers CLIP image", "ViT-B/32 full size")
-    assert_parity(got_txt, ref_txt, "transformers CLIP text", "ViT-B/32 full size")
+    assert_parity(got_img, ref_img, "transformers ViT-B/32 image")
+    assert_parity(got_txt, ref_txt, "transformers ViT-B/32 text")

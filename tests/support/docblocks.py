@@ -211,10 +211,11 @@ def _wait_ready(proc: subprocess.Popen, port: int, block: Block) -> None:
 def start_server(command: str, cwd: Path, env: dict[str, str], block: Block) -> tuple[subprocess.Popen, int]:
     """A `fastclip serve` line on a free port, once its /ready answers 200."""
     port = free_port()
+    command = re.sub(r"\s+#.*$", "", command)  # a trailing comment would swallow the --port added below
     command = re.sub(r"--port\s+\d+", f"--port {port}", command)
     if f"--port {port}" not in command:
         command += f" --port {port}"
-    proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, start_new_session=True,
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_ready(proc, port, block)

@@ -46,6 +46,21 @@ def test_every_block_is_run_or_says_why_not(page):
     assert {where: p for where, p in found.items() if p} == {}
 
 
+def test_the_rules_refuse_a_block_that_neither_runs_nor_says_why(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("\n".join([
+        "# t", "```bash", "pip install .", "```",                         # a pip command, unmarked
+        "<!-- not-run -->", "```bash", "fastclip embed x", "```",          # a mark without its reason
+        "<!-- skip: hub -->", "```python", "print(1)", "```",              # an unknown mark
+        "```", "plain", "```",                                             # no language
+        "<!-- not-run: a GPU -->", "```bash", "pip install .", "```",      # fine
+        "```csv", "a,b", "```",                                            # fine: data
+    ]), encoding="utf-8")
+    found = [docblocks.problems(b) for b in docblocks.parse(page)]
+    assert [len(f) for f in found] == [1, 1, 1, 1, 0, 0], found
+    assert "pip" in found[0][0] and "REASON" in found[1][0] and "unknown mark" in found[2][0]
+
+
 @pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md"], ids=[*(p.stem for p in PAGES), "README"])
 def test_no_install_of_fastclip_by_name(page):
     text = page.read_text(encoding="utf-8")

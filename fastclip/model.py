@@ -67,7 +67,7 @@ def resolve_folder(
             "in Python), or make one with `fastclip export`", cache_dir) + (_suggest(text) if entry is None else "")) from None
     except RepositoryNotFoundError:
         raise ModelError(f"{repo}: no such repo on the hub (or it is private: log in with `hf auth login`)"
-                         f"{_suggest(text)}") from None
+                         f"{_suggest(text) if entry is None else ''}") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first = first_line(exc)
         raise ModelError(f"{repo}: could not fetch from the hub: {first}") from None

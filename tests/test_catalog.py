@@ -261,3 +261,4 @@ def test_the_docs_table_is_the_json():
     table = page[page.index(TABLE_START) + len(TABLE_START):page.index(TABLE_END)].strip("\n")
     assert table == markdown_table(_raw()).strip("\n")
     assert len(table.splitlines()) == 2 + len(catalog.models())
+    assert f"fastclip knows {len(catalog.models())} published" in page  # the prose's count too

@@ -69,14 +69,14 @@ class ServedModel:
 def load_model(source: ModelSource, limits: Limits, metrics: Metrics, *, threads: int | None = None,
                precision: str | None = None, cache_dir: str | None = None, offline: bool = False) -> ServedModel:
     """Open the model's towers (both as one CLIP when the folder has both) and start their batchers."""
-    options = {"threads": threads, "precision": precision}
     if split_towers(source.source):  # a catalog model published as one repo per tower: each tower resolves its own
-        clip = CLIP(source.source, cache_dir=cache_dir, local_files_only=offline, **options)
+        clip = CLIP(source.source, cache_dir=cache_dir, local_files_only=offline, threads=threads, precision=precision)
         served = ServedModel(source.name, clip.images.folder, clip.dim, clip=clip)
         served.image, served.text = clip.images, clip.texts
         return _start(served, source, limits, metrics)
     folder = resolve_folder(source.source, cache_dir=cache_dir, local_files_only=offline)
     manifest = load_manifest(folder)
+    options = {"threads": threads, "precision": precision}
     served = ServedModel(source.name, folder, manifest.embed_dim)
     if manifest.vision is not None and manifest.text is not None:
         served.clip = CLIP(str(folder), **options)

@@ -66,7 +66,8 @@ class TowerModel(FastembedNames):
         self.model_name = str(model_name or self.default_repo)
         self.tuning = tuning if tuning is not None else Tuning()
         self.folder = Path(specific_model_path) if specific_model_path is not None else resolve_folder(
-            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision
+            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision,
+            tower=self.tower_name,
         )
         self.manifest: Manifest = load_manifest(self.folder)
         self.spec = getattr(self.manifest, self.tower_name)

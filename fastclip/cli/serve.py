@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         description="Serve models over HTTP: POST /v1/embeddings (OpenAI shape, texts or images), /v1/classify, "
                     "GET /v1/models, /health, /ready, /metrics. Concurrent requests are batched together.")
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH_OR_ID",
-                   help="model folder or hub repo id to serve; repeat for several (requests pick one by NAME, "
+                   help="model folder, catalog name (`fastclip models`) or hub repo id to serve; repeat for several (requests pick one by NAME, "
                         "default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

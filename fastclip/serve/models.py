@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import CLIP, ImageEmbedding, TextEmbedding
 from ..errors import ModelError
-from ..model import load_manifest, resolve_folder
+from ..model import load_manifest, resolve_folder, split_towers
 from .batcher import Batcher
 from .limits import Limits
 
@@ -69,6 +69,11 @@ class ServedModel:
 def load_model(source: ModelSource, limits: Limits, metrics: Metrics, *, threads: int | None = None,
                precision: str | None = None, cache_dir: str | None = None, offline: bool = False) -> ServedModel:
     """Open the model's towers (both as one CLIP when the folder has both) and start their batchers."""
+    if split_towers(source.source):  # a catalog model published as one repo per tower: each tower resolves its own
+        clip = CLIP(source.source, cache_dir=cache_dir, local_files_only=offline, threads=threads, precision=precision)
+        served = ServedModel(source.name, clip.images.folder, clip.dim, clip=clip)
+        served.image, served.text = clip.images, clip.texts
+        return _start(served, source, limits, metrics)
     folder = resolve_folder(source.source, cache_dir=cache_dir, local_files_only=offline)
     manifest = load_manifest(folder)
     options = {"threads": threads, "precision": precision}
@@ -82,6 +87,11 @@ def load_model(source: ModelSource, limits: Limits, metrics: Metrics, *, threads
         served.text = TextEmbedding(str(folder), **options)
     else:
         raise ModelError(f"{folder}: no tower to serve")
+    return _start(served, source, limits, metrics)
+
+
+def _start(served: ServedModel, source: ModelSource, limits: Limits, metrics: Metrics) -> ServedModel:
+    """One batcher per tower the model holds."""
     if served.image is not None:
         image = served.image
         served.batchers["image"] = _batcher(source.name, "image", lambda items: image.embed_batch(items),

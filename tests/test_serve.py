@@ -68,7 +68,7 @@ def running(model: Path, limits: Limits = TEST_LIMITS, wait_ready: bool = True, 
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     if wait_ready:
-        wait_until(lambda: app.server.ready.is_set(), 60)
+        wait_until(lambda: app.server.models.ready.is_set(), 60)
     try:
         yield url, app.server
     finally:
@@ -162,13 +162,13 @@ def assert_close(a, b):
 
 
 def batcher(server, tower: str):
-    return server.models[NAME].batchers[tower]
+    return server.models.loaded[NAME].batchers[tower]
 
 
 @contextmanager
 def wedged(server, tower: str):
     """The tower's batch call blocks until the block exits (a wedged decode or inference)."""
-    model = server.models[NAME]
+    model = server.models.loaded[NAME]
     obj = model.image if tower == "image" else model.text
     release = threading.Event()
     entered = threading.Event()
@@ -337,7 +337,7 @@ def test_unknown_model_404_and_missing_route_json(client):
 
 def test_internal_error_is_500_without_traceback_and_server_keeps_working(served, client, reference):
     _, server = served
-    text = server.models[NAME].text
+    text = server.models.loaded[NAME].text
     text.embed_batch = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("secret /etc/path detail"))
     try:
         r = client.post("/v1/embeddings", json={"input": "boom"})
@@ -566,11 +566,11 @@ def test_health_fails_when_a_tower_is_wedged(model, photos):
 
 
 def test_ready_is_503_until_loaded(model, monkeypatch):
-    import fastclip.serve.app as app_mod
+    import fastclip.serve.lifecycle as lifecycle
 
     gate = threading.Event()
-    real = app_mod.load_model
-    monkeypatch.setattr(app_mod, "load_model", lambda *a, **k: gate.wait(30) and real(*a, **k))
+    real = lifecycle.load_model
+    monkeypatch.setattr(lifecycle, "load_model", lambda *a, **k: gate.wait(30) and real(*a, **k))
     with running(model, wait_ready=False) as (url, server):
         r = httpx.get(url + "/ready")
         assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"]

@@ -33,8 +33,8 @@ def reason(exc: BaseException) -> str:
 
 @dataclass
 class Prepared:
-    """Per input: its modality (None when it failed before reaching a tower), and the item its tower takes
-    (a text, image bytes) or its InputError."""
+    """Per input: its modality (None when it could not be told), and the item its tower takes (a text,
+    image bytes) or, in `failures`, its InputError."""
 
     modalities: list[str | None]
     items: list[Any]
@@ -94,7 +94,8 @@ async def prepare(values: list, modality: str | None, model: ServedModel, limits
 def _item(modality: str, value: Any, index: int, model: ServedModel, limits: Limits) -> Any:
     """What the tower takes for one input: image bytes (or a URL to fetch), a text."""
     if modality not in model.batchers:
-        raise InputError(index, f"an {modality} input, and model {model.name!r} has no {modality} tower")
+        raise InputError(index, f"model {model.name!r} has no {modality} tower (it embeds "
+                                f"{', '.join(model.modalities)})")
     if modality == "image":
         return image_bytes(value, index, limits)
     if not isinstance(value, str):

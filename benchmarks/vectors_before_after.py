@@ -36,10 +36,11 @@ folders, images, texts, out = json.loads(sys.argv[1])
 arrays = {}
 for name, spec in folders.items():
     folder, precision = spec["folder"], spec["precision"]
-    img = ImageEmbedding(folder, precision=precision)
     for label, options in {"default": {}, "fast": {"fast": True}, "fast-max": {"fast": "max"},
                            "no-exif": {"exif_transpose": False}}.items():
-        arrays[f"{name}/image/{label}"] = np.stack(list(img.embed(images, batch_size=3, **options)))
+        img = ImageEmbedding(folder, precision=precision, **options)
+        arrays[f"{name}/image/{label}"] = np.stack(list(img.embed(images, batch_size=3)))
+    img = ImageEmbedding(folder, precision=precision)
     arrays[f"{name}/image/raw"] = np.stack(list(img.embed(images, batch_size=4, normalize=False)))
     batch = img.embed_batch(images[:5])
     arrays[f"{name}/image/embed_batch"] = batch.vectors
@@ -59,6 +60,7 @@ print(len(arrays))
 
 def tree_of(rev: str, into: Path) -> Path:
     """fastclip/ of `rev` (git archive), as a folder to put first on PYTHONPATH."""
+    into.mkdir(parents=True, exist_ok=True)
     archive = into / "tree.tar"
     subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), rev, "fastclip"], check=True)
     with tarfile.open(archive) as tar:
@@ -74,6 +76,7 @@ def build_models(folder: Path) -> dict[str, dict]:
 
     open_clip = import_open_clip()
     quiet = dict(log=lambda _: None)
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / "vba-tiny.json"
     config.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
     open_clip.add_model_config(config)

@@ -117,8 +117,8 @@ def problems(block: Block) -> list[str]:
             out.append(f"unknown mark <!-- {name} -->: one of {MARKS}")
         if name == "not-run" and not reason:
             out.append("<!-- not-run: REASON -->: say why it cannot run offline")
-    if block.marks and block.lang in DATA_LANGS:
-        out.append(f"a ```{block.lang} block is data, never run: it takes no mark")
+    if set(block.marks) - {"not-run"} and block.lang in DATA_LANGS:
+        out.append(f"a ```{block.lang} block is data, never run: it takes no mark but not-run")
     if block.runnable and re.search(r"(^|[\s;&|(])pip3? ", block.code):
         out.append("a pip command must not run in the tests: mark the block <!-- not-run: REASON -->")
     return out

@@ -354,7 +354,7 @@ def main() -> int:
     if args.check:
         for m in chosen:
             count = (ROOT / m.file).read_text(encoding="utf-8").count(m.old)
-            print(f"{m.name:<26} {m.file:<28} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
+            print(f"{m.name:<26} {m.file:<30} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
         return 0
 
     rows, missed = [], 0
@@ -385,9 +385,9 @@ def main() -> int:
              f"{platform.node()} ({os.cpu_count()} cores, load {load}), {time.time() - started:.0f} s",
              "# each mutant applied to a temporary copy of the tree; all the tests below pass on an unmutated copy",
              "",
-             f"{'mutant':<26} {'file':<28} caught by (the tests of its row that fail)"]
+             f"{'mutant':<26} {'file':<30} caught by (the tests of its row that fail)"]
     for mutant, caught, _ in rows:
-        lines.append(f"{mutant.name:<26} {mutant.file:<28} {caught}")
+        lines.append(f"{mutant.name:<26} {mutant.file:<30} {caught}")
     lines += ["", "mutants:"] + [f"  {m.name}: {m.what}" for m, _, _ in rows]
     table = "\n".join(lines) + "\n"
     print(table)

@@ -122,7 +122,7 @@ def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
     ids = tokenizer(SENTENCES[:5])
     assert OpenClipVisionTower.supports(model.visual)
     towers = [(OpenClipVisionTower(model.visual), model.encode_image, model.visual.transformer, pixels),
-              (_text_tower("fastclip-tiny", model)[0], model.encode_text, model.transformer, ids)]
+              (_text_tower("fastclip-tiny", model), model.encode_text, model.transformer, ids)]
     for wrapper, reference, transformer, inputs in towers:
         last = transformer.resblocks[-1]
         _check_pooled_row_only(wrapper, reference, last.mlp, last.mlp.c_fc.in_features, inputs)

@@ -8,7 +8,8 @@ import pytest
 
 from fastclip.errors import ExportError
 from fastclip_export import api, memory
-from fastclip_export.open_clip_source import architectures, config_problem
+from fastclip_export.open_clip_catalog import architectures
+from fastclip_export.open_clip_config import config_problem
 from fastclip_export.torchvision_compat import import_open_clip
 
 
@@ -81,7 +82,8 @@ def test_listed_vit_architectures_pass_the_loader_checks():
     the checks the export runs on the real model: the config reading agrees with the model."""
     import torch
 
-    from fastclip_export.open_clip_source import _text_tower, text_tokenizer
+    from fastclip_export.open_clip_source import _text_tower
+    from fastclip_export.open_clip_tokenizer import text_tokenizer
     from fastclip_export.open_clip_towers import OpenClipVisionTower
 
     open_clip = import_open_clip()

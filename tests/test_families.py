@@ -161,14 +161,17 @@ def test_manifest_records_and_checks_the_preprocessing():
 
 
 def test_export_reads_every_tags_preprocessing():
-    from fastclip_export.open_clip_config import config_problem, preprocess_cfg
+    """Each tag's preprocessing as --list --tags shows it (open_clip_config.tag_preprocessing); the export
+    records the output of the same function, asserted after real exports in tests/test_export_preprocess.py."""
+    from fastclip_export.open_clip_config import config_problem, tag_preprocessing
 
-    pe = preprocess_cfg("PE-Core-B-16", "meta")
-    assert (pe["resize_mode"], pe["interpolation"], tuple(pe["mean"])) == ("squash", "bilinear", (0.5, 0.5, 0.5))
-    mobile = preprocess_cfg("MobileCLIP2-B", "dfndr2b")
-    assert (mobile["resize_mode"], mobile["interpolation"], tuple(mobile["mean"])) == ("shortest", "bilinear", (0.0,) * 3)
-    assert preprocess_cfg("ViT-L-14", "laion2b_s32b_b82k")["mean"] == (0.5, 0.5, 0.5)
-    assert preprocess_cfg("ViT-B-32", "openai")["resize_mode"] == "shortest"
+    pe = tag_preprocessing("PE-Core-B-16")["meta"]
+    assert (pe["resize_mode"], pe["interpolation"], pe["mean"]) == ("squash", "bilinear", (0.5, 0.5, 0.5))
+    mobile = tag_preprocessing("MobileCLIP2-B")["dfndr2b"]
+    assert (mobile["resize_mode"], mobile["interpolation"], mobile["mean"]) == ("shortest", "bilinear", (0.0,) * 3)
+    assert tag_preprocessing("ViT-L-14")["laion2b_s32b_b82k"]["mean"] == (0.5, 0.5, 0.5)
+    assert tag_preprocessing("ViT-B-32")["openai"]["resize_mode"] == "shortest"
+    assert tag_preprocessing("ViT-SO400M-14-SigLIP-384")["webli"]["image_size"] == 384
     assert config_problem("ViT-H-14-378-quickgelu", "dfn5b") is None  # squash: refused before, exact now
 
 

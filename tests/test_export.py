@@ -227,6 +227,22 @@ def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_architecture_resolved_and_checked_once_per_export(tiny_openclip_config, tmp_path, monkeypatch):
+    """The memory estimate and the loader share one resolution (api.resolve): a config file is registered
+    with open_clip once and its config checked once, where the estimate and the loader each did it before."""
+    from fastclip_export import open_clip_config
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    open_clip = import_open_clip()
+    calls = {"add_model_config": 0, "text_problem": 0}
+    for module, name in ((open_clip, "add_model_config"), (open_clip_config, "text_problem")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: (
+            calls.__setitem__(_name, calls[_name] + 1), _real(*a, **k))[1])
+    api.export_model(f"open_clip:{tiny_openclip_config}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert calls == {"add_model_config": 1, "text_problem": 1}
+
+
 def _swap_gelu(module) -> int:
     """Replace every nn.GELU under `module` by open_clip's QuickGELU (x * sigmoid(1.702 x)), in place;
     returns how many."""

@@ -20,7 +20,7 @@ fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
   fastclip embed photos/ --out vectors.npy        embed every image under photos/
   fastclip embed --text "a dog" --out t.jsonl     embed texts instead
   fastclip export openai/clip-vit-base-patch32 models/clip-b32
-                                                  turn a CLIP model into ONNX (needs fastclip[export])
+                                                  turn a CLIP model into ONNX (the export extra)
   fastclip info models/clip-b32                   dims, precisions and verification figures
   fastclip search vectors.npy --text "a dog"      nearest images to a text (or --image PATH)
   fastclip eval retrieval captions.csv --model M  Recall@K, mAP, nDCG@K: text->image, image->text

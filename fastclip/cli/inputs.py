@@ -31,7 +31,7 @@ def add_parser(sub, func) -> None:
         description="Embed images or texts and write one L2-normalized vector per input, in input order. "
         "Rows stream to disk as they are made; an interrupted run continues with --resume.",
         epilog="Outputs: .npy writes FILE plus FILE.jsonl (a header line, then one {\"path\"|\"text\": ...} per "
-        "row); .parquet has columns path|text and vector (needs pyarrow: pip install 'fastclip[parquet]'); "
+        "row); .parquet has columns path|text and vector (needs pyarrow: the parquet extra); "
         ".jsonl has a header line, then one {\"path\"|\"text\": ..., \"vector\": [...]} per row. Inputs that "
         "failed are listed in FILE.errors.jsonl. Image paths and a model folder are recorded as absolute paths. "
         "Read any output with fastclip.sinks.read_embeddings. "
@@ -55,7 +55,7 @@ def add_parser(sub, func) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs fastclip[ray]); --out is then a folder of Parquet parts, read back with fastclip.sinks.read_embeddings(FOLDER)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs the ray extra); --out is then a folder of Parquet parts, read back with fastclip.sinks.read_embeddings(FOLDER)")
     p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (e.g. auto, ray://head:10001); default: a local Ray on this machine")
     p.add_argument("--rows-per-part", type=int, metavar="N", help="with --engine ray: rows per Parquet part (default 100000); a kill loses at most the part being gathered")
     p.set_defaults(func=func)

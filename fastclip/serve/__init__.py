@@ -1,4 +1,4 @@
-"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (install with `fastclip[serve]`).
+"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (the `serve` extra).
 
     app.py      Starlette routes: /v1/embeddings, /v1/classify, /v1/models, /health, /ready, /metrics
     batcher.py  one bounded queue per model tower, merged into embed_batch calls on worker threads

@@ -2,9 +2,9 @@
 the `fastclip export` that adds a precision to a model folder.
 
 fastclip installs from a checkout, as fastclip-onnx (`pip install .`) or fastclip-onnx-cpu (`pip install
-./cpu`). PyPI's `fastclip` is another project, and `pip install 'fastclip[serve]'` writes its own
-fastclip/__init__.py over ours (`fastclip --help` then fails on `cannot import name 'CLIP'`). So a hint names
-the place this fastclip was installed from, read from the installed distribution (PEP 610's
+./cpu`). PyPI's `fastclip` is another project: installing it by that name (with an extra, as our hints once
+said) writes its own fastclip/__init__.py over ours, and `fastclip --help` fails on `cannot import name 'CLIP'`.
+So a hint names the place this fastclip was installed from, read from the installed distribution (PEP 610's
 direct_url.json), or the source tree it runs from.
 
 Only error paths call these: importlib.metadata is imported on first use, not by `fastclip --help`.
@@ -110,7 +110,7 @@ def cpu_install_hint() -> str:
     o = origin()
     if o.checkout is not None:
         return _pip(_shown(o.checkout / "cpu"), None)
-    return f"pip install ./cpu in a fastclip checkout ({DISTRIBUTION}-cpu)"
+    return f"the CPU build from the cpu/ folder of a checkout: pip install ./cpu ({DISTRIBUTION}-cpu)"
 
 
 def export_hint(folder: Path, precisions: Iterable[str]) -> str:

@@ -237,7 +237,7 @@ def test_parquet_without_pyarrow_is_a_one_line_hint(tiny_openclip_export, photo_
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "pip install 'fastclip[parquet]'" in result.stderr and "Traceback" not in result.stderr
+    assert "pip install" in result.stderr and '[parquet]"' in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "v.parquet").exists()
 
 

@@ -707,7 +707,8 @@ def test_cli_works_without_the_serve_extra():
     assert "usage: fastclip serve" in r.stdout, r.stderr
     code = code.replace("assert main(['serve', '--help']) == 0", "sys.exit(main(['serve', '--model', 'm']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2 and "pip install 'fastclip[serve]'" in r.stderr, r.stderr
+    # the checkout's folder and the extra (tests/test_hints.py checks the hint itself)
+    assert r.returncode == 2 and "pip install" in r.stderr and '[serve]"' in r.stderr, r.stderr
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(model):

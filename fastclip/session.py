@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from .errors import FastClipError, ModelError, first_line
 from .hashing import sha256
 from .hints import export_hint
 from .manifest import TextSpec, TowerFile, TowerSpec
-from .providers import CPU, CUDA, default_providers, log_once
+from .providers import CPU, CUDA, default_providers, log_once, ort  # onnxruntime, checked
 
 log = logging.getLogger("fastclip")
 

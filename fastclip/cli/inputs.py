@@ -9,7 +9,6 @@ folder), and a local model folder as its absolute path, so the output file works
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,12 @@ from ..defaults import IMAGE_BATCH, PRECISIONS, TEXT_BATCH
 from .common import UsageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".avif", ".heic"}
-# Options that only one engine reads: given with the other they would be silently ignored, so they are refused.
+# Options that only one engine, or one kind of input, reads: given with the other they would be silently
+# ignored, so they are refused.
 LOCAL_ONLY = ("parallel",)
 RAY_ONLY = ("ray_address", "rows_per_part")
+IMAGE_ONLY = ("fast", "fast_max", "no_exif", "null")
+TEXT_ONLY = ("language",)
 
 
 def add_parser(sub, func) -> None:
@@ -85,11 +87,16 @@ class Inputs:
 
 def check_options(args, engine: str) -> None:
     """The option checks both engines make before reading any input."""
-    if args.text or args.text_file:
-        if args.paths:
-            raise UsageError("give image PATHs or --text/--text-file, not both")
-    elif not args.paths:
+    texts = bool(args.text or args.text_file)
+    if texts and args.paths:
+        raise UsageError("give image PATHs or --text/--text-file, not both")
+    if not texts and not args.paths:
         raise UsageError("nothing to embed: give image PATHs, - for paths on stdin, or --text")
+    for name in IMAGE_ONLY if texts else TEXT_ONLY:
+        if getattr(args, name) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to {'images' if texts else 'texts'} only: not used when embedding "
+                             f"{'texts' if texts else 'images'}")
     for name, value in (("--batch-size", args.batch_size), ("--rows-per-part", args.rows_per_part)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1")
@@ -204,15 +211,3 @@ def collect_texts(args) -> list[str]:
             raise UsageError(f"--text-file: {exc}") from None
     return texts
 
-
-def not_regular(path: str) -> str | None:
-    """Why `path` must not be opened (reading a FIFO or a device would block or never end), else None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None  # missing or unreadable: the decoder reports it by name
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-    return f"is {kind}, not an image file"

@@ -22,7 +22,9 @@ def scanned_files() -> list[Path]:
     files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     for folder in ("fastclip", "export", "cpu"):
         files += sorted(p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".toml", ".md", ".txt"))
-    return files
+    # not what a build left (cpu/build/lib holds a copy of fastclip/ as it was then)
+    return [p for p in files if not {"build", "__pycache__"} & set(p.relative_to(ROOT).parts)
+            and not any(part.endswith(".egg-info") for part in p.parts)]
 
 
 def wrong_names(line: str) -> list[str]:
@@ -30,10 +32,9 @@ def wrong_names(line: str) -> list[str]:
     and any `fastclip[extra]` requirement anywhere on the line."""
     bad = re.findall(r"(?<![\w./-])fastclip\[[^\]]*\]", line)
     for match in re.finditer(r"pip3? install\b([^\n`]*)", line):
-        words = match.group(1).split(" #")[0]  # a shell comment after the command is prose
+        # The command ends where prose starts: a shell comment, a parenthesis, a sentence or clause.
+        words = re.split(r" #| \(|\)|, |; |\. | && | \| ", match.group(1))[0]
         for token in re.findall(r"[^\s'\"()]+", words):
-            if token in ("&&", ";", "|", "||"):
-                break
             name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", token)
             if token.startswith(("-", ".", "/", "{")) or name is None:
                 continue
@@ -52,6 +53,9 @@ KNOWN = [
     ('pip install ".[serve]"  # from the checkout: fastclip itself', []),
     ('pip install -e "/src/fastclip[serve]" && fastclip serve', []),
     ('pip install "fastclip-onnx[ray]" or "./cpu[ray]"', []),
+    ("repair: pip install --force-reinstall onnxruntime-gpu (the build fastclip uses), or fastclip's", []),
+    ("pip install onnxruntime-gpu. Beside it, fastclip's CPU build", []),
+    ('f"{exc}: pip install fastclip[export], then"', ["fastclip[export]"]),
 ]
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from pathlib import Path
 from itertools import islice
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np

@@ -73,7 +73,8 @@ def checked_onnxruntime():
     except ImportError as exc:
         raise ModelError(f"onnxruntime cannot be imported ({first_line(exc)}; installed: {_listed(builds)}); "
                          f"{repair_hint()}") from None
-    missing = [n for n in ("get_available_providers", "InferenceSession", "SessionOptions") if not hasattr(onnxruntime, n)]
+    missing = [n for n in ("get_available_providers", "InferenceSession", "SessionOptions")
+               if not hasattr(onnxruntime, n)]
     if missing:
         where = ", ".join(getattr(onnxruntime, "__path__", None) or [getattr(onnxruntime, "__file__", None) or "?"])
         raise ModelError(

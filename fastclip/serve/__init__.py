@@ -1,4 +1,4 @@
-"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (install with `fastclip[serve]`).
+"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (the `serve` extra).
 
     app.py        the Server and its route table; the endpoint wrapper (API key, errors as JSON)
     routes.py     /v1/embeddings, /v1/classify, /v1/models, /ready, /metrics

@@ -45,6 +45,10 @@ def origin() -> Origin:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
+        where = getattr(dist, "_path", None)  # the .dist-info / .egg-info folder
+        if (where is not None and Path(where).suffix == ".egg-info" and Path(where).resolve().parent == package.parent
+                and (package.parent / "pyproject.toml").is_file()):
+            continue  # the .egg-info `pip install -e .` leaves in the checkout itself: not an install
         try:
             direct = json.loads(dist.read_text("direct_url.json") or "{}")
         except ValueError:

@@ -144,6 +144,18 @@ def test_run_from_the_checkout_beside_another_install(tmp_path):
     assert hints(tmp_path, [ROOT], cwd=tmp_path)[0] == f'pip install "{ROOT}[serve]"'
 
 
+def test_the_egg_info_an_editable_build_leaves_in_the_checkout_is_not_an_install(tmp_path):
+    """`pip install -e .` (CI's install) writes fastclip_onnx.egg-info into the checkout; on sys.path beside
+    fastclip/ it must not read as a copy installed by name from an index."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "fastclip", checkout / "fastclip", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(ROOT / "pyproject.toml", checkout / "pyproject.toml")
+    egg = checkout / f"{DISTRIBUTION.replace('-', '_')}.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: 0.1.0\n")
+    assert hints(tmp_path, [checkout], cwd=checkout)[0] == 'pip install ".[serve]"'
+
+
 # ------------------------------------------------------------------ the hints in the commands' errors
 
 

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from .defaults import PRECISIONS
 from .errors import ModelError
 from .hashing import sha256
+from .hints import upgrade_hint
 from .families.resize import RESAMPLING, RESIZERS
 from .families.score import SCORERS
 from .families.text import CLEANERS, PADDING_SIDES
@@ -236,7 +237,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
     if version > FORMAT_VERSION:
         raise ModelError(
             f"{origin}: manifest format version {version} is newer than this fastclip understands "
-            f"({FORMAT_VERSION}); upgrade fastclip (pip install -U fastclip)"
+            f"({FORMAT_VERSION}); upgrade fastclip: {upgrade_hint()}"
         )
     try:
         vision = text = None

@@ -6,8 +6,8 @@
     job.py         embed_to_parquet: the `fastclip embed --engine ray` job, a resumable folder of Parquet parts
 
 The public names are re-exported here and by fastclip.ray. Ray itself is imported only when used:
-`import fastclip` never needs it (`pip install 'fastclip[ray]'`). Inside this package `import ray` is an
-absolute import and finds the real Ray package.
+`import fastclip` never needs it (the `ray` extra: `pip install ".[ray]"` in the checkout). Inside this
+package `import ray` is an absolute import and finds the real Ray package.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from ...errors import FastClipError
+from ...hints import install_hint
 
 log = logging.getLogger("fastclip")
 
@@ -18,7 +19,7 @@ def import_ray():
         import ray
         import ray.data
     except ImportError:
-        raise FastClipError("the Ray integration needs Ray Data: pip install 'fastclip[ray]'") from None
+        raise FastClipError(f"the Ray integration needs Ray Data: {install_hint('ray')}") from None
     return ray
 
 

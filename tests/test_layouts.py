@@ -223,6 +223,32 @@ def test_immich_matches_open_clip(published, runtime, photos, repo):
         assert "probs" not in got
 
 
+def test_immich_mclip_text_matches_multilingual_clip(published, tmp_path):
+    """An Immich M-CLIP repo (immich-app/XLM-Roberta-Large-Vit-B-32's layout): its textual graph takes int32
+    input_ids and attention_mask; fastclip feeds textual/tokenizer.json's ids and mask as they are (no cleaning),
+    padded to the graph's 77, against M-CLIP's forward on the tokenizer's own (longest) padding.
+
+    The ids come from tokenizer.json through `tokenizers`, as Immich's server and transformers 4 run it:
+    transformers 5 rebuilds an XLMRobertaTokenizer's pipeline from its class (WhitespaceSplit + Metaspace),
+    which on this test tokenizer (NFKC + collapsed spaces) splits a tab or newline differently."""
+    import torch
+    from tokenizers import Tokenizer
+
+    folder = tmp_path / "mclip"
+    model = pub.immich_mclip(folder, published.folders[pub.IMMICH_CLIP])
+    tokenizer = Tokenizer.from_file(str(folder / "textual" / "tokenizer.json"))
+    texts = [t for t in TEXTS if len(tokenizer.encode(t).ids) <= 77]  # the graph holds 77 positions
+    tokenizer.enable_padding(pad_id=1, pad_token="<pad>")
+    encoded = tokenizer.encode_batch(texts)
+    ids, mask = (torch.tensor([getattr(e, k) for e in encoded]) for k in ("ids", "attention_mask"))
+    with torch.no_grad():
+        want = model(ids, mask).numpy()
+    with TextEmbedding(folder) as emb:
+        assert emb.spec.attention_mask_input == "attention_mask" and emb.spec.ids_dtype == "int32"
+        got = np.stack(list(emb.embed(texts, normalize=False)))
+    _parity(got, want, "Immich M-CLIP texts")
+
+
 def test_immich_static_batch_runs_at_any_batch_size(published, photos):
     """The graphs take exactly one image or text (no dynamic axes): every batch_size gives the vectors of one
     item at a time, bit for bit, and the decode threads still read ahead."""
@@ -298,6 +324,40 @@ def test_immich_preprocessing_is_open_clips_transform(published, photos, repo):
 
 
 # --------------------------------------------------------------------------------------- files and errors
+
+def test_manifest_format_3_fields_and_missing_scale(tiny_openclip_export, tmp_path):
+    """Exports keep writing format 2 (readable by older fastclip); a v3 field makes a manifest v3, and a v2
+    manifest carrying one is refused rather than half-read. A v3 manifest without logit_scale has none (a v2 one
+    keeps CLIP's 100)."""
+    from fastclip import manifest
+
+    data = json.loads((tiny_openclip_export / "fastclip.json").read_text())
+    assert data["format_version"] == 2
+    body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    written = json.loads(manifest.dump(body, tmp_path).read_text())
+    assert written["format_version"] == 2
+    floor = {**body, "vision": {**body["vision"], "crop_offset": "floor"}}
+    assert json.loads(manifest.dump(floor, tmp_path).read_text())["format_version"] == 3
+    assert manifest.load(tmp_path).vision.crop_offset == "floor"
+    with pytest.raises(ModelError, match="vision.crop_offset is a format-3 field in a version-2 manifest"):
+        manifest.parse({**data, "vision": {**data["vision"], "crop_offset": "floor"}})
+    with pytest.raises(ModelError, match="vision.convert_rgb 'sideways' is not one this fastclip knows"):
+        manifest.parse({**data, "format_version": 3, "vision": {**data["vision"], "convert_rgb": "sideways"}})
+    no_scale = {k: v for k, v in data.items() if k != "logit_scale"}
+    assert manifest.parse(no_scale).logit_scale == 100.0
+    assert manifest.parse({**no_scale, "format_version": 3}).logit_scale is None
+
+
+def test_fastembed_folder_scale_only_for_a_known_openai_b32_repo(tiny_hf_export, tmp_path):
+    """A fastembed tower folder holds no logit scale: a copy outside the hub cache has none (so CLIP.classify
+    refuses it, as test_classify_refuses_a_model_whose_scale_is_not_shipped shows); the same files as a snapshot of
+    Qdrant/clip-ViT-B-32-vision get OpenAI CLIP ViT-B/32's trained 100."""
+    vision = shutil.copytree(tiny_hf_export / "vision", tmp_path / "vision")
+    assert read_manifest(vision).logit_scale is None
+    snapshot = hubcache.seed_repo(tmp_path / "hub", "Qdrant/clip-ViT-B-32-vision", {})
+    shutil.copytree(vision, snapshot, dirs_exist_ok=True)
+    assert read_manifest(snapshot).logit_scale == 100.0
+
 
 def test_signatures_read_without_onnxruntime_match_it(published):
     """onnx_proto reads every graph's inputs and outputs as onnxruntime does, without loading the weights. (Output

@@ -293,6 +293,47 @@ def immich(out: Path, name: str, arch: str, tag: str, vocab: int | None = None):
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
+def immich_mclip(out: Path, visual_from: Path):
+    """immich_model_exporter's mclip.py: M-CLIP's text encoder (a transformers XLM-R, masked mean pooling, a linear
+    map, L2-normalized) traced with int32 `input_ids` and `attention_mask` of (1, 77); the image side is an open_clip
+    export (copied from `visual_from`, with its config.json, as Immich writes it). Returns the torch text encoder
+    (ids, mask) -> normalized vectors, the reference."""
+    import shutil
+
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tok = hubcache.unigram(["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>", mask="<mask>")
+    files = hubcache.save_tokenizer(tok, "XLMRobertaTokenizer", **hubcache.SPECIALS_XLMR)
+    shutil.copytree(visual_from / "visual", out / "visual")
+    shutil.copyfile(visual_from / "config.json", out / "config.json")
+    (out / "textual").mkdir(parents=True)
+    for name, path in files.items():
+        (out / "textual" / name).write_bytes(path.read_bytes())
+    embed_dim = json.loads((out / "config.json").read_text())["embed_dim"]
+    torch.manual_seed(SEED)
+    config = XLMRobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+                              eos_token_id=2)
+
+    class MClipText(torch.nn.Module):  # multilingual_clip's MultilingualCLIP.forward as Immich patches it
+        def __init__(self):
+            super().__init__()
+            self.transformer = XLMRobertaModel(config, add_pooling_layer=False)
+            self.LinearTransformation = torch.nn.Linear(32, embed_dim)
+
+        def forward(self, input_ids, attention_mask):
+            embs = self.transformer(input_ids, attention_mask)[0]
+            embs = (embs * attention_mask.unsqueeze(2)).sum(dim=1) / attention_mask.sum(dim=1)[:, None]
+            return torch.nn.functional.normalize(self.LinearTransformation(embs), dim=-1)
+
+    model = MClipText().eval()
+    ones = torch.ones(1, 77, dtype=torch.int32)
+    _export(model, (ones, ones), out / "textual" / "model.onnx", ["input_ids", "attention_mask"], ["embedding"], None,
+            19)
+    return model
+
+
 # ------------------------------------------------------------------------------------------------ all four
 
 def build(root: Path) -> Published:

@@ -218,9 +218,9 @@ class TextEmbedding(TowerModel, FastembedTextNames):
 
         Never raises for one text that cannot be embedded (not a str; too long with truncate=False):
         it lands in `failures` (keyed by start_index + its position) and has no row in `vectors`.
-        With a dynamic-length graph and more texts than one run takes (batch_size, at most
-        tuning.text_run_rows on CPU), the texts are sorted by length and run in groups;
-        otherwise they run in input-order batches of batch_size.
+        With more texts than one run takes (batch_size, at most tuning.text_run_rows on CPU), the texts
+        are sorted by length and run in groups (each padded to its longest on a dynamic-length graph);
+        with tuning.text_bucket_window <= 1 they run in input-order batches of batch_size.
         """
         self._check_open()
         return self._runner.embed_batch(list(one_or_many(texts)), start_index, normalize, truncate, batch_size)

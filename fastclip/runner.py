@@ -302,7 +302,9 @@ class TextRunner(_Runner):
         ])
 
     def _bucketing(self) -> bool:
-        return self.spec.dynamic_length and self.tuning.text_bucket_window > 1
+        # A fixed-length graph (SigLIP's full-context padding, Immich's static shapes) gains nothing from sorting
+        # but still from runs of text_run_rows on concurrent one-thread sessions: they run whole rows, unsliced.
+        return self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
         return self._feeds_and_lengths(chunk, start, truncate)[0]
@@ -326,7 +328,7 @@ class TextRunner(_Runner):
         left = self.spec.padding_side == "left"
 
         def run_one(picked: np.ndarray, tower: OnnxSession = self._tower()) -> np.ndarray:
-            width = max(int(lengths[picked].max()), 1)
+            width = max(int(lengths[picked].max()), 1) if self.spec.dynamic_length else ids.shape[1]
             cols = slice(ids.shape[1] - width, None) if left else slice(0, width)
             return run(tower, self.spec, {k: v[picked, cols] for k, v in feeds.items()}, normalize)
 

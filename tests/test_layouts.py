@@ -259,9 +259,12 @@ def test_immich_static_batch_runs_at_any_batch_size(published, photos):
             assert np.array_equal(np.stack(list(images.embed(photos, batch_size=batch_size))), one)
         batch = images.embed_batch(photos, batch_size=None)
         assert np.array_equal(batch.vectors, one)
-    with TextEmbedding(published.folders[pub.IMMICH_SIGLIP2]) as texts:
+    with TextEmbedding(published.folders[pub.IMMICH_SIGLIP2], concurrent_runs=2) as texts:
         one = np.stack([next(texts.embed([t])) for t in TEXTS])
-        assert np.array_equal(np.stack(list(texts.embed(TEXTS, batch_size=5))), one)
+        # batch_size 2: 11 runs of 2, past the 8 that send a job to the concurrent one-thread session.
+        for batch_size in (5, 2):
+            assert np.array_equal(np.stack(list(texts.embed(TEXTS, batch_size=batch_size))), one), batch_size
+        assert texts._runner._second is not None
 
 
 def test_classify_refuses_a_model_whose_scale_is_not_shipped(published):

@@ -173,20 +173,29 @@ def gemma_tokenizer_files(model_max_length: int | None = None) -> dict[str, Path
     return hubcache.save_tokenizer(tok, "GemmaTokenizer", padding_side="right", **extra)
 
 
-def onnx_siglip2(out: Path):
-    """onnx-community/siglip2-base-patch16-224-ONNX: a tiny SiglipModel (fixed-resolution SigLIP 2), its Gemma
-    tokenizer (64 tokens) and SiglipImageProcessor (224 x 224, bilinear, 0.5 mean/std)."""
+# SiglipModel widths: tiny for tests; google/siglip2-base-patch16-224's own for benchmarks (its 256 K-token
+# embedding table included, so the text graph has the published file's size; the test tokenizer uses its first ids).
+SIGLIP_SIZES = {
+    "tiny": dict(hidden_size=32, intermediate_size=64, text_layers=2, vision_layers=1, heads=2, vocab=None),
+    "base": dict(hidden_size=768, intermediate_size=3072, text_layers=12, vision_layers=12, heads=12, vocab=256000),
+}
+
+
+def onnx_siglip2(out: Path, size: str = "tiny", joint: bool = True):
+    """onnx-community/siglip2-base-patch16-224-ONNX: a SiglipModel (fixed-resolution SigLIP 2) of SIGLIP_SIZES[size],
+    its Gemma tokenizer (64 tokens) and SiglipImageProcessor (224 x 224, bilinear, 0.5 mean/std)."""
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     files = gemma_tokenizer_files(model_max_length=64)
-    size = vocab_size(files["tokenizer.json"])
+    widths = SIGLIP_SIZES[size]
+    common = dict(hidden_size=widths["hidden_size"], intermediate_size=widths["intermediate_size"],
+                  num_attention_heads=widths["heads"])
     config = SiglipConfig(
-        text_config=dict(vocab_size=size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
-                         bos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=224, patch_size=16))
+        text_config=dict(vocab_size=widths["vocab"] or vocab_size(files["tokenizer.json"]),
+                         num_hidden_layers=widths["text_layers"], max_position_embeddings=64, pad_token_id=0,
+                         eos_token_id=1, bos_token_id=2, **common),
+        vision_config=dict(num_hidden_layers=widths["vision_layers"], image_size=224, patch_size=16, **common))
     torch.manual_seed(SEED)
     model = SiglipModel(config).eval()
     with torch.no_grad():
@@ -220,14 +229,15 @@ def onnx_siglip2(out: Path):
             o = self.text_model(input_ids=input_ids)
             return o.last_hidden_state, o.pooler_output
 
-    pixels, ids = torch.randn(2, 3, 224, 224), torch.randint(5, size - 1, (2, 64))
+    pixels, ids = torch.randn(2, 3, 224, 224), torch.randint(5, 300, (2, 64))
     _export(Vision(), (pixels,), onnx_dir / "vision_model.onnx", ["pixel_values"], ["last_hidden_state", "pooler_output"],
             {"pixel_values": {0: "batch_size", 1: "num_channels", 2: "height", 3: "width"},
              "last_hidden_state": {0: "batch_size"}, "pooler_output": {0: "batch_size"}}, 14)
     _export(Text(), (ids,), onnx_dir / "text_model.onnx", ["input_ids"], ["last_hidden_state", "pooler_output"],
             {"input_ids": {0: "batch_size", 1: "sequence_length"},
              "last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "pooler_output": {0: "batch_size"}}, 14)
-    _joint(model, (ids, pixels), onnx_dir, ["input_ids", "pixel_values"])  # SiglipOnnxConfig: no attention_mask
+    if joint:
+        _joint(model, (ids, pixels), onnx_dir, ["input_ids", "pixel_values"])  # SiglipOnnxConfig: no attention_mask
     return model
 
 

@@ -26,7 +26,6 @@ from support.photos import SENTENCES, cosines, photo_array, write_photos
 
 from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.layouts import read_manifest
-from fastclip.layouts.onnx_proto import read_signature
 
 # The parity bar of issue 24: min cosine >= 0.99999 AND max |got - ref| <= 5e-6 x max |ref|. Measured noise
 # (onnxruntime vs torch float32 on these tiny towers) is printed by each test; the largest seen was ~3.5e-7 x max
@@ -367,6 +366,8 @@ def test_signatures_read_without_onnxruntime_match_it(published):
     shapes: onnxruntime reports what its shape inference proves, e.g. 50 tokens where the file declares a symbol;
     every axis the file fixes agrees.)"""
     import onnxruntime as ort
+
+    from fastclip.layouts.onnx_proto import read_signature
 
     for folder in published.folders.values():
         for path in sorted(folder.rglob("*.onnx")):

@@ -30,6 +30,7 @@ _HOMES = {
     "TextError": "errors",
     "WorkerError": "errors",
     "ExportError": "errors",
+    "list_supported_models": "layouts.catalog",
 }
 __all__ = list(_HOMES)
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .clip import CLIP
     from .embedding import ImageEmbedding, TextEmbedding
     from .errors import ExportError, FastClipError, ImageError, ModelError, TextError, WorkerError
+    from .layouts.catalog import list_supported_models
     from .pool import EmbeddingPool
     from .runner import Tuning, l2_normalize
     from .worker import WorkerSpec

@@ -12,24 +12,24 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .model import DEFAULT_TEXT_REPO, DEFAULT_VISION_REPO
+from .layouts import catalog
 
-# The hub repos fastclip knows by name, per tower, in fastembed's listing format.
-SUPPORTED: dict[str, tuple[dict[str, Any], ...]] = {
-    "vision": ({
-        "model": DEFAULT_VISION_REPO, "dim": 512,
-        "description": "CLIP ViT-B/32 vision tower (OpenAI weights, fastembed's ONNX export); fastclip's default",
-        "license": "mit", "size_in_GB": 0.34, "sources": {"hf": DEFAULT_VISION_REPO}, "model_file": "model.onnx",
-        "additional_files": [], "tasks": {},
-    },),
-    "text": ({
-        "model": DEFAULT_TEXT_REPO, "dim": 512,
-        "description": "CLIP ViT-B/32 text tower (OpenAI weights, fastembed's ONNX export), 77 tokens; "
-                       "fastclip's default",
-        "license": "mit", "size_in_GB": 0.25, "sources": {"hf": DEFAULT_TEXT_REPO}, "model_file": "model.onnx",
-        "additional_files": [], "tasks": {},
-    },),
-}
+
+def _listed(tower: str) -> list[dict[str, Any]]:
+    """The catalog models fastembed lists under a name for `tower`, in fastembed's listing format."""
+    rows = []
+    for entry in catalog.models():
+        name = (entry.get("fastembed") or {}).get(tower)
+        if not name:
+            continue
+        size = entry["size_mb"][tower].get("fp32")
+        rows.append({
+            "model": name, "dim": entry["embed_dim"], "description": f"{entry['description']}: {tower} tower",
+            "license": entry["license"], "size_in_GB": None if size is None else round(size / 1000, 2),
+            "sources": {"hf": entry["towers"][tower]}, "model_file": catalog.tower_file(entry, tower),
+            "additional_files": [], "tasks": {},
+        })
+    return rows
 
 
 class FastembedNames:
@@ -39,20 +39,21 @@ class FastembedNames:
 
     @classmethod
     def list_supported_models(cls) -> list[dict[str, Any]]:
-        """The hub repos fastclip knows by name, as fastembed lists them (model, dim, description, ...).
+        """The models fastembed names, as fastembed lists them (model, dim, description, ...).
 
-        Any folder written by `fastclip export` (any open_clip or transformers CLIP model) and any
-        fastembed-style tower folder load too; they are not listed because they are not names.
+        fastclip knows more names: fastclip.list_supported_models() lists its whole catalog (`fastclip
+        models`). Any folder written by `fastclip export` and any published layout's folder load too.
         """
-        return [dict(entry, sources=dict(entry["sources"])) for entry in SUPPORTED.get(cls.tower_name, ())]
+        return _listed(cls.tower_name)
 
     @classmethod
     def get_embedding_size(cls, model_name: str) -> int:
-        """fastembed's classmethod: the dim of a listed model, without loading it."""
-        for entry in SUPPORTED.get(cls.tower_name, ()):
-            if entry["model"].lower() == str(model_name).lower():
-                return entry["dim"]
-        raise ValueError(f"{model_name} is not a listed model; load it and read .dim (or .embedding_size)")
+        """fastembed's classmethod: the dim of a catalog model (fastembed's names included), without loading it."""
+        entry = catalog.find(str(model_name))
+        if entry is None:
+            raise ValueError(f"{model_name} is not a catalog model (`fastclip models`); load it and read .dim "
+                             "(or .embedding_size)")
+        return entry["embed_dim"]
 
     @property
     def embedding_size(self) -> int:

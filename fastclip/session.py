@@ -101,20 +101,15 @@ class OnnxSession:
             )
         else:
             source = main.read()  # the held descriptor still reads the replaced file's original bytes
-        entry = self.tower.files[self.precision]
-        if self.verify:
-            _verify(entry, self.folder, self.held, where)
         if providers is None:
             providers = ([CUDA, CPU] if self.device == "cuda" else [CPU])
-        session = _session(source, entry, providers, threads, allow_spinning, where, main.path)
-        if isinstance(source, str) and not all(h.unchanged() and h.path_still_names_it() for h in self.held):
-            raise ModelError(f"{where}: {main.path} changed on disk while a session was being opened")
-        got = session.get_providers()
+        session, device = _open_held(source, self.tower.files[self.precision], self.folder, self.held, where=where,
+                                     providers=providers, threads=threads, allow_spinning=allow_spinning,
+                                     verify=self.verify)
         held = [HeldFile(h.path) if h.path_still_names_it() else h for h in self.held]
         # A replaced file stays shared with this tower (same bytes); reopening by path gives fresh handles.
-        return OnnxSession(session=session, precision=self.precision, device="cuda" if got and got[0] == CUDA else "cpu",
-                           path=self.path, folder=self.folder, tower=self.tower, name=self.name, verify=self.verify,
-                           held=held)
+        return OnnxSession(session=session, precision=self.precision, device=device, path=self.path,
+                           folder=self.folder, tower=self.tower, name=self.name, verify=self.verify, held=held)
 
     def close(self) -> None:
         """Release the model files held open for `reopen`."""
@@ -184,6 +179,20 @@ def _session(source: str | bytes, entry: TowerFile, providers: list, threads: in
         raise ModelError(f"{where}: onnxruntime could not load {path}: {first}") from None
 
 
+def _open_held(source: str | bytes, entry: TowerFile, folder: Path, held: list[HeldFile], *, where: str,
+               providers: list, threads: int | None, allow_spinning: bool, verify: bool) -> tuple[ort.InferenceSession, str]:
+    """The one way a session is opened from files held open (open_tower and reopen): verify the held bytes,
+    open `source` (their path, or the bytes a replaced file still holds), check that what was verified is
+    what onnxruntime read. (session, "cuda" or "cpu": the provider it really got)."""
+    if verify:
+        _verify(entry, folder, held, where)
+    session = _session(source, entry, providers, threads, allow_spinning, where, held[0].path)
+    if isinstance(source, str) and not all(h.unchanged() and h.path_still_names_it() for h in held):
+        raise ModelError(f"{where}: {held[0].path} changed on disk while a session was being opened; load it again")
+    got = session.get_providers()
+    return session, "cuda" if got and got[0] == CUDA else "cpu"
+
+
 def open_tower(
     folder: Path,
     tower: TowerSpec,
@@ -215,19 +224,12 @@ def open_tower(
     extras = [_check_file(folder, extra, None, where) for extra in entry.external_data]
     held = [HeldFile(p) for p in [path, *extras]]
     try:
-        if verify:
-            _verify(entry, folder, held, where)
-        session = _session(str(path), entry, providers, threads, allow_spinning, where, path)
-        if not all(h.unchanged() and h.path_still_names_it() for h in held):
-            # What was verified (the held bytes) must be what onnxruntime read (the path).
-            raise ModelError(f"{where}: {path} changed on disk while it was being loaded; load it again")
+        session, device = _open_held(str(path), entry, folder, held, where=where, providers=providers,
+                                     threads=threads, allow_spinning=allow_spinning, verify=verify)
     except BaseException:
         for h in held:
             h.close()
         raise
-
-    got = session.get_providers()
-    device = "cuda" if got and got[0] == CUDA else "cpu"
     if wants_cuda and device == "cpu":
         why = "CUDA was asked for but onnxruntime fell back; check the CUDA and cuDNN 9 libraries"
         if chosen == "fp16" and precision is None and "fp32" in tower.files:

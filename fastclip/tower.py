@@ -31,7 +31,8 @@ class TowerModel(FastembedNames):
     Options (keyword-only, for both classes): cache_dir, local_files_only, revision (hub
     resolution); providers, threads (onnxruntime); precision ("fp32", "fp16", "int8": pins a
     variant, default fp32 on CPU and fp16 on GPU when present); verify (check the file's sha256);
-    tuning (a fastclip.Tuning: scheduling knobs, see there).
+    tuning (a fastclip.Tuning: scheduling knobs, see there); manifest (the folder's manifest, when the
+    caller has read it already: it is not read again).
 
     fastembed's constructor keywords work as there (fastclip.compat): cuda (True: CUDA or a ModelError,
     False: CPU, "auto"/None: CUDA when it really works), device_ids (GPU ids: the first for this
@@ -62,13 +63,15 @@ class TowerModel(FastembedNames):
         verify: bool = False,
         tuning: Tuning | None = None,
         specific_model_path: str | Path | None = None,
+        manifest: Manifest | None = None,
     ):
         self.model_name = str(model_name or self.default_repo)
         self.tuning = tuning if tuning is not None else Tuning()
         self.folder = Path(specific_model_path) if specific_model_path is not None else resolve_folder(
-            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision
+            self.model_name, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision,
+            tower=self.tower_name,
         )
-        self.manifest: Manifest = load_manifest(self.folder)
+        self.manifest: Manifest = manifest if manifest is not None else load_manifest(self.folder)
         self.spec = getattr(self.manifest, self.tower_name)
         if self.spec is None:
             missing = self.manifest.source.get("missing")  # what a layout reader found instead

@@ -111,7 +111,7 @@ def open_on_node(factory: Callable[..., Any], model: Any, options: dict[str, Any
             from ..model import resolve_folder
 
             with _node_lock(model):
-                options["specific_model_path"] = resolve_folder(model, **hub)
+                options["specific_model_path"] = resolve_folder(model, tower=factory.tower_name, **hub)
         return factory(model, **options)
     except FastClipError as exc:
         raise ModelError(f"Ray node {_node()}, working folder {os.getcwd()}: {exc}. {_DISTRIBUTION_HINT}") from None

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import evaluate, export, info, inputs, search, serve
+from . import evaluate, export, info, inputs, models, search, serve
 from .common import UsageError
 
 DESCRIPTION = """\
@@ -22,6 +22,7 @@ fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
   fastclip export openai/clip-vit-base-patch32 models/clip-b32
                                                   turn a CLIP model into ONNX (needs fastclip[export])
   fastclip info models/clip-b32                   dims, precisions and verification figures
+  fastclip models --family siglip2                published models known by name (--model NAME)
   fastclip search vectors.npy --text "a dog"      nearest images to a text (or --image PATH)
   fastclip eval retrieval captions.csv --model M  Recall@K, mAP, nDCG@K: text->image, image->text
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inputs.add_parser(sub, func=_embed)
-    for command in (export, info, evaluate, search, serve):
+    for command in (export, info, models, evaluate, search, serve):
         command.add_parser(sub)
     _quiet_anywhere(parser)
     return parser

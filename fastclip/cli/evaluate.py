@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("dataset", metavar="DATASET", help="image-caption file (see below)")
-    r.add_argument("--model", metavar="MODEL", help="model folder or hub repo holding both towers")
+    r.add_argument("--model", metavar="MODEL", help="model folder, catalog name (`fastclip models`) or hub repo holding both towers")
     r.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to (default: the dataset's folder)")
     r.add_argument("--split", default="test", help="Karpathy JSON: which split (default test)")
     r.add_argument("--precision", metavar="LIST", help="comma-separated model variants to compare, e.g. fp32,int8")

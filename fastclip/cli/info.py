@@ -8,7 +8,7 @@ from typing import Iterable
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="show dims, precisions and verification figures of a model", description="Describe a model folder or hub repo.")
-    p.add_argument("model", metavar="MODEL", help="model folder or hub repo id")
+    p.add_argument("model", metavar="MODEL", help="model folder, catalog name (`fastclip models`) or hub repo id")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
     p.set_defaults(func=cmd_info)
@@ -60,9 +60,13 @@ def _size(folder: Path, f) -> str:
 
 
 def cmd_info(args) -> int:
-    from ..model import load_manifest, resolve_folder
+    from ..model import load_manifest, resolve_folder, split_towers
 
-    folder = resolve_folder(args.model, cache_dir=args.cache_dir, local_files_only=args.offline)
-    for line in describe(load_manifest(folder), folder):
-        print(line)
+    # a catalog model published as one repo per tower (fastembed's CLIP): each repo in turn
+    for i, tower in enumerate(("vision", "text") if split_towers(args.model) else (None,)):
+        folder = resolve_folder(args.model, cache_dir=args.cache_dir, local_files_only=args.offline, tower=tower)
+        if i:
+            print()
+        for line in describe(load_manifest(folder), folder):
+            print(line)
     return 0

@@ -43,7 +43,7 @@ def add_parser(sub, func) -> None:
     p.add_argument("--text-file", metavar="F", help="embed each line of F (UTF-8) as a text")
     p.add_argument("--out", required=True, metavar="FILE", help="output file: .npy, .parquet or .jsonl (--engine ray: a folder)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run writing the same --out (same inputs, model and options); starts afresh when there is none")
-    p.add_argument("--model", metavar="MODEL", help="model folder or hub repo (default: Qdrant/clip-ViT-B-32-vision / -text)")
+    p.add_argument("--model", metavar="MODEL", help="model folder, catalog name (`fastclip models`) or hub repo (default: clip-vit-b-32, fastembed's Qdrant/clip-ViT-B-32-vision / -text)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"inputs per model call (default {IMAGE_BATCH} images, {TEXT_BATCH} texts)")
     p.add_argument("--skip-errors", action="store_true", help="report unreadable images and leave them out instead of stopping")
     p.add_argument("--precision", choices=PRECISIONS, help="pin a model variant (default: fp32 on CPU, fp16 on GPU when present)")

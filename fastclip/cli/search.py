@@ -82,12 +82,7 @@ def query_model(meta: dict, query_kind: str, args):
     from ..embedding import ImageEmbedding, TextEmbedding
     from ..errors import ModelError
     from ..manifest import tower_fingerprint
-    from ..model import (
-        DEFAULT_TEXT_REPO,
-        DEFAULT_VISION_REPO,
-        load_manifest,
-        resolve_folder,
-    )
+    from ..model import load_manifest, resolve_folder
 
     recorded = meta.get("model")
     if not (args.model or recorded):
@@ -96,14 +91,11 @@ def query_model(meta: dict, query_kind: str, args):
     hub = {"cache_dir": args.cache_dir, "local_files_only": args.offline}
     file_tower = "vision" if meta["kind"] == "image" else "text"
     query_tower = "vision" if query_kind == "image" else "text"
-    # fastembed publishes the two towers of its default model as two repos: either name stands for both
-    pairs = {DEFAULT_VISION_REPO: DEFAULT_TEXT_REPO, DEFAULT_TEXT_REPO: DEFAULT_VISION_REPO}
 
     def tower(model_name: str, which: str):
-        folder = resolve_folder(model_name, **hub)
+        # a catalog model published as one repo per tower (fastembed's CLIP): the repo holding `which`
+        folder = resolve_folder(model_name, tower=which, **hub)
         spec = getattr(load_manifest(folder), which)
-        if spec is None and model_name in pairs:
-            return tower(pairs[model_name], which)
         if spec is None:
             raise ModelError(f"{model_name} has no {which} tower (needed for "
                              f"{'the query' if which == query_tower else 'checking the file'}): give --model with both towers")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 
 from ..defaults import PRECISIONS
 from .common import UsageError
 
 MIB = 2**20
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def add_parser(sub) -> None:
@@ -21,7 +23,7 @@ def add_parser(sub) -> None:
         description="Serve models over HTTP: POST /v1/embeddings (OpenAI shape, texts or images), /v1/classify, "
                     "GET /v1/models, /health, /ready, /metrics. Concurrent requests are batched together.")
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH_OR_ID",
-                   help="model folder or hub repo id to serve; repeat for several (requests pick one by NAME, "
+                   help="model folder, catalog name (`fastclip models`) or hub repo id to serve; repeat for several (requests pick one by NAME, "
                         "default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -63,6 +65,9 @@ def add_parser(sub) -> None:
     m.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     m.add_argument("--offline", action="store_true", help="use only models already cached")
     p.add_argument("--access-log", action="store_true", help="log every request line (uvicorn's access log)")
+    # No "trace": uvicorn's trace level logs each request's headers, the API key among them.
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="uvicorn's and the server's log level (default info; -q: warning)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -86,41 +91,40 @@ def cmd_serve(args) -> int:
     try:
         import uvicorn
 
-        from ..serve import create_app, parse_model_arg
+        from ..serve import Server, parse_model_arg
     except ImportError as exc:
         raise UsageError(f"fastclip serve needs the serve extra: pip install 'fastclip[serve]' ({exc})") from None
+    from ..errors import first_line
+
     limits = limits_from(args)
     api_key = args.api_key or os.environ.get("FASTCLIP_API_KEY") or None
-    failed = []
-    server_box: list = []
-
-    def on_load_error(exc: BaseException) -> None:
-        failed.append(exc)
-        if server_box:
-            server_box[0].should_exit = True
-
+    level = "warning" if args.quiet else args.log_level
+    logging.getLogger("fastclip").setLevel(level.upper())
     try:
-        app = create_app([parse_model_arg(m) for m in args.model], limits, api_key=api_key,
-                         load_options={"threads": args.threads, "precision": args.precision,
-                                       "cache_dir": args.cache_dir, "offline": args.offline},
-                         on_load_error=on_load_error)
+        server = Server([parse_model_arg(m) for m in args.model], limits, api_key=api_key,
+                        load_options={"threads": args.threads, "precision": args.precision,
+                                      "cache_dir": args.cache_dir, "offline": args.offline})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    log = logging.getLogger("fastclip.serve")
-    log.setLevel(logging.getLogger("fastclip").getEffectiveLevel())
-    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", access_log=args.access_log,
-                            timeout_graceful_shutdown=args.graceful_timeout, log_level="info",
-                            limit_concurrency=limits.max_connections,
-                            server_header=False, proxy_headers=False)
-    server = uvicorn.Server(config)
-    server_box.append(server)
-    log.info("fastclip serve: %d model(s) on http://%s:%d%s%s", len(args.model), args.host, args.port,
-             ", API key required" if api_key else "", ", image URLs allowed" if limits.allow_urls else "")
+    # The models load before the socket is bound: a model that cannot load fails the command with one line,
+    # and a server that listens can answer.
+    try:
+        server.load()
+    except Exception as exc:  # noqa: BLE001 - any load failure is one error line and exit 1
+        print(f"fastclip: error: cannot load the models: {first_line(exc)}", file=sys.stderr)
+        server.close()
+        return 1
+    config = uvicorn.Config(server.app, host=args.host, port=args.port, lifespan="on", access_log=args.access_log,
+                            timeout_graceful_shutdown=args.graceful_timeout, log_level=level,
+                            limit_concurrency=limits.max_connections, server_header=False, proxy_headers=False)
+    logging.getLogger("fastclip.serve").info(
+        "fastclip serve: %d model(s) on http://%s:%d%s%s", len(args.model), args.host, args.port,
+        ", API key required" if api_key else "", ", image URLs allowed" if limits.allow_urls else "")
     # uvicorn drains the requests in flight on SIGTERM, restores the previous handler and raises the signal
     # again so the process dies of it; this handler makes a drained server exit 0 instead.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
+        uvicorn.Server(config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 1 if failed else 0
+    return 0

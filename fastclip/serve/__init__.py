@@ -1,14 +1,22 @@
 """`fastclip serve`: an HTTP embedding server over the runtime's batch call (install with `fastclip[serve]`).
 
-    app.py      Starlette routes: /v1/embeddings, /v1/classify, /v1/models, /health, /ready, /metrics
-    batcher.py  one bounded queue per model tower, merged into embed_batch calls on worker threads
-    inputs.py   request validation, data URIs / base64 to bytes, URL fetching (--allow-urls)
-    limits.py   the limits and their defaults (why each one is what it is)
-    metrics.py  Prometheus metrics
-    models.py   loading the models, CLIP's own zero-shot scoring over batched vectors
+    app.py        the Server and its route table; the endpoint wrapper (API key, errors as JSON)
+    routes.py     /v1/embeddings, /v1/classify, /v1/models, /ready, /metrics
+    health.py     /health and its probe through idle towers
+    errors.py     one table: exception -> (HTTP status, error type, code), and the JSON error answer
+    auth.py       the API key
+    body.py       the request body, streamed against its limits, and its JSON
+    inputs.py     request validation, what each input is (text or image), data URIs / base64 to bytes
+    urls.py       image URL fetching (--allow-urls)
+    work.py       one request's inputs through the towers and back in input order
+    lifecycle.py  loading the models, readiness, lookup by name, closing
+    models.py     one model's towers and their batchers
+    batcher.py    one bounded queue per model tower, merged into embed_batch calls on worker threads
+    limits.py     the limits and their defaults (why each one is what it is)
+    metrics.py    Prometheus metrics
 
-The runtime never imports this package; this package imports the runtime. Only app.py and metrics.py need
-the extra's packages, and they are imported on first use: `fastclip --help` works without the extra.
+The runtime never imports this package; this package imports the runtime. The extra's packages are
+imported on first use of `Server` / `create_app`: `fastclip --help` works without the extra.
 """
 
 from typing import Any

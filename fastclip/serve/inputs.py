@@ -1,7 +1,12 @@
-"""Request bodies in, checked requests out: field validation, image strings to bytes, URL fetching.
+"""Request bodies in, checked requests out: field validation, what each input is, image strings to bytes.
 
 Every image reaches the model as bytes. A string is never passed on as it is: the runtime reads a str as a
 file path, and a path named by a caller would let any caller read the server's files.
+
+With no "modality" field each input says what it is (`modality_of`): a data:image/... URI is an image,
+anything else a text, except what could be either and is refused naming its index, never embedded as a
+text by guess: a data: URI of another type, an http(s) URL, and a bare base64 payload (OpenAI's clients
+send images as data URIs; a base64 image without its prefix would otherwise become a text vector).
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from ..defaults import ERRORS
 from .limits import Limits, TooLarge
 
 __all__ = ["BadRequest", "InputError", "EmbeddingsRequest", "ClassifyRequest", "parse_embeddings",
-           "parse_classify", "image_bytes", "fetch_url"]
+           "parse_classify", "modality_of", "image_bytes", "is_url"]
 
 MODALITIES = ("text", "image")
 ENCODINGS = ("float", "base64")
 _DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 _WHITESPACE = re.compile(r"\s")
+# A bare base64 payload: 64 or more base64 characters and nothing else (line breaks aside, as base64 is often
+# wrapped). No sentence looks like that, and the smallest image the runtime decodes (a 1x1 PNG, 67 bytes) is
+# 92 characters of base64.
+_BARE_BASE64 = re.compile(r"[A-Za-z0-9+/]{64,}={0,2}", re.ASCII)
 MAX_TEMPLATE_CHARS = 1000
 
 
@@ -45,7 +54,7 @@ class InputError(Exception):
 class EmbeddingsRequest:
     model: str | None
     inputs: list[Any]
-    modality: str
+    modality: str | None  # None: each input says what it is (modality_of)
     encoding_format: str
     errors: str
     dimensions: int | None
@@ -60,7 +69,7 @@ class ClassifyRequest:
     errors: str
 
 
-def _choice(payload: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+def _choice(payload: dict, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
     value = payload.get(name, default)
     if value is None:
         return default
@@ -103,7 +112,7 @@ def parse_embeddings(payload: Any, limits: Limits) -> EmbeddingsRequest:
         raise BadRequest("dimensions must be an integer", param="dimensions")
     return EmbeddingsRequest(
         model=_model(payload), inputs=_inputs(payload, limits),
-        modality=_choice(payload, "modality", MODALITIES, "text"),
+        modality=_choice(payload, "modality", MODALITIES, None),
         encoding_format=_choice(payload, "encoding_format", ENCODINGS, "float"),
         errors=_choice(payload, "errors", ERRORS, "raise"), dimensions=dimensions,
     )
@@ -133,8 +142,29 @@ def is_url(value: str) -> bool:
     return head.startswith("http://") or head.startswith("https://")
 
 
+def modality_of(value: Any, index: int) -> str:
+    """"image" or "text" for an input of a request that names no modality; InputError when it cannot be told."""
+    if not isinstance(value, str):
+        raise InputError(index, f"expected a string (a text or a data:image/... URI), got {type(value).__name__}")
+    if value[:5].lower() == "data:":
+        media = value[5:300].partition(",")[0].partition(";")[0].strip().lower()  # "data:image/png;base64,..."
+        if media.startswith("image/"):
+            return "image"
+        raise _unsure(index, f"a data: URI of type {media or 'unknown'!r}, not image/...")
+    if is_url(value) and not _WHITESPACE.search(value):
+        raise _unsure(index, "an http(s) URL: an image to fetch, or a text?")
+    if len(value) >= 64 and _BARE_BASE64.fullmatch(value.replace("\n", "").replace("\r", "")):
+        raise _unsure(index, "base64 data without a data: prefix (an image sent bare?)")
+    return "text"
+
+
+def _unsure(index: int, what: str) -> InputError:
+    return InputError(index, f'{what}: send an image as data:image/jpeg;base64,..., or name what every input is '
+                             'with "modality": "image" or "text"')
+
+
 def image_bytes(value: Any, index: int, limits: Limits) -> bytes | str:
-    """The image bytes of a data URI or bare base64 string, or the URL itself (fetched by `fetch_url`)."""
+    """The image bytes of a data URI or bare base64 string, or the URL itself (fetched by urls.UrlFetcher)."""
     if not isinstance(value, str):
         raise InputError(index, f"expected a string (data URI, base64 or URL), got {type(value).__name__}")
     if is_url(value):
@@ -157,31 +187,3 @@ def image_bytes(value: Any, index: int, limits: Limits) -> bytes | str:
     if not raw:
         raise InputError(index, "empty image")
     return raw
-
-
-async def fetch_url(client, url: str, index: int, limits: Limits) -> bytes:
-    """GET one image URL with the size and time limits; any failure is this input's error."""
-    import anyio
-    import httpx
-
-    try:
-        with anyio.fail_after(limits.url_timeout):
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise InputError(index, f"fetching the URL answered HTTP {response.status_code}")
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > limits.max_url_bytes:
-                    raise InputError(index, f"the URL's image is {int(declared)} bytes; the limit is "
-                                            f"{limits.max_url_bytes} (--max-url-bytes)")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limits.max_url_bytes:
-                        raise InputError(index, f"the URL's image is over {limits.max_url_bytes} bytes "
-                                                "(--max-url-bytes)")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except TimeoutError:
-        raise InputError(index, f"fetching the URL took over {limits.url_timeout:g} s (--url-timeout)") from None
-    except httpx.HTTPError as exc:
-        raise InputError(index, f"fetching the URL failed: {type(exc).__name__}") from None

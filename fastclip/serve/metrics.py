@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "Measured", "CONTENT_TYPE_LATEST"]
 
 # The routes requests are labelled with; anything else is "other", so a scanner cannot grow the label set.
 ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/models", "/health", "/ready", "/metrics")
@@ -52,3 +53,35 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Measured:
+    """ASGI wrapper counting requests by route and status and timing them (status 499: the client left first)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 499
+        started = time.perf_counter()
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            route = self.metrics.route(scope.get("path", ""))
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)

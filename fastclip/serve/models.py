@@ -1,28 +1,25 @@
-"""The models a server holds: each one's towers (the runtime's own classes) and one Batcher per tower."""
+"""The models a server holds: each one's towers (the runtime's own classes) and one Batcher per tower.
+
+A model's manifest is read once, here, and handed to the towers it opens: a two-tower folder would
+otherwise be read three times (and a fastembed-layout folder opens an onnxruntime session per read).
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .. import CLIP, ImageEmbedding, TextEmbedding
 from ..errors import ModelError
-from ..model import load_manifest, resolve_folder
+from ..model import load_manifest, resolve_folder, split_towers
 from .batcher import Batcher
 from .limits import Limits
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-log = logging.getLogger("fastclip.serve")
-
-__all__ = ["ModelSource", "ServedModel", "load_model", "parse_model_arg", "classify_probabilities"]
-
-TOWERS = {"image": "vision", "text": "text"}  # API modality -> manifest tower
+__all__ = ["ModelSource", "ServedModel", "load_model", "parse_model_arg"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +66,14 @@ class ServedModel:
 def load_model(source: ModelSource, limits: Limits, metrics: Metrics, *, threads: int | None = None,
                precision: str | None = None, cache_dir: str | None = None, offline: bool = False) -> ServedModel:
     """Open the model's towers (both as one CLIP when the folder has both) and start their batchers."""
+    if split_towers(source.source):  # a catalog model published as one repo per tower: each tower resolves its own
+        clip = CLIP(source.source, cache_dir=cache_dir, local_files_only=offline, threads=threads, precision=precision)
+        served = ServedModel(source.name, clip.images.folder, clip.dim, clip=clip)
+        served.image, served.text = clip.images, clip.texts
+        return _start(served, source, limits, metrics)
     folder = resolve_folder(source.source, cache_dir=cache_dir, local_files_only=offline)
     manifest = load_manifest(folder)
-    options = {"threads": threads, "precision": precision}
+    options = {"threads": threads, "precision": precision, "manifest": manifest}
     served = ServedModel(source.name, folder, manifest.embed_dim)
     if manifest.vision is not None and manifest.text is not None:
         served.clip = CLIP(str(folder), **options)
@@ -82,6 +84,11 @@ def load_model(source: ModelSource, limits: Limits, metrics: Metrics, *, threads
         served.text = TextEmbedding(str(folder), **options)
     else:
         raise ModelError(f"{folder}: no tower to serve")
+    return _start(served, source, limits, metrics)
+
+
+def _start(served: ServedModel, source: ModelSource, limits: Limits, metrics: Metrics) -> ServedModel:
+    """One batcher per tower the model holds."""
     if served.image is not None:
         image = served.image
         served.batchers["image"] = _batcher(source.name, "image", lambda items: image.embed_batch(items),
@@ -111,10 +118,3 @@ def _batcher(model: str, tower: str, run, max_batch: int, workers: int, limits: 
                       max_queue=limits.max_queue, workers=workers, on_batch=metrics.on_batch(model, tower))
     metrics.watch_queue(model, tower, lambda: batcher.queued)
     return batcher
-
-
-def classify_probabilities(clip: CLIP, image_vectors: np.ndarray, labels: Sequence[str], template: str,
-                           prompt_vectors: np.ndarray) -> np.ndarray:
-    """The model's own zero-shot probabilities for vectors the batchers computed: CLIP.probabilities, the
-    very scorer CLIP.classify ends in. prompt_vectors[i] is the vector of template.format(labels[i])."""
-    return clip.probabilities(image_vectors, prompt_vectors)

@@ -278,6 +278,28 @@ def test_classify_refuses_a_model_whose_scale_is_not_shipped(published):
         assert clip.similarity(vector, vector)[0, 0] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_info_and_server_on_a_model_without_its_scale(published):
+    """`fastclip info` says the scale is not shipped; the server lists the model as unable to classify and
+    answers /v1/classify with a 400 naming why, while /v1/embeddings works."""
+    import base64
+
+    import httpx
+    from support.serving import jpeg, running
+
+    folder = published.folders[pub.IMMICH_SIGLIP2]
+    done = subprocess.run([sys.executable, "-m", "fastclip", "info", str(folder)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "logit_scale: not shipped" in done.stdout
+    with running(folder) as (url, _):
+        assert httpx.get(url + "/v1/models").json()["data"][0]["classify"] is False
+        image = base64.b64encode(jpeg("chelsea")).decode()
+        r = httpx.post(url + "/v1/classify", json={"input": [image], "labels": ["cat", "dog"]}, timeout=60)
+        assert r.status_code == 400 and "does not ship its trained logit scale" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/embeddings", json={"input": ["a cat"]}, timeout=60)
+        assert r.status_code == 200, r.text
+
+
 # ------------------------------------------------------------------------------------------ preprocessing
 
 def test_transformers_processors_pixel_exact(published, photos):

@@ -16,7 +16,6 @@ Folder layout written by the export stage::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from typing import Any, BinaryIO
 
 from .defaults import PRECISIONS
 from .errors import ModelError
-from .hashing import sha256
+from .hashing import sha256, tower_fingerprint  # noqa: F401 - re-exported: callers import them from here
 from .families.resize import CROP_OFFSETS, RESAMPLING, RESIZERS, RGB_CONVERSIONS
 from .families.score import SCORERS
 from .families.text import CLEANERS, ID_DTYPES, PADDING_SIDES
@@ -36,13 +35,18 @@ MANIFEST_NAME = "fastclip.json"
 # the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
 # languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
 # silently; the version check makes it refuse them instead.
-# 3: what published layouts need (fastclip.layouts): vision.crop_offset and vision.convert_rgb (transformers'
-# processors), a tower's fixed graph batch and already-normalized output, text.ids_dtype, and a logit_scale of
-# null (the publisher ships none). `dump` writes 2 unless one of these is set, so exports stay readable by
-# version-2 readers.
+# 3: what published layouts need (fastclip.layouts): vision.crop_offset and convert_rgb (transformers'
+# processors), a tower's fixed graph batch and self-normalized output, text.ids_dtype, logit_scale null (not
+# shipped). `dump` writes 2 unless one is set, so exports stay readable by version-2 readers.
 FORMAT_VERSION = 3
-_V3_TOWER = ("batch", "output_normalized")
-_V3_FIELDS = {"vision": ("crop_offset", "convert_rgb", *_V3_TOWER), "text": ("ids_dtype", *_V3_TOWER)}
+_V3_FIELDS = {"vision": ("crop_offset", "convert_rgb", "batch", "output_normalized"),
+              "text": ("ids_dtype", "batch", "output_normalized")}
+
+
+def _v3_fields(data: dict[str, Any]) -> list[str]:
+    found = [f"{t}.{n}" for t, names in _V3_FIELDS.items() if isinstance(data.get(t), dict) for n in names
+             if n in data[t]]
+    return found + (["logit_scale null"] if "logit_scale" in data and data["logit_scale"] is None else [])
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
@@ -149,11 +153,8 @@ class TowerSpec:
     output_name: str
     files: dict[str, TowerFile]  # precision -> file
     verification: dict[str, Verification] = field(default_factory=dict)
-    # The graph's fixed batch size (Immich traces with batch 1 and no dynamic axes), None when any batch runs:
-    # the runner then feeds it that many rows per run, whatever batch_size the caller asked for.
-    batch: int | None = None
-    # The graph L2-normalizes its own output (Immich): normalize=False then still returns unit vectors.
-    output_normalized: bool = False
+    batch: int | None = None  # the graph's fixed batch (Immich's 1), fed that many rows per run; None: any
+    output_normalized: bool = False  # the graph L2-normalizes its output (Immich): normalize=False gives unit vectors
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class Manifest:
     architecture: str
     embed_dim: int
     # Already exponentiated: logits = logit_scale * cos + logit_bias. None: the folder does not ship the trained
-    # value (a published layout without it); CLIP.classify then refuses rather than guess one.
+    # value; CLIP.classify then refuses rather than guess one.
     logit_scale: float | None
     logit_bias: float | None
     opset: int | None
@@ -259,10 +260,8 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             f"{origin}: manifest format version {version} is newer than this fastclip understands "
             f"({FORMAT_VERSION}); upgrade fastclip (pip install -U fastclip)"
         )
-    for tower, names in _V3_FIELDS.items():
-        present = [n for n in names if isinstance(data.get(tower), dict) and n in data[tower]]
-        if version < 3 and present:
-            raise ModelError(f"{origin}: {tower}.{present[0]} is a format-3 field in a version-{version} manifest")
+    if version < 3 and _v3_fields(data):
+        raise ModelError(f"{origin}: {_v3_fields(data)[0]} is a format-3 field in a version-{version} manifest")
     try:
         vision = text = None
         if data.get("vision"):
@@ -303,10 +302,10 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
             raise ModelError(f"{origin}: neither a vision nor a text tower is described")
         scoring = _choice(data.get("scoring", "softmax"), SCORINGS, "scoring", origin)
         logit_bias = None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin)
-        # A missing logit_scale is CLIP's clamped 100 for manifests of format <= 2 (every export writes one);
-        # from format 3 on, null says the publisher ships none.
+        # Format <= 2 defaults a missing logit_scale to CLIP's clamped 100 (every export writes one); from format 3
+        # on, missing or null says the folder ships none.
         raw_scale = data.get("logit_scale", 100.0 if version < 3 else None)
-        logit_scale = None if raw_scale is None else _finite(raw_scale, "logit_scale", origin)
+        logit_scale = None if raw_scale is None and version >= 3 else _finite(raw_scale, "logit_scale", origin)
         if scoring == "sigmoid" and logit_bias is None and logit_scale is not None:
             raise ModelError(f"{origin}: scoring 'sigmoid' needs a logit_bias (sigmoid(logit_scale * cos + logit_bias))")
         return Manifest(
@@ -372,46 +371,8 @@ def load(folder: str | Path) -> Manifest:
 
 def dump(data: dict[str, Any], folder: str | Path) -> Path:
     """Write a manifest dict after validating it (the export side calls this)."""
-    v3 = data.get("logit_scale", 0) is None or any(
-        isinstance(data.get(tower), dict) and any(n in data[tower] for n in names) for tower, names in _V3_FIELDS.items())
-    data = {"format": "fastclip", "format_version": FORMAT_VERSION if v3 else 2, **data}
+    data = {"format": "fastclip", "format_version": FORMAT_VERSION if _v3_fields(data) else 2, **data}
     parse(data, origin="manifest being written")
     path = Path(folder) / MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
-
-
-_fingerprints: dict[tuple, str] = {}
-
-
-def tower_fingerprint(folder: str | Path, spec: TowerSpec) -> str:
-    """Which weights a tower holds: the sha256 hex of its fp32 ONNX file (no fp32: the first listed precision).
-
-    Embeddings files record it so that vectors from different weights are never compared. The manifest's
-    recorded sha256 is used when present, else the file is hashed once per process (cached by path, size
-    and mtime). When the weights live in ONNX external data the .onnx file alone does not identify them,
-    so the fingerprint is then the sha256 of the lines "<onnx sha256>" and "<relative path> <sha256>" of
-    each external-data file, in the listed order.
-    """
-    precision = "fp32" if "fp32" in spec.files else next(iter(spec.files))
-    entry = spec.files[precision]
-    folder = Path(folder)
-
-    def digest(rel: str, recorded: str | None) -> str:
-        if recorded:
-            return recorded
-        path = folder / rel
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot fingerprint the model file ({exc})") from None
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in _fingerprints:
-            _fingerprints[key] = sha256(path)
-        return _fingerprints[key]
-
-    main = digest(entry.path, entry.sha256)
-    if not entry.external_data:
-        return main
-    lines = [main] + [f"{rel} {digest(rel, entry.external_data_sha256.get(rel))}" for rel in entry.external_data]
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()

@@ -302,8 +302,7 @@ class TextRunner(_Runner):
         ])
 
     def _bucketing(self) -> bool:
-        # A fixed-length graph (SigLIP's full-context padding, Immich's static shapes) gains nothing from sorting
-        # but still from runs of text_run_rows on concurrent one-thread sessions: they run whole rows, unsliced.
+        # Fixed-length graphs (SigLIP, Immich) gain from the runs on concurrent sessions too (rows run unsliced).
         return self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
@@ -378,22 +377,19 @@ class TextRunner(_Runner):
 def run(loaded: OnnxSession, spec: TowerSpec, feeds: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
     """One onnxruntime run of a tower: float32 (n, dim), L2-normalized unless asked not to be.
 
-    A graph traced with a fixed batch (`spec.batch`, Immich's 1) runs `spec.batch` rows at a time, the last
-    group filled up with copies of its last row whose outputs are dropped: rows never interact in these
-    towers, so each vector is the one the graph gives that input alone."""
-    n = len(next(iter(feeds.values())))
-    fixed = spec.batch
-    if fixed is None or n == fixed:
+    A graph traced with a fixed batch (`spec.batch`, Immich's 1) runs that many rows at a time, the last group
+    filled up with copies of its last row whose outputs are dropped: rows never interact in these towers."""
+    n, fixed = len(next(iter(feeds.values()))), spec.batch or 0
+    if not fixed or n == fixed:
         out = loaded.session.run([spec.output_name], feeds)[0]
     else:
         parts = []
         for start in range(0, n, fixed):
             group = {k: v[start : start + fixed] for k, v in feeds.items()}
             short = fixed - len(next(iter(group.values())))
-            if short:
-                group = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in group.items()}
+            group = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in group.items()} if short else group
             parts.append(np.asarray(loaded.session.run([spec.output_name], group)[0])[: fixed - short])
-        out = np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+        out = np.concatenate(parts)
     out = np.asarray(out, dtype=np.float32)  # fp16 graphs may return half precision
     return l2_normalize(out) if normalize else out
 

@@ -321,6 +321,25 @@ def test_transformers_processors_pixel_exact(published, photos):
             assert gap <= 1e-6, (repo, path.name, gap)
 
 
+def test_legacy_clip_feature_extractor_config_is_read_like_the_processor(published, photos, tmp_path):
+    """openai/clip-vit-base-patch32's preprocessor_config.json (which Xenova's repo carries) predates image
+    processors: CLIPFeatureExtractor, integer size and crop_size, no rescale keys. Same pixels as transformers'."""
+    from transformers import AutoImageProcessor
+
+    from fastclip.images import ImagePreprocessor
+
+    folder = _copy(published.folders[pub.XENOVA_CLIP], tmp_path / "legacy")
+    legacy = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+              "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+              "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
+    (folder / "preprocessor_config.json").write_text(json.dumps(legacy))
+    ours = ImagePreprocessor(read_manifest(folder).vision, exif_transpose=False)
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    for i, (path, image) in enumerate(zip(photos, _pils(photos))):
+        want = processor(images=image, return_tensors="np")["pixel_values"][0]
+        assert float(np.abs(ours(path, i) - want).max()) <= 1e-6, path.name
+
+
 def test_open_clip_floor_and_round_differ_on_rocket(published, photos):
     """The crop offset is data: the same CLIP spec with open_clip's rounding lands one column away on rocket."""
     from dataclasses import replace

@@ -34,9 +34,8 @@ from .origin import known_logit_scale, repo_of
 
 GRAPHS = "onnx"
 # File suffix -> precision, in order of preference: "_quantized" before "_int8" for int8, as transformers.js's
-# default 8-bit file.
+# default 8-bit file. Other variants (_uint8, _q4, _q4f16, _bnb4) are listed in the manifest's source, not run.
 VARIANTS = (("", "fp32"), ("_fp16", "fp16"), ("_quantized", "int8"), ("_int8", "int8"))
-OTHER_VARIANTS = ("_uint8", "_q4", "_q4f16", "_bnb4")  # present in repos, not run (4-bit, unsigned 8-bit)
 STEMS = {"vision": "vision_model", "text": "text_model"}
 # fastclip_export.variants found onnxruntime 1.31's CPU NchwcTransformer segfaulting while loading fp16 CLIP
 # graphs and disables it for its own fp16 files; the same guard for these (the tiny test graphs load either way).
@@ -103,11 +102,13 @@ def _derive(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{folder}: holds{joint} no {GRAPHS}/vision_model.onnx or {GRAPHS}/text_model.onnx (found "
                          f"{', '.join(found)}); fastclip runs the split towers transformers.js's converter writes "
                          "with --split_modalities")
+    used = {entry["path"] for files in towers.values() for entry in files.values()}
     scale, bias = _logit_scale(folder, family)
     data: dict[str, Any] = {
         "format": "fastclip", "format_version": FORMAT_VERSION, "architecture": str(model_type),
         "source": {"kind": "folder", "layout": "transformers.js", "model": str(folder), "repo": repo_of(folder),
-                   "variants_not_run": [f for f in found if any(f.endswith(f"{s}.onnx") for s in OTHER_VARIANTS)],
+                   "variants_not_run": [f for f in found if f.startswith(tuple(STEMS.values())) and f"{GRAPHS}/{f}"
+                                        not in used],
                    "missing": {name: f"no {GRAPHS}/{STEMS[name]}.onnx (found {', '.join(found)})"
                                for name, files in towers.items() if not files}},
         "scoring": family.scoring, "logit_scale": scale, "logit_bias": bias,

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from .defaults import PRECISIONS
 from .errors import ModelError
 from .hashing import sha256, tower_fingerprint  # noqa: F401 - re-exported: callers import them from here
+from .hints import upgrade_hint
 from .families.resize import CROP_OFFSETS, RESAMPLING, RESIZERS, RGB_CONVERSIONS
 from .families.score import SCORERS
 from .families.text import CLEANERS, ID_DTYPES, PADDING_SIDES
@@ -258,7 +259,7 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
     if version > FORMAT_VERSION:
         raise ModelError(
             f"{origin}: manifest format version {version} is newer than this fastclip understands "
-            f"({FORMAT_VERSION}); upgrade fastclip (pip install -U fastclip)"
+            f"({FORMAT_VERSION}); upgrade fastclip: {upgrade_hint()}"
         )
     if version < 3 and _v3_fields(data):
         raise ModelError(f"{origin}: {_v3_fields(data)[0]} is a format-3 field in a version-{version} manifest")

@@ -22,7 +22,7 @@ The callables take one batch format, Ray's default: a dict of numpy arrays in, a
 (embed_to_parquet) writes its parts with fastclip.sinks (the .parquet format plus an `index` column, the
 header in the schema metadata) and resumes after a kill; read them back with sinks.read_embeddings(DIR).
 
-Ray itself is imported lazily: `import fastclip` never needs it (`pip install 'fastclip[ray]'`).
+Ray itself is imported lazily: `import fastclip` never needs it (the `ray` extra: `pip install ".[ray]"` in the checkout).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import numpy as np
 
 from ..defaults import ERRORS, IMAGE_BATCH, TEXT_BATCH
 from ..errors import FastClipError, ImageError, ModelError, TextError
+from ..hints import install_hint
 
 __all__ = [
     "EmbedSummary",
@@ -247,7 +248,7 @@ def _ray():
         import ray
         import ray.data
     except ImportError:
-        raise FastClipError("the Ray integration needs Ray Data: pip install 'fastclip[ray]'") from None
+        raise FastClipError(f"the Ray integration needs Ray Data: {install_hint('ray')}") from None
     return ray
 
 

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..defaults import PRECISIONS
+from ..hints import install_hint
 from .common import UsageError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="convert a CLIP model to a verified ONNX model folder (needs: pip install 'fastclip[export]')",
+        help="convert a CLIP model to a verified ONNX model folder (needs the export extra: PyTorch and friends)",
         description="Export the vision and text towers of a CLIP model to ONNX, verify them against PyTorch "
         "on real photos and sentences, and write a model folder fastclip (and fastembed) can load.",
         epilog="Examples:\n  fastclip export openai/clip-vit-base-patch32 models/clip-b32\n"
@@ -72,7 +73,7 @@ def _missing_export_extra() -> bool:
     except ImportError as exc:
         print(
             f"fastclip: error: export needs PyTorch and friends ({exc.name or exc} is missing): "
-            "pip install 'fastclip[export]'",
+            f"{install_hint('export')}",
             file=sys.stderr,
         )
         return True

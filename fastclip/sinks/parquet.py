@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+from ..hints import install_hint
 from .header import EmbeddingsFile, KINDS, check_header, exact_bytes, is_utf8
 from .files import fsync_file
 
 # Rows per Parquet row group (8 MB at 512-d). Measured finishing 100k rows: 16,384-row groups raised the
 # peak RSS by 67 MB over a 10k-row file, 4,096-row groups by 6 MB.
 ROW_GROUP = 4096
-NEEDS = ".parquet files need pyarrow: pip install 'fastclip[parquet]'"
+def needs() -> str:
+    return f".parquet files need pyarrow: {install_hint('parquet')}"
 
 
 def _pyarrow():
@@ -30,7 +32,7 @@ def _pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise OutputError(NEEDS) from None
+        raise OutputError(needs()) from None
     return pa, pq
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SENTENCES_FILE = Path(__file__).parent / "fixtures" / "multilingual_sentences.json"
+SENTENCES_FILE = Path(__file__).parent.parent / "fixtures" / "multilingual_sentences.json"
 
 
 def sentences() -> list[str]:

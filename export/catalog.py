@@ -118,8 +118,12 @@ LICENSE_BY_UPSTREAM = {
 LAION_LICENSE = "mit"
 
 # The layouts the repos ship in tests/test_layouts.py re-creates from the publisher's recipe and opens by name.
-RECREATED = {"onnx-community/siglip2-base-patch16-224-ONNX", "Xenova/clip-vit-base-patch32",
-             "immich-app/ViT-B-32__openai", "immich-app/ViT-B-16-SigLIP2__webli"}
+RECREATED = {
+    "onnx-community/siglip2-base-patch16-224-ONNX": "test_transformers_js_siglip2_matches_transformers_and_fastembed",
+    "Xenova/clip-vit-base-patch32": "test_transformers_js_clip_matches_transformers",
+    "immich-app/ViT-B-32__openai": "test_immich_matches_open_clip",
+    "immich-app/ViT-B-16-SigLIP2__webli": "test_immich_matches_open_clip",
+}
 
 # Short names, each an alias of one entry.
 SHORT = {
@@ -239,7 +243,7 @@ def _entry(name: str, layout: str, towers: dict[str, str], d: dict[str, Any], *,
 
 def _verified(repo: str, otherwise: str) -> str:
     if repo in RECREATED:
-        return f"re-created from the publisher's recipe, tests/test_layouts.py (case {repo})"
+        return f"re-created from the publisher's recipe, tests/test_layouts.py::{RECREATED[repo]}"
     return otherwise
 
 

@@ -336,7 +336,8 @@ def _probe_text(loaded: OnnxSession, spec: TextSpec, inputs: dict, where: str) -
     seq = inputs[spec.input_name][-1]
     if isinstance(seq, int) and seq != n:
         raise ModelError(f"{where}: graph takes sequences of exactly {seq} tokens, the manifest's context_length is {n}")
-    ids = np.array([[spec.bos_token_id] + [spec.pad_token_id] * (n - 2) + [spec.eos_token_id]], dtype=np.int64)
+    ids = np.array([[spec.bos_token_id] + [spec.pad_token_id] * (n - 2) + [spec.eos_token_id]], dtype=spec.ids_dtype)
+    ids = np.repeat(ids, spec.batch or 1, axis=0)  # a graph traced with a fixed batch takes exactly that many
     feeds = {spec.input_name: ids}
     if spec.attention_mask_input:
         feeds[spec.attention_mask_input] = np.ones_like(ids)

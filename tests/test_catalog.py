@@ -263,3 +263,12 @@ def test_the_docs_table_is_the_json():
     assert table == markdown_table(_raw()).strip("\n")
     assert len(table.splitlines()) == 2 + len(catalog.models())
     assert f"fastclip knows {len(catalog.models())} published" in page  # the prose's count too
+
+
+def test_verified_entries_name_tests_that_exist():
+    """An entry that says a test re-created and opened its layout names that test, and the test exists."""
+    named = [e for e in list_supported_models() if "::" in (e.get("verified") or "")]
+    assert len(named) >= 4, [e["verified"] for e in list_supported_models()][:5]
+    for entry in named:
+        path, test = re.search(r"(tests/\S+\.py)::(\w+)", entry["verified"]).groups()
+        assert re.search(rf"^def {test}\(", (ROOT / path).read_text(encoding="utf-8"), re.M), entry["verified"]

@@ -201,18 +201,18 @@ def _license(arch: str, tag: str) -> str | None:
 
 def _derived(arch: str, tag: str) -> dict[str, Any]:
     """What open_clip's configs say about ARCH with pretrained TAG."""
-    from .open_clip_source import preprocess_cfg
+    from .open_clip_config import image_settings, preprocess_cfg
     from .torchvision_compat import import_open_clip
 
     cfg = import_open_clip().get_model_config(arch)
-    pre = preprocess_cfg(arch, tag)
+    pre = image_settings(preprocess_cfg(arch, tag))  # what an export of the tag records
     return {
         "architecture": arch, "pretrained": tag, "embed_dim": cfg["embed_dim"],
         "image_size": cfg["vision_cfg"].get("image_size", 224),
         # open_clip's CLIPTextCfg default where the config names none (HF text towers): Immich pads to it too
         "context_length": cfg["text_cfg"].get("context_length", 77),
         "preprocessing": {"resize": pre["resize_mode"], "interpolation": pre["interpolation"],
-                          "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]},
+                          "mean": list(pre["mean"]), "std": list(pre["std"])},
         "scoring": "sigmoid" if "init_logit_bias" in cfg else "softmax",
         "license": _license(arch, tag),
     }

@@ -20,8 +20,9 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..errors import OutputError
+from .header import EmbeddingsFile, dumps
 from .jsonl import decode as jsonl_decode, encode as jsonl_encode
-from .npy import decode as npy_decode, encode as npy_encode, side_files as npy_side_files
+from .npy import decode as npy_decode, encode as npy_encode, npy_of_side_file, side_files as npy_side_files
 from .parquet import needs as parquet_needs, decode as parquet_decode, encode as parquet_encode
 
 
@@ -35,9 +36,17 @@ class Format:
         return side(out) if side is not None else []
 
 
+def decode_jsonl(path: Path, *, mmap: bool = True, verify: bool = True) -> EmbeddingsFile:
+    """A .jsonl file, or the side file of an .npy (OUT.npy.jsonl), which reads the pair."""
+    npy = npy_of_side_file(path)
+    if npy is not None:
+        return npy_decode(npy, mmap=mmap, verify=verify)
+    return jsonl_decode(path, mmap=mmap, verify=verify)
+
+
 FORMATS: dict[str, Format] = {
     ".npy": Format(SimpleNamespace(encode=npy_encode, decode=npy_decode, side_files=npy_side_files)),
-    ".jsonl": Format(SimpleNamespace(encode=jsonl_encode, decode=jsonl_decode)),
+    ".jsonl": Format(SimpleNamespace(encode=jsonl_encode, decode=decode_jsonl)),
     ".parquet": Format(SimpleNamespace(encode=parquet_encode, decode=parquet_decode), needs=("pyarrow", parquet_needs)),
 }
 SUFFIXES = tuple(FORMATS)
@@ -55,6 +64,11 @@ def errors_path(out: str | os.PathLike) -> Path:
     """``OUT.<suffix>.errors.jsonl``: ``{"index": i, "path"|"text": ..., "error": "..."}`` per failed input."""
     out = Path(out)
     return out.with_name(out.name + ".errors.jsonl")
+
+
+def error_line(index: int, key: str, item: str, reason: str) -> str:
+    """One line of an errors file: the failed input's index, its name under `key` ("path" | "text"), why."""
+    return dumps({"index": int(index), key: item, "error": reason})
 
 
 def output_files(out: str | os.PathLike) -> list[Path]:

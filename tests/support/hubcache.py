@@ -291,7 +291,7 @@ def build(root: Path, families=None) -> TextHub:
     import torch
     from safetensors.torch import save_file
 
-    from fastclip_export.open_clip_source import config_problem
+    from fastclip_export.open_clip_config import config_problem
     from fastclip_export.torchvision_compat import import_open_clip
 
     open_clip = import_open_clip()

@@ -20,7 +20,6 @@ Never run two at once on a shared machine; every figure comes with the load aver
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -63,22 +62,16 @@ def load_avg() -> str:
 def export_child(arch: str, tag: str, out: Path) -> dict:
     from fastclip.errors import ExportError
     from fastclip_export import api
-    from fastclip_export.open_clip_source import config_problem, preprocess_cfg
-    from fastclip_export.torchvision_compat import import_open_clip
+    from fastclip_export.open_clip_config import config_problem
 
-    open_clip = import_open_clip()
-    pre = preprocess_cfg(arch, tag)
     towers = ("vision", "text") if config_problem(arch, tag) is None else ("vision",)
-    # The tag's preprocessing on random weights: what create_model_and_transforms gives for the tag.
-    settings = dict(image_resize_mode=pre["resize_mode"], image_interpolation=pre["interpolation"],
-                    image_mean=tuple(pre["mean"]), image_std=tuple(pre["std"]))
-    open_clip.create_model_and_transforms = functools.partial(open_clip.create_model_and_transforms, **settings)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     note = None
+    # Random weights with the tag's preprocessing (preprocess=tag): the tag's weights are not downloaded.
     try:
-        api.export_model(f"open_clip:{arch}", out, pretrained="none", precisions=PRECISIONS, overwrite=True,
-                         towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", preprocess=tag, precisions=PRECISIONS,
+                         overwrite=True, towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
     except ExportError as exc:
         # The text tower's tokenizer (or HF text config) lives on the hub; offline and not cached, the
         # image tower is still measured, and the row says why the text tower is missing.
@@ -87,8 +80,8 @@ def export_child(arch: str, tag: str, out: Path) -> dict:
         note = f"text tower: {str(exc).splitlines()[0][:160]}"
         towers = ("vision",)
         started = time.perf_counter()
-        api.export_model(f"open_clip:{arch}", out, pretrained="none", precisions=PRECISIONS, overwrite=True,
-                         towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", preprocess=tag, precisions=PRECISIONS,
+                         overwrite=True, towers=towers, log=lambda m: print(f"  {m}", file=sys.stderr))
     seconds = time.perf_counter() - started
     manifest = json.loads((out / "fastclip.json").read_text())
     cosines = {tower: {p: manifest[tower]["verification"][p]["min_cosine"] for p in PRECISIONS}
@@ -96,7 +89,7 @@ def export_child(arch: str, tag: str, out: Path) -> dict:
     return {"towers": list(towers), "note": note, "export_s": round(seconds, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
             "folder_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 1),
-            "cosines": cosines, "preprocess": {k: pre[k] for k in ("resize_mode", "interpolation")},
+            "cosines": cosines, "preprocess": {k: manifest["vision"][k] for k in ("resize_mode", "interpolation")},
             "load_export": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 
@@ -147,8 +140,8 @@ def fast_modes_child(arch: str, n_images: int) -> dict:
 
     out = WORK / f"fast-modes-{arch}"
     if not (out / "fastclip.json").is_file():
-        api.export_model(f"open_clip:{arch}", out, pretrained="none", towers=("vision",), overwrite=True,
-                         log=lambda m: print(f"  {m}", file=sys.stderr))
+        api.export_model(f"open_clip:{arch}", out, pretrained="none", preprocess=MODELS.get(arch), towers=("vision",),
+                         overwrite=True, log=lambda m: print(f"  {m}", file=sys.stderr))
     base = json.loads((out / "fastclip.json").read_text())
     photos = common.photos(n_images)
     rows = {}
@@ -178,7 +171,7 @@ def run(arch: str, tag: str, n_images: int, keep: bool) -> dict:
     row: dict = {"model": arch, "tag": tag}
     est = None
     try:
-        from fastclip_export.open_clip_source import config_problem
+        from fastclip_export.open_clip_config import config_problem
 
         towers = ("vision", "text") if config_problem(arch, tag) is None else ("vision",)
         est = api.estimate_memory(f"open_clip:{arch}", "none", PRECISIONS, towers)

@@ -49,6 +49,9 @@ MODELS = {
     "ViT-H-14-378-quickgelu": ("open_clip:ViT-H-14-378-quickgelu", "DFN H/14, 378 px, QuickGELU"),
     "ViT-bigG-14": ("open_clip:ViT-bigG-14", "LAION-2B bigG/14, 2.5 B parameters"),
 }
+# Random weights of an architecture whose tags preprocess differently follow one tag's preprocessing (the
+# export refuses to guess): the tag the row stands for, whose preprocessing is open_clip's default.
+PREPROCESS = {"open_clip:ViT-L-14": "openai", "open_clip:ViT-H-14": "laion2b_s32b_b79k"}
 
 
 def hf_large_checkpoint(folder: Path) -> Path:
@@ -125,7 +128,8 @@ def child_export(model: str, out: Path, precisions: list[str]) -> None:
     sampler = StageSampler()
     error = None
     try:
-        export_model(model, out, pretrained="none", precisions=precisions, overwrite=True, log=sampler.log)
+        export_model(model, out, pretrained="none", preprocess=PREPROCESS.get(model), precisions=precisions,
+                     overwrite=True, log=sampler.log)
     except Exception as exc:  # reported in the table, not a traceback
         error = f"{type(exc).__name__}: {exc}"
     sampler.stop()
@@ -154,7 +158,7 @@ def child_runtime(model: str, out: Path, precisions: list[str]) -> None:
     try:
         photos = write_photos(folder)
         torch.manual_seed(0)  # what export_model does before loading: the same random weights
-        source = load_source(model, "none")
+        source = load_source(model, "none", preprocess=PREPROCESS.get(model))
         with torch.no_grad():
             pixels = torch.stack([source.preprocess(Image.open(p).convert("RGB")) for p in photos])
             ref_img = (source.reference_vision or source.vision)(pixels).float().numpy()

@@ -59,11 +59,11 @@ MUTANTS = [
         "the loaded model's vision MLPs switched to QuickGELU before export (graph and export-time reference "
         "agree, so only parity with open_clip can see it: min cosine stays ~0.999995)",
         "export/open_clip_source.py",
-        "    model.eval()\n\n    image = _check_preprocessing(",
+        "    model.eval()\n\n    built = open_clip.get_model_preprocess_cfg(model)",
         "    model.eval()\n"
         "    for _block in model.visual.transformer.resblocks:\n"
         "        _block.mlp.gelu = open_clip.transformer.QuickGELU()\n\n"
-        "    image = _check_preprocessing(",
+        "    built = open_clip.get_model_preprocess_cfg(model)",
         ("tests/test_export.py::test_tiny_open_clip_export",
          "tests/test_embedding.py::test_open_clip_export_matches_open_clip"),
     ),

@@ -1,4 +1,5 @@
-"""fastclip-cpu: the fastclip code with onnxruntime (CPU) in place of onnxruntime-gpu.
+"""fastclip-onnx-cpu (../pyproject.toml's name + "-cpu"): the fastclip code with onnxruntime (CPU) in place of
+onnxruntime-gpu.
 
 The pair follows fastembed / fastembed-gpu: one code base, two distributions that differ only in the
 onnxruntime they pull (a venv with onnxruntime-gpu weighs ~515 MB, 340 MB of it that wheel; fastembed's CPU
@@ -7,7 +8,7 @@ the two cannot drift apart; only the GPU requirements are swapped for their CPU 
 the bench extra too, which would otherwise pull onnxruntime-gpu back in).
 
     pip install ./cpu                # from the repository root
-    pip install "./cpu[export]"      # extras as in fastclip's
+    pip install "./cpu[export]"      # extras as in fastclip-onnx's
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -26,6 +27,9 @@ from fastclip.errors import ExportError
 from . import memory, onnx_io, variants, verify
 from .source import Source
 
+if TYPE_CHECKING:
+    from .open_clip_config import Plan
+
 OPEN_CLIP_PREFIX = "open_clip:"
 VARIANT_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
@@ -33,15 +37,44 @@ VARIANT_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model
 TOWERS = ("vision", "text")
 
 
-def load_source(model: str, pretrained: str | None, towers: Sequence[str] = TOWERS) -> Source:
+@dataclass(frozen=True)
+class Target:
+    """The model of one export, resolved once: what the memory estimate counts and the loader loads."""
+
+    model: str
+    pretrained: str | None
+    towers: tuple[str, ...]
+    open_clip: Plan | None = None  # open_clip:ARCH, resolved and checked from its configs
+
+
+def resolve(model: str, pretrained: str | None, towers: Sequence[str] = TOWERS, preprocess: str | None = None) -> Target:
+    """`model` resolved and checked before anything is loaded (ExportError when it cannot export exactly)."""
+    towers = tuple(t for t in TOWERS if t in towers)
     if model.startswith(OPEN_CLIP_PREFIX):
+        from .open_clip_config import resolve as resolve_open_clip
+
+        return Target(model, pretrained, towers, resolve_open_clip(model[len(OPEN_CLIP_PREFIX):], pretrained, towers,
+                                                                   preprocess))
+    if preprocess is not None:
+        raise ExportError(f"--preprocess {preprocess} names an open_clip pretrained tag; {model} is a transformers "
+                          "model, whose preprocessor_config.json says how it preprocesses")
+    return Target(model, pretrained, towers)
+
+
+def load_source(model: str, pretrained: str | None, towers: Sequence[str] = TOWERS,
+                preprocess: str | None = None) -> Source:
+    return _load(resolve(model, pretrained, towers, preprocess))
+
+
+def _load(target: Target) -> Source:
+    if target.open_clip is not None:
         from .open_clip_source import load_open_clip
 
-        return load_open_clip(model[len(OPEN_CLIP_PREFIX):], pretrained, tuple(towers))
+        return load_open_clip(target.open_clip)
     from .hf_source import load_hf
 
-    source = load_hf(model, pretrained)
-    if "text" not in towers:
+    source = load_hf(target.model, target.pretrained)
+    if "text" not in target.towers:
         source.text = None
     return source
 
@@ -52,23 +85,35 @@ def count_parameters(model: str, pretrained: str | None, towers: Sequence[str] =
         from .open_clip_source import count_parameters as count
 
         return count(model[len(OPEN_CLIP_PREFIX):], tuple(towers))
+    return _count(Target(model, pretrained, tuple(towers)))
+
+
+def _count(target: Target) -> tuple[int, int]:
+    if target.open_clip is not None:
+        from .open_clip_source import plan_parameters
+
+        return plan_parameters(target.open_clip)
     from .hf_source import count_parameters as count
 
-    vision, text = count(model, pretrained)
-    return vision, text if "text" in towers else 0
+    vision, text = count(target.model, target.pretrained)
+    return vision, text if "text" in target.towers else 0
 
 
 def estimate_memory(model: str, pretrained: str | None, precisions: Sequence[str],
                     towers: Sequence[str] = TOWERS) -> memory.Estimate:
-    vision, text = count_parameters(model, pretrained, towers)
+    return _estimate(count_parameters(model, pretrained, towers), pretrained, precisions)
+
+
+def _estimate(params: tuple[int, int], pretrained: str | None, precisions: Sequence[str]) -> memory.Estimate:
     checkpoint = pretrained is not None and pretrained.lower() != "none"
-    return memory.estimate(vision, text, precisions, checkpoint=checkpoint)
+    return memory.estimate(*params, precisions, checkpoint=checkpoint)
 
 
 def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = None,
                  precisions: Sequence[str] = ("fp32",), overwrite: bool = False,
                  external_data: bool | None = None, check_memory: bool = True,
-                 log: Callable[[str], None] = print, towers: Sequence[str] = TOWERS) -> Path:
+                 log: Callable[[str], None] = print, towers: Sequence[str] = TOWERS,
+                 preprocess: str | None = None) -> Path:
     """Export `model` into `out_dir` and return it.
 
     `model`: a Hugging Face id or save_pretrained folder of a CLIPModel, or `open_clip:ARCH`
@@ -77,6 +122,8 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
     weights outside the graph only when a tower is over 2 GB; True forces it. `check_memory`: refuse
     (ExportError) before loading anything when the estimated peak memory exceeds what is available.
     `towers=("vision",)`: the image tower alone (the folder then serves ImageEmbedding only).
+    `preprocess`: the open_clip pretrained tag whose preprocessing random weights or a checkpoint file
+    follow; needed only when the architecture's tags preprocess differently (a tag brings its own).
     """
     towers = tuple(t for t in TOWERS if t in towers)
     if "vision" not in towers:
@@ -92,15 +139,21 @@ def export_model(model: str, out_dir: str | Path, *, pretrained: str | None = No
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
 
     started = time.perf_counter()
+    target = resolve(model, pretrained, towers, preprocess)
     if check_memory:
-        est = estimate_memory(model, pretrained, precisions, towers)
+        est = _estimate(_count(target), pretrained, precisions)
         available = memory.available_bytes()
         memory.check(model, est, precisions, available)
         log(f"{model}: {est.params / 1e6:.0f} M parameters, estimated peak memory {est.peak_bytes / memory.GB:.1f} GB"
             + (f" ({available / memory.GB:.1f} GB available)" if available else ""))
     log(f"loading {model}" + (f" ({pretrained})" if pretrained else ""))
+    plan = target.open_clip
+    if plan is not None and plan.preprocess is not None and plan.preprocess != plan.weights:
+        from .open_clip_config import summary
+
+        log(f"preprocessing of pretrained tag {plan.preprocess}: {summary(plan.image)}, size {plan.image['image_size']}")
     torch.manual_seed(0)  # random-weight exports are reproducible
-    source = load_source(model, pretrained, towers)
+    source = _load(target)
     log(f"loaded{_peak_rss()}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

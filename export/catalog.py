@@ -118,8 +118,12 @@ LICENSE_BY_UPSTREAM = {
 LAION_LICENSE = "mit"
 
 # The layouts the repos ship in tests/test_layouts.py re-creates from the publisher's recipe and opens by name.
-RECREATED = {"onnx-community/siglip2-base-patch16-224-ONNX", "Xenova/clip-vit-base-patch32",
-             "immich-app/ViT-B-32__openai", "immich-app/ViT-B-16-SigLIP2__webli"}
+RECREATED = {
+    "onnx-community/siglip2-base-patch16-224-ONNX": "test_transformers_js_siglip2_matches_transformers_and_fastembed",
+    "Xenova/clip-vit-base-patch32": "test_transformers_js_clip_matches_transformers",
+    "immich-app/ViT-B-32__openai": "test_immich_matches_open_clip",
+    "immich-app/ViT-B-16-SigLIP2__webli": "test_immich_matches_open_clip",
+}
 
 # Short names, each an alias of one entry.
 SHORT = {
@@ -197,18 +201,18 @@ def _license(arch: str, tag: str) -> str | None:
 
 def _derived(arch: str, tag: str) -> dict[str, Any]:
     """What open_clip's configs say about ARCH with pretrained TAG."""
-    from .open_clip_source import preprocess_cfg
+    from .open_clip_config import image_settings, preprocess_cfg
     from .torchvision_compat import import_open_clip
 
     cfg = import_open_clip().get_model_config(arch)
-    pre = preprocess_cfg(arch, tag)
+    pre = image_settings(preprocess_cfg(arch, tag))  # what an export of the tag records
     return {
         "architecture": arch, "pretrained": tag, "embed_dim": cfg["embed_dim"],
         "image_size": cfg["vision_cfg"].get("image_size", 224),
         # open_clip's CLIPTextCfg default where the config names none (HF text towers): Immich pads to it too
         "context_length": cfg["text_cfg"].get("context_length", 77),
         "preprocessing": {"resize": pre["resize_mode"], "interpolation": pre["interpolation"],
-                          "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]},
+                          "mean": list(pre["mean"]), "std": list(pre["std"])},
         "scoring": "sigmoid" if "init_logit_bias" in cfg else "softmax",
         "license": _license(arch, tag),
     }
@@ -239,7 +243,7 @@ def _entry(name: str, layout: str, towers: dict[str, str], d: dict[str, Any], *,
 
 def _verified(repo: str, otherwise: str) -> str:
     if repo in RECREATED:
-        return f"re-created from the publisher's recipe, tests/test_layouts.py (case {repo})"
+        return f"re-created from the publisher's recipe, tests/test_layouts.py::{RECREATED[repo]}"
     return otherwise
 
 

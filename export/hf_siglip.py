@@ -142,10 +142,6 @@ def load_hf_siglip(name: str, config, local: dict[str, Path | None], preprocesso
         padding_side=str(tokenizer.padding_side),
         attention_mask_input="attention_mask" if with_mask else None,
         tokenize_with_mask=tokenize_with_mask if with_mask else None,
-        text_heads=int(config.text_config.num_attention_heads),
-        text_width=int(config.text_config.hidden_size),
-        vision_heads=int(config.vision_config.num_attention_heads),
-        vision_width=int(config.vision_config.hidden_size),
     )
     # Image recipe and scoring by the names the manifest's vision spec uses (fastclip.manifest.RESIZE_MODES,
     # SCORINGS): sigmoid(logit_scale * cos + logit_bias) per label is how SigLIP was trained.

@@ -206,10 +206,6 @@ def load_hf(model: str, pretrained: str | None) -> Source:
         cleaning="none",
         tokenize=tokenize,
         write_tokenizer=write_tokenizer,
-        vision_heads=int(config.vision_config.num_attention_heads),
-        vision_width=int(config.vision_config.hidden_size),
-        text_heads=int(text_cfg.num_attention_heads),
-        text_width=int(text_cfg.hidden_size),
         reference_vision=FullVisionTower(clip),
         reference_text=FullTextTower(clip),
     )

@@ -64,12 +64,6 @@ class Source:
     attention_mask_input: str | None = None
     tokenize_with_mask: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    # Attention shape, for onnxruntime's transformer optimizer.
-    vision_heads: int = 0
-    vision_width: int = 0
-    text_heads: int = 0
-    text_width: int = 0
-
     @property
     def towers(self) -> tuple[str, ...]:
         return ("vision", "text") if self.text is not None else ("vision",)

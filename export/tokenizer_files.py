@@ -28,6 +28,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from fastclip.hints import install_hint
+
 BOS = "<start_of_text>"
 EOS = "<end_of_text>"
 PAD = "!"  # vocab id 0: open_clip pads its (B, 77) tensor with zeros
@@ -42,7 +44,7 @@ def default_bpe_path() -> Path:
     """open_clip's bundled vocab, located without importing open_clip (whose import pulls in torch)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("open_clip is not installed (pip install 'fastclip[export]')")
+        raise FileNotFoundError(f"open_clip is not installed ({install_hint('export')})")
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: open_clip's BPE vocabulary is missing")

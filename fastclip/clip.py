@@ -86,6 +86,7 @@ class CLIP:
         over the labels (CLIP) or an independent sigmoid per label (SigLIP); see fastclip.families.score."""
         if isinstance(labels, str) or not labels:
             raise ValueError("labels must be a non-empty list of strings")
+        self._check_scale()  # before any embedding work
         prompts = [template.format(label) for label in labels]
         text = np.stack(list(self.texts.embed(prompts)))
         image = np.stack(list(self.images.embed(images, batch_size)))
@@ -94,4 +95,16 @@ class CLIP:
     def probabilities(self, image_vectors: Any, text_vectors: Any) -> np.ndarray:
         """The model's own zero-shot probabilities (n_images, n_labels) for vectors already computed (by
         `embed`, a pool, a server): `classify` without the embedding, scored the family's way."""
+        self._check_scale()
         return SCORERS[self.scoring](self.similarity(image_vectors, text_vectors), self.logit_scale, self.logit_bias)
+
+    def _check_scale(self) -> None:
+        # Probabilities depend on the trained scale (and bias): 100 where a model learned 30 flattens every
+        # distribution, so a folder that does not ship it gets no made-up one.
+        if self.logit_scale is None:
+            layout = self.images.manifest.source.get("layout", "this")
+            raise ModelError(
+                f"{self.images.model_name}: the {layout} layout does not ship the model's trained logit scale"
+                f"{' and bias' if self.scoring == 'sigmoid' else ''}, so zero-shot probabilities cannot be computed "
+                "as the model was trained to give them. Embeddings and CLIP.similarity work; for classify, export "
+                "the model with `fastclip export` (its manifest records the scale)")

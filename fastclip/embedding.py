@@ -107,6 +107,8 @@ class ImageEmbedding(TowerModel):
         parallel (as in fastembed): None embeds in this process; N > 0 in N worker processes, 0 in
         one per core (fastclip.bulk.EmbeddingPool, started for this call and ended with it): same
         vectors, same order, same error handling; open file objects are read here and sent as bytes.
+        normalize=False returns the graph's output as it is: unit vectors already where the graph
+        normalizes itself (Immich's; `self.spec.output_normalized`).
         """
         return self._rows(images, batch_size, parallel, normalize=normalize, errors=errors, on_error=on_error)
 
@@ -197,6 +199,7 @@ class TextEmbedding(TowerModel, FastembedTextNames):
         errors="skip" yields None for a text that cannot be embedded (not a str, too long with
         truncate=False) instead of raising, so outputs stay aligned with inputs.
         parallel: as for ImageEmbedding.embed (None: this process; N: N worker processes; 0: one per core).
+        normalize=False: the graph's output as it is (unit vectors for a graph that normalizes itself, Immich's).
         """
         return self._rows(texts, batch_size, parallel, normalize=normalize, truncate=truncate, errors=errors)
 
@@ -215,9 +218,9 @@ class TextEmbedding(TowerModel, FastembedTextNames):
 
         Never raises for one text that cannot be embedded (not a str; too long with truncate=False):
         it lands in `failures` (keyed by start_index + its position) and has no row in `vectors`.
-        With a dynamic-length graph and more texts than one run takes (batch_size, at most
-        tuning.text_run_rows on CPU), the texts are sorted by length and run in groups;
-        otherwise they run in input-order batches of batch_size.
+        With more texts than one run takes (batch_size, at most tuning.text_run_rows on CPU), the texts
+        are sorted by length and run in groups (each padded to its longest on a dynamic-length graph);
+        with tuning.text_bucket_window <= 1 they run in input-order batches of batch_size.
         """
         self._check_open()
         return self._runner.embed_batch(list(one_or_many(texts)), start_index, normalize, truncate, batch_size)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ImageTypeError, first_line
-from .families.resize import MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, Geometry, resize_crop
+from .families.resize import CROP_OFFSETS, MAX_RESIZED_PIXELS, RESAMPLING, RESIZERS, RGB_CONVERSIONS, Geometry, resize_crop
 from .manifest import ImageSpec
 
 __all__ = [
@@ -308,13 +308,18 @@ def _normalize(rgb: np.ndarray, lut: np.ndarray, out: np.ndarray | None) -> np.n
 
 
 def preprocess(image: Image.Image, spec: ImageSpec, *, out: np.ndarray | None = None) -> np.ndarray:
-    """open_clip's eval transform for `spec`'s resize mode and filter: (3, S, S) float32, equal to the
-    reference's tensor.
+    """The reference transform `spec` names (open_clip's eval transform for its resize mode and filter; with
+    crop_offset "floor" and convert_rgb "before_resize", transformers' image processor): (3, S, S) float32,
+    equal to the reference's tensor.
 
     `out` (a C-contiguous float32 (3, S, S) array, e.g. a row of a batch) is filled in place and
     returned, saving the copy of stacking the batch afterwards.
     """
-    resized = RESIZERS[spec.resize_mode](image, spec.image_size, None, RESAMPLING[spec.interpolation], spec.fill)
+    convert = RGB_CONVERSIONS[spec.convert_rgb]
+    if convert is not None:
+        image = convert(image)
+    resized = RESIZERS[spec.resize_mode](image, spec.image_size, None, RESAMPLING[spec.interpolation], spec.fill,
+                                         CROP_OFFSETS[spec.crop_offset])
     return _normalize(np.asarray(_to_rgb(resized)), normalize_lut(tuple(spec.mean), tuple(spec.std)), out)
 
 
@@ -348,6 +353,9 @@ class ImagePreprocessor:
         self._draft_min_size = factor * self.size if factor else None
         self._lut = normalize_lut(tuple(spec.mean), tuple(spec.std))
         self._resample = RESAMPLING[spec.interpolation]
+        self._resize = RESIZERS[spec.resize_mode]
+        self._offset = CROP_OFFSETS[spec.crop_offset]
+        self._convert = RGB_CONVERSIONS[spec.convert_rgb]
 
     def __call__(self, item: Any, index: int, *, out: np.ndarray | None = None) -> np.ndarray:
         try:
@@ -355,8 +363,9 @@ class ImagePreprocessor:
                 item, index, exif_transpose=self.exif_transpose, draft_min_size=self._draft_min_size
             )
             try:
-                resize = RESIZERS[self.spec.resize_mode]
-                rgb = _to_rgb(resize(img, self.size, geometry, self._resample, self.spec.fill))
+                if self._convert is not None:  # the reference converts first (transformers' processors)
+                    img = self._convert(img)
+                rgb = _to_rgb(self._resize(img, self.size, geometry, self._resample, self.spec.fill, self._offset))
             except (OSError, ValueError) as exc:  # a mode Pillow cannot resample or convert, a 1 x 10**5 strip
                 raise ImageError(index, _describe(item), f"cannot preprocess ({img.mode} {img.size[0]}x{img.size[1]}): {exc}") from None
             return _normalize(np.asarray(rgb), self._lut, out)

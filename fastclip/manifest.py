@@ -16,7 +16,6 @@ Folder layout written by the export stage::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,17 +25,29 @@ from typing import Any, BinaryIO
 
 from .defaults import PRECISIONS
 from .errors import ModelError
-from .hashing import sha256
-from .families.resize import RESAMPLING, RESIZERS
+from .hashing import sha256, tower_fingerprint  # noqa: F401 - re-exported: callers import them from here
+from .hints import upgrade_hint
+from .families.resize import CROP_OFFSETS, RESAMPLING, RESIZERS, RGB_CONVERSIONS
 from .families.score import SCORERS
-from .families.text import CLEANERS, PADDING_SIDES
+from .families.text import CLEANERS, ID_DTYPES, PADDING_SIDES
 
 MANIFEST_NAME = "fastclip.json"
 # 2: vision.resize_mode "squash" / "longest", vision.interpolation "bilinear", vision.fill, "scoring";
 # the text spec gained cleanings other than "open_clip"/"none", padding_side, strip_sep_token_id and
 # languages. A version-1 reader would ignore those fields and shift vectors, token ids or probabilities
 # silently; the version check makes it refuse them instead.
-FORMAT_VERSION = 2
+# 3: what published layouts need (fastclip.layouts): vision.crop_offset and convert_rgb (transformers'
+# processors), a tower's fixed graph batch and self-normalized output, text.ids_dtype, logit_scale null (not
+# shipped). `dump` writes 2 unless one is set, so exports stay readable by version-2 readers.
+FORMAT_VERSION = 3
+_V3_FIELDS = {"vision": ("crop_offset", "convert_rgb", "batch", "output_normalized"),
+              "text": ("ids_dtype", "batch", "output_normalized")}
+
+
+def _v3_fields(data: dict[str, Any]) -> list[str]:
+    found = [f"{t}.{n}" for t, names in _V3_FIELDS.items() if isinstance(data.get(t), dict) for n in names
+             if n in data[t]]
+    return found + (["logit_scale null"] if "logit_scale" in data and data["logit_scale"] is None else [])
 
 # Text cleaning applied before the tokenizer.json pipeline: the names of fastclip.families.text.CLEANERS
 # ("open_clip", "lower", "whitespace", "canonicalize": open_clip's clean functions; "none").
@@ -46,6 +57,8 @@ CLEANINGS = tuple(CLEANERS)
 # runtime's tables (fastclip.families.resize), so a name the manifest accepts always has its resizer.
 RESIZE_MODES = tuple(RESIZERS)
 INTERPOLATIONS = tuple(RESAMPLING)
+CROP_OFFSET_NAMES = tuple(CROP_OFFSETS)
+RGB_CONVERSION_NAMES = tuple(RGB_CONVERSIONS)
 
 # How CLIP.classify turns logits into probabilities (fastclip.families.score):
 #   "softmax": over the labels of logit_scale * cos (CLIP-trained: contrastive softmax loss);
@@ -141,6 +154,8 @@ class TowerSpec:
     output_name: str
     files: dict[str, TowerFile]  # precision -> file
     verification: dict[str, Verification] = field(default_factory=dict)
+    batch: int | None = None  # the graph's fixed batch (Immich's 1), fed that many rows per run; None: any
+    output_normalized: bool = False  # the graph L2-normalizes its output (Immich): normalize=False gives unit vectors
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,8 @@ class ImageSpec(TowerSpec):
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     fill: int = 0  # "longest": the padding value, in every band of the image's own mode (0-255)
+    crop_offset: str = "round"  # one of CROP_OFFSET_NAMES: torchvision's rounding, or transformers' floor
+    convert_rgb: str = "after_resize"  # one of RGB_CONVERSION_NAMES: open_clip's order, or transformers'
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,7 @@ class TextSpec(TowerSpec):
     # given. The tokenizer.json post-processor names `language`; another code from `languages` takes its place.
     language: str | None = None
     languages: tuple[str, ...] = ()
+    ids_dtype: str = "int64"  # one of ID_DTYPES: the graph's token-id input type
 
 
 @dataclass(frozen=True)
@@ -180,7 +198,9 @@ class Manifest:
     source: dict[str, Any]
     architecture: str
     embed_dim: int
-    logit_scale: float  # already exponentiated: logits = logit_scale * cos + logit_bias
+    # Already exponentiated: logits = logit_scale * cos + logit_bias. None: the folder does not ship the trained
+    # value; CLIP.classify then refuses rather than guess one.
+    logit_scale: float | None
     logit_bias: float | None
     opset: int | None
     vision: ImageSpec | None
@@ -221,7 +241,10 @@ def _tower_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
     for name in ("input_name", "output_name"):
         if not isinstance(d.get(name), str) or not d[name]:
             raise ModelError(f"{where}: {name} must be a non-empty string, got {d.get(name)!r}")
-    return dict(input_name=d["input_name"], output_name=d["output_name"], files=files, verification=verification)
+    batch = d.get("batch")
+    return dict(input_name=d["input_name"], output_name=d["output_name"], files=files, verification=verification,
+                batch=None if batch is None else _int(batch, "batch", where, 1, 1 << 16),
+                output_normalized=bool(d.get("output_normalized", False)))
 
 
 def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
@@ -236,8 +259,10 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
     if version > FORMAT_VERSION:
         raise ModelError(
             f"{origin}: manifest format version {version} is newer than this fastclip understands "
-            f"({FORMAT_VERSION}); upgrade fastclip (pip install -U fastclip)"
+            f"({FORMAT_VERSION}); upgrade fastclip: {upgrade_hint()}"
         )
+    if version < 3 and _v3_fields(data):
+        raise ModelError(f"{origin}: {_v3_fields(data)[0]} is a format-3 field in a version-{version} manifest")
     try:
         vision = text = None
         if data.get("vision"):
@@ -250,6 +275,9 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 mean=_triple(v["mean"], "vision.mean", origin, positive=False),
                 std=_triple(v["std"], "vision.std", origin, positive=True),
                 fill=_int(v.get("fill", 0), "vision.fill", origin, 0, 255),
+                crop_offset=_choice(v.get("crop_offset", "round"), CROP_OFFSET_NAMES, "vision.crop_offset", origin),
+                convert_rgb=_choice(v.get("convert_rgb", "after_resize"), RGB_CONVERSION_NAMES, "vision.convert_rgb",
+                                    origin),
             )
         if data.get("text"):
             t = data["text"]
@@ -268,20 +296,25 @@ def parse(data: dict[str, Any], origin: str = "manifest") -> Manifest:
                 pad_token_id=_int(t["pad_token_id"], "text.pad_token_id", origin, 0, MAX_TOKEN_ID),
                 pooling=t.get("pooling", "eos"),
                 attention_mask_input=t.get("attention_mask_input"),
+                ids_dtype=_choice(t.get("ids_dtype", "int64"), ID_DTYPES, "text.ids_dtype", origin),
                 **_text_family(t, origin),
             )
         if vision is None and text is None:
             raise ModelError(f"{origin}: neither a vision nor a text tower is described")
         scoring = _choice(data.get("scoring", "softmax"), SCORINGS, "scoring", origin)
         logit_bias = None if data.get("logit_bias") is None else _finite(data["logit_bias"], "logit_bias", origin)
-        if scoring == "sigmoid" and logit_bias is None:
+        # Format <= 2 defaults a missing logit_scale to CLIP's clamped 100 (every export writes one); from format 3
+        # on, missing or null says the folder ships none.
+        raw_scale = data.get("logit_scale", 100.0 if version < 3 else None)
+        logit_scale = None if raw_scale is None and version >= 3 else _finite(raw_scale, "logit_scale", origin)
+        if scoring == "sigmoid" and logit_bias is None and logit_scale is not None:
             raise ModelError(f"{origin}: scoring 'sigmoid' needs a logit_bias (sigmoid(logit_scale * cos + logit_bias))")
         return Manifest(
             format_version=version,
             source=dict(data.get("source", {})),
             architecture=str(data.get("architecture", "unknown")),
             embed_dim=_int(data["embed_dim"], "embed_dim", origin, 1, 1 << 20),
-            logit_scale=_finite(data.get("logit_scale", 100.0), "logit_scale", origin),
+            logit_scale=logit_scale,
             logit_bias=logit_bias,
             opset=data.get("opset"),
             vision=vision,
@@ -339,44 +372,8 @@ def load(folder: str | Path) -> Manifest:
 
 def dump(data: dict[str, Any], folder: str | Path) -> Path:
     """Write a manifest dict after validating it (the export side calls this)."""
-    data = {"format": "fastclip", "format_version": FORMAT_VERSION, **data}
+    data = {"format": "fastclip", "format_version": FORMAT_VERSION if _v3_fields(data) else 2, **data}
     parse(data, origin="manifest being written")
     path = Path(folder) / MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
-
-
-_fingerprints: dict[tuple, str] = {}
-
-
-def tower_fingerprint(folder: str | Path, spec: TowerSpec) -> str:
-    """Which weights a tower holds: the sha256 hex of its fp32 ONNX file (no fp32: the first listed precision).
-
-    Embeddings files record it so that vectors from different weights are never compared. The manifest's
-    recorded sha256 is used when present, else the file is hashed once per process (cached by path, size
-    and mtime). When the weights live in ONNX external data the .onnx file alone does not identify them,
-    so the fingerprint is then the sha256 of the lines "<onnx sha256>" and "<relative path> <sha256>" of
-    each external-data file, in the listed order.
-    """
-    precision = "fp32" if "fp32" in spec.files else next(iter(spec.files))
-    entry = spec.files[precision]
-    folder = Path(folder)
-
-    def digest(rel: str, recorded: str | None) -> str:
-        if recorded:
-            return recorded
-        path = folder / rel
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot fingerprint the model file ({exc})") from None
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in _fingerprints:
-            _fingerprints[key] = sha256(path)
-        return _fingerprints[key]
-
-    main = digest(entry.path, entry.sha256)
-    if not entry.external_data:
-        return main
-    lines = [main] + [f"{rel} {digest(rel, entry.external_data_sha256.get(rel))}" for rel in entry.external_data]
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()

@@ -1,7 +1,8 @@
 """fastclip on Ray Data: `from fastclip.ray import ImageEmbedder, TextEmbedder, embed_images, embed_texts`.
 
-The implementation lives in fastclip.bulk.ray (this module only names it); see its doc and README
-"Scale out with Ray". Needs `pip install 'fastclip[ray]'`; Ray itself is imported only when used.
+The implementation lives in the fastclip.bulk.ray package (this module only names it); see its doc and README
+"Scale out with Ray". Needs the `ray` extra (`pip install ".[ray]"` in the checkout); Ray itself is imported
+only when used.
 Inside this module `import ray` is an absolute import and finds the real Ray package, not this file.
 """
 

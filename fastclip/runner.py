@@ -302,7 +302,8 @@ class TextRunner(_Runner):
         ])
 
     def _bucketing(self) -> bool:
-        return self.spec.dynamic_length and self.tuning.text_bucket_window > 1
+        # Fixed-length graphs (SigLIP, Immich) gain from the runs on concurrent sessions too (rows run unsliced).
+        return self.tuning.text_bucket_window > 1
 
     def _feeds(self, chunk: list, start: int, truncate: bool) -> dict[str, np.ndarray]:
         return self._feeds_and_lengths(chunk, start, truncate)[0]
@@ -312,9 +313,10 @@ class TextRunner(_Runner):
         the first end token: a masked-mean tower (XLM-R, mT5) reads every real token, and a text may
         spell an end token inside itself."""
         ids, mask = self._tokenizer.encode_batch_with_mask(chunk, start_index=start, truncate=truncate)
-        feeds = {self.spec.input_name: ids}
+        dtype = self.spec.ids_dtype  # int32 for graphs traced with int32 ids (Immich)
+        feeds = {self.spec.input_name: ids.astype(dtype, copy=False)}
         if self.spec.attention_mask_input:
-            feeds[self.spec.attention_mask_input] = mask
+            feeds[self.spec.attention_mask_input] = mask.astype(dtype, copy=False)
         return feeds, mask.sum(axis=1)
 
     def _run_sorted(self, feeds: dict[str, np.ndarray], lengths: np.ndarray, rows: int, normalize: bool) -> np.ndarray:
@@ -325,7 +327,7 @@ class TextRunner(_Runner):
         left = self.spec.padding_side == "left"
 
         def run_one(picked: np.ndarray, tower: OnnxSession = self._tower()) -> np.ndarray:
-            width = max(int(lengths[picked].max()), 1)
+            width = max(int(lengths[picked].max()), 1) if self.spec.dynamic_length else ids.shape[1]
             cols = slice(ids.shape[1] - width, None) if left else slice(0, width)
             return run(tower, self.spec, {k: v[picked, cols] for k, v in feeds.items()}, normalize)
 
@@ -373,8 +375,21 @@ class TextRunner(_Runner):
 # ------------------------------------------------------------------------------------ run, normalize
 
 def run(loaded: OnnxSession, spec: TowerSpec, feeds: dict[str, np.ndarray], normalize: bool) -> np.ndarray:
-    """One onnxruntime run of a tower: float32 (n, dim), L2-normalized unless asked not to be."""
-    out = loaded.session.run([spec.output_name], feeds)[0]
+    """One onnxruntime run of a tower: float32 (n, dim), L2-normalized unless asked not to be.
+
+    A graph traced with a fixed batch (`spec.batch`, Immich's 1) runs that many rows at a time, the last group
+    filled up with copies of its last row whose outputs are dropped: rows never interact in these towers."""
+    n, fixed = len(next(iter(feeds.values()))), spec.batch or 0
+    if not fixed or n == fixed:
+        out = loaded.session.run([spec.output_name], feeds)[0]
+    else:
+        parts = []
+        for start in range(0, n, fixed):
+            group = {k: v[start : start + fixed] for k, v in feeds.items()}
+            short = fixed - len(next(iter(group.values())))
+            group = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in group.items()} if short else group
+            parts.append(np.asarray(loaded.session.run([spec.output_name], group)[0])[: fixed - short])
+        out = np.concatenate(parts)
     out = np.asarray(out, dtype=np.float32)  # fp16 graphs may return half precision
     return l2_normalize(out) if normalize else out
 

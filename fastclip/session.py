@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from .errors import FastClipError, ModelError, first_line
 from .hashing import sha256
+from .hints import export_hint
 from .manifest import TextSpec, TowerFile, TowerSpec
-from .providers import CPU, CUDA, default_providers, log_once
+from .providers import CPU, CUDA, default_providers, log_once, ort  # onnxruntime, checked
 
 log = logging.getLogger("fastclip")
 
@@ -117,13 +117,16 @@ class OnnxSession:
             held.close()
 
 
-def pick_precision(tower: TowerSpec, device: str, requested: str | None, where: str) -> str:
-    """fp16 on GPU when present, fp32 otherwise; int8 only when asked for by name."""
+def pick_precision(tower: TowerSpec, device: str, requested: str | None, where: str,
+                   folder: Path | None = None) -> str:
+    """fp16 on GPU when present, fp32 otherwise; int8 only when asked for by name. `folder`: the tower's
+    model folder, whose export command a missing precision's error gives."""
     if requested is not None:
         if requested not in tower.files:
+            fix = "" if folder is None else f"; add it by exporting again: {export_hint(folder, [*tower.files, requested])}"
             raise ModelError(
                 f"{where}: precision {requested!r} not in this model folder "
-                f"(available: {', '.join(sorted(tower.files))})"
+                f"(available: {', '.join(sorted(tower.files))}){fix}"
             )
         return requested
     if device == "cuda" and "fp16" in tower.files:
@@ -218,7 +221,7 @@ def open_tower(
     else:
         why = "as requested"
     wants_cuda = any((p[0] if isinstance(p, tuple) else p) == CUDA for p in providers)
-    chosen = pick_precision(tower, "cuda" if wants_cuda else "cpu", precision, where)
+    chosen = pick_precision(tower, "cuda" if wants_cuda else "cpu", precision, where, folder)
     entry = tower.files[chosen]
     path = _check_file(folder, entry.path, entry.bytes, where)
     extras = [_check_file(folder, extra, None, where) for extra in entry.external_data]
@@ -333,7 +336,8 @@ def _probe_text(loaded: OnnxSession, spec: TextSpec, inputs: dict, where: str) -
     seq = inputs[spec.input_name][-1]
     if isinstance(seq, int) and seq != n:
         raise ModelError(f"{where}: graph takes sequences of exactly {seq} tokens, the manifest's context_length is {n}")
-    ids = np.array([[spec.bos_token_id] + [spec.pad_token_id] * (n - 2) + [spec.eos_token_id]], dtype=np.int64)
+    ids = np.array([[spec.bos_token_id] + [spec.pad_token_id] * (n - 2) + [spec.eos_token_id]], dtype=spec.ids_dtype)
+    ids = np.repeat(ids, spec.batch or 1, axis=0)  # a graph traced with a fixed batch takes exactly that many
     feeds = {spec.input_name: ids}
     if spec.attention_mask_input:
         feeds[spec.attention_mask_input] = np.ones_like(ids)

@@ -74,7 +74,10 @@ class TowerModel(FastembedNames):
         self.manifest: Manifest = manifest if manifest is not None else load_manifest(self.folder)
         self.spec = getattr(self.manifest, self.tower_name)
         if self.spec is None:
-            raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower")
+            missing = self.manifest.source.get("missing")  # what a layout reader found instead
+            why = missing.get(self.tower_name) if isinstance(missing, dict) else None
+            raise ModelError(f"{self.model_name}: this model folder has no {self.tower_name} tower"
+                             + (f" ({why})" if why else ""))
         self.threads = threads
         self.device_ids = list(device_ids) if device_ids else None
         self._requested_precision = precision

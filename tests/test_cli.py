@@ -237,7 +237,7 @@ def test_parquet_without_pyarrow_is_a_one_line_hint(tiny_openclip_export, photo_
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "pip install 'fastclip[parquet]'" in result.stderr and "Traceback" not in result.stderr
+    assert "pip install" in result.stderr and '[parquet]"' in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "v.parquet").exists()
 
 
@@ -541,21 +541,96 @@ def test_parallel_texts_match_serial(tiny_openclip_export, tmp_path):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_quiet_anywhere_on_the_line(tiny_openclip_export, tmp_path, where):
-    """-q before or after the subcommand: the same run, and only its info lines go."""
+    """-q before or after the subcommand: the same run, and its info lines go, the summary with them
+    (-q is "only warnings and errors"; the output file is the result)."""
     args = ["embed", "--text", "a dog", "--model", tiny_openclip_export, "--out", tmp_path / "t.npy"]
     loud = fastclip(*args)
     assert loud.returncode == 0, loud.stderr
-    assert "text tower on CPU" in loud.stderr  # an info line, which -q drops
+    assert "text tower on CPU" in loud.stderr and "fastclip: 1 texts embedded" in loud.stderr
     args[-1] = tmp_path / "q.npy"
     quiet = fastclip(*(["-q", *args] if where == "before" else [*args, "-q"]))
-    assert quiet.returncode == 0, quiet.stderr
-    # The final summary (rows, failures, output) stays: it is the command's result, not progress.
-    lines = quiet.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastclip: 1 texts embedded"), quiet.stderr
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     np.testing.assert_array_equal(read_embeddings(tmp_path / "q.npy").vectors, read_embeddings(tmp_path / "t.npy").vectors)
+
+
+def test_quiet_resume_keeps_warnings_and_errors_only(tiny_openclip_export, album_with_corrupt, tmp_path):
+    out = tmp_path / "v.npy"
+    args = ("embed", album_with_corrupt, "--model", tiny_openclip_export, "--out", out, "--batch-size", 1, "-q")
+    assert fastclip(*args).returncode == 1  # stops at the corrupt image, 2 inputs kept
+    resumed = fastclip(*args, "--resume", "--skip-errors")
+    assert resumed.returncode == 1 and len(read_embeddings(out).items) == 5
+    lines = resumed.stderr.splitlines()
+    assert len(lines) == 2 and "resuming" not in resumed.stderr and "embedded" not in resumed.stderr, lines
+    assert lines[0].startswith("fastclip: skipped #2 ") and lines[1].startswith("fastclip: failed: "), lines
 
 
 def test_quiet_after_a_nested_subcommand_is_accepted():
     result = fastclip("eval", "retrieval", "--help", "-q")
     assert result.returncode == 0, result.stderr
     assert "-q, --quiet" in result.stdout
+
+
+# ------------------------------------------------------------------ CLI edges
+
+
+def run_into_closed_pipe(*args) -> subprocess.CompletedProcess:
+    """The command with its stdout a pipe whose reader is gone, as `fastclip ... | head -1` leaves it once head
+    has its line (here for certain: the read end is closed before the command starts)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "fastclip.cli", *map(str, args)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_reader_gone_exits_141_without_a_word(tiny_openclip_export):
+    result = run_into_closed_pipe("info", tiny_openclip_export)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+def test_failure_before_the_first_checkpoint_leaves_nothing(tiny_openclip_export, photo_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "000_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 300)
+    (folder / "001.jpg").write_bytes(sorted(photo_dir.rglob("*.jpg"))[0].read_bytes())
+    out = tmp_path / "v.npy"
+    result = fastclip("embed", folder, "--model", tiny_openclip_export, "--out", out)
+    assert result.returncode == 1 and "000_corrupt.jpg" in result.stderr and "--resume" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no v.npy, no .v.npy.partial/
+
+
+@pytest.mark.parametrize("extra, named", [
+    (("--text", "a dog", "--fast"), "--fast"), (("--text", "a dog", "--fast-max"), "--fast-max"),
+    (("--text-file", "t.txt", "--no-exif"), "--no-exif"), (("PHOTOS", "--language", "fra_Latn"), "--language"),
+])
+def test_options_the_inputs_do_not_use_are_refused(photo_dir, tmp_path, extra, named):
+    (tmp_path / "t.txt").write_text("a dog\n")
+    extra = [photo_dir if e == "PHOTOS" else e for e in extra]
+    result = fastclip("embed", *extra, "--model", tmp_path / "no-such-model", "--out", tmp_path / "v.npy", cwd=tmp_path)
+    assert result.returncode == 2 and "no such model" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"fastclip embed: error: {named} applies to ") and "only" in last, last
+
+
+@pytest.mark.parametrize("args, usage", [
+    (("embed", "x.jpg", "--text", "a", "--out", "v.npy"), "usage: fastclip embed "),
+    (("export", "open_clip:ViT-B-32", "out", "--precision", "fp64"), "usage: fastclip export "),
+    (("eval", "retrieval", "captions.csv", "--ks", "0"), "usage: fastclip eval retrieval "),
+])
+def test_usage_error_prints_the_subcommands_usage(tmp_path, args, usage):
+    result = fastclip(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
+    assert result.stderr.splitlines()[-1].startswith(usage[len("usage: "):].rstrip() + ": error: ")
+
+
+def test_missing_precision_names_the_export_that_adds_it(tiny_openclip_export, tmp_path):
+    result = fastclip("embed", "--text", "a dog", "--model", tiny_openclip_export, "--out", tmp_path / "t.npy",
+                      "--precision", "int8")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # the tiny export's manifest records source open_clip fastclip-tiny, pretrained none
+    assert (f"precision 'int8' not in this model folder (available: fp32); add it by exporting again: fastclip "
+            f"export open_clip:fastclip-tiny {tiny_openclip_export} --pretrained none --precision fp32,int8 "
+            f"--overwrite") in result.stderr, result.stderr
+    assert not (tmp_path / "t.npy").exists()

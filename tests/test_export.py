@@ -123,7 +123,7 @@ def test_open_clip_last_block_computes_only_the_pooled_row(tiny_openclip_model):
     ids = tokenizer(SENTENCES[:5])
     assert OpenClipVisionTower.supports(model.visual)
     towers = [(OpenClipVisionTower(model.visual), model.encode_image, model.visual.transformer, pixels),
-              (_text_tower("fastclip-tiny", model)[0], model.encode_text, model.transformer, ids)]
+              (_text_tower("fastclip-tiny", model), model.encode_text, model.transformer, ids)]
     for wrapper, reference, transformer, inputs in towers:
         last = transformer.resblocks[-1]
         _check_pooled_row_only(wrapper, reference, last.mlp, last.mlp.c_fc.in_features, inputs)
@@ -226,6 +226,22 @@ def test_existing_out_dir_refused_and_overwrite(tiny_openclip_config, tmp_path):
     api.export_model("open_clip:fastclip-tiny", out, pretrained="none", overwrite=True, log=lambda _: None)
     assert not (out / "keep.txt").exists() and (out / "fastclip.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_architecture_resolved_and_checked_once_per_export(tiny_openclip_config, tmp_path, monkeypatch):
+    """The memory estimate and the loader share one resolution (api.resolve): a config file is registered
+    with open_clip once and its config checked once, where the estimate and the loader each did it before."""
+    from fastclip_export import open_clip_config
+    from fastclip_export.torchvision_compat import import_open_clip
+
+    open_clip = import_open_clip()
+    calls = {"add_model_config": 0, "text_problem": 0}
+    for module, name in ((open_clip, "add_model_config"), (open_clip_config, "text_problem")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: (
+            calls.__setitem__(_name, calls[_name] + 1), _real(*a, **k))[1])
+    api.export_model(f"open_clip:{tiny_openclip_config}", tmp_path / "m", pretrained="none", log=lambda _: None)
+    assert calls == {"add_model_config": 1, "text_problem": 1}
 
 
 def _swap_gelu(module) -> int:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import hubcache
+from support import tiny as tiny_arch
 
 from fastclip.errors import ExportError
 from fastclip_export import api, memory
-from fastclip_export.open_clip_source import architectures, config_problem
+from fastclip_export.open_clip_catalog import architectures
+from fastclip_export.open_clip_config import config_problem
 from fastclip_export.torchvision_compat import import_open_clip
 
 
@@ -49,6 +52,53 @@ def test_list_tags_gives_each_tags_preprocessing(capsys):
     assert dfn and all(line.startswith("tag dfn5b: exports (squash, bicubic") for line in dfn)
 
 
+def test_list_names_the_text_towers_that_need_the_hub(tmp_path, capsys):
+    """Which text towers need a tokenizer (or text model config) from the Hugging Face hub, and whether this
+    machine's cache holds it: here an empty cache but for SigLIP 2's tokenizer repo."""
+    from fastclip.cli import main
+
+    home = tmp_path / "hf-home"
+    hubcache.seed_repo(home / "hub", "timm/ViT-B-16-SigLIP2", {"tokenizer_config.json": "{}"})
+    with hubcache.offline(home):
+        assert main(["export", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    open_clip = import_open_clip()
+    needs_hub = [a for a in open_clip.list_models()
+                 if {"hf_tokenizer_name", "hf_model_name"} & set(open_clip.get_model_config(a)["text_cfg"])]
+    total = len(open_clip.list_models())
+    assert len(needs_hub) == 49  # open_clip 3.x: SigLIP (1 and 2), NLLB, XLM-R, mT5, xlm-v, BERT (CLIPA) text towers
+    assert lines[1].startswith(f"text towers: {len(needs_hub)} of the {total} need a tokenizer (or text model config) "
+                               "from the Hugging Face hub, fetched once and cached (1 cached here); without it, "
+                               "--vision-only exports their image tower offline")
+    header = next(i for i, line in enumerate(lines) if line.startswith("ARCHITECTURE"))
+    row = {line.split()[0]: line for line in lines[header + 1:] if line and not line.startswith(" ")}
+    assert row["ViT-B-16-SigLIP2"].endswith("; text needs hub timm/ViT-B-16-SigLIP2 (cached); tags: 1 of 1 export")
+    assert "; text needs hub timm/ViT-B-16-SigLIP (not cached here)" in row["ViT-SO400M-14-SigLIP-384"]
+    assert "; text needs hub xlm-roberta-base (not cached here);" in row["xlm-roberta-base-ViT-B-32"]
+    assert [a for a in row if "text needs hub" in row[a]] == sorted(needs_hub, key=str.lower)
+    assert "hub" not in row["ViT-B-32"]
+
+
+def test_offline_hub_tokenizer_error_points_to_vision_only(tmp_path, monkeypatch, capsys):
+    """SigLIP 2 offline, its tokenizer not cached: the export stops, writing nothing, says what is
+    missing and that --vision-only works offline - which it then does."""
+    from fastclip import manifest
+    from fastclip.cli import main
+
+    tiny_arch.register(monkeypatch, "ViT-B-16-SigLIP2")
+    out = tmp_path / "siglip2"
+    with hubcache.offline(tmp_path / "empty-home"):
+        assert main(["export", "open_clip:ViT-B-16-SigLIP2", str(out), "--pretrained", "none"]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].startswith("fastclip: error: open_clip:ViT-B-16-SigLIP2: the tokenizer 'timm/ViT-B-16-SigLIP2': "
+                                  "not in the hub cache ")
+        assert err[-1].endswith("; run the export where the hub is reachable once, or export the image tower alone "
+                                "with --vision-only (towers=('vision',)), which needs nothing from the hub")
+        assert not out.exists()
+        assert main(["export", "open_clip:ViT-B-16-SigLIP2", str(out), "--pretrained", "none", "--vision-only"]) == 0
+    assert manifest.load(out).text is None
+
+
 def test_vision_only_from_the_command_line(tiny_openclip_config, tmp_path, capsys):
     from fastclip import ImageEmbedding, manifest
     from fastclip.cli import main
@@ -81,7 +131,8 @@ def test_listed_vit_architectures_pass_the_loader_checks():
     the checks the export runs on the real model: the config reading agrees with the model."""
     import torch
 
-    from fastclip_export.open_clip_source import _text_tower, text_tokenizer
+    from fastclip_export.open_clip_source import _text_tower
+    from fastclip_export.open_clip_tokenizer import text_tokenizer
     from fastclip_export.open_clip_towers import OpenClipVisionTower
 
     open_clip = import_open_clip()

@@ -7,7 +7,6 @@ encoders, towers with `model.encode_image` on real photos. Random weights, tiny 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 
@@ -181,14 +180,17 @@ def test_manifest_records_and_checks_the_preprocessing():
 
 
 def test_export_reads_every_tags_preprocessing():
-    from fastclip_export.open_clip_source import config_problem, preprocess_cfg
+    """Each tag's preprocessing as --list --tags shows it (open_clip_config.tag_preprocessing); the export
+    records the output of the same function, asserted after real exports in tests/test_export_preprocess.py."""
+    from fastclip_export.open_clip_config import config_problem, tag_preprocessing
 
-    pe = preprocess_cfg("PE-Core-B-16", "meta")
-    assert (pe["resize_mode"], pe["interpolation"], tuple(pe["mean"])) == ("squash", "bilinear", (0.5, 0.5, 0.5))
-    mobile = preprocess_cfg("MobileCLIP2-B", "dfndr2b")
-    assert (mobile["resize_mode"], mobile["interpolation"], tuple(mobile["mean"])) == ("shortest", "bilinear", (0.0,) * 3)
-    assert preprocess_cfg("ViT-L-14", "laion2b_s32b_b82k")["mean"] == (0.5, 0.5, 0.5)
-    assert preprocess_cfg("ViT-B-32", "openai")["resize_mode"] == "shortest"
+    pe = tag_preprocessing("PE-Core-B-16")["meta"]
+    assert (pe["resize_mode"], pe["interpolation"], pe["mean"]) == ("squash", "bilinear", (0.5, 0.5, 0.5))
+    mobile = tag_preprocessing("MobileCLIP2-B")["dfndr2b"]
+    assert (mobile["resize_mode"], mobile["interpolation"], mobile["mean"]) == ("shortest", "bilinear", (0.0,) * 3)
+    assert tag_preprocessing("ViT-L-14")["laion2b_s32b_b82k"]["mean"] == (0.5, 0.5, 0.5)
+    assert tag_preprocessing("ViT-B-32")["openai"]["resize_mode"] == "shortest"
+    assert tag_preprocessing("ViT-SO400M-14-SigLIP-384")["webli"]["image_size"] == 384
     assert config_problem("ViT-H-14-378-quickgelu", "dfn5b") is None  # squash: refused before, exact now
 
 
@@ -207,8 +209,10 @@ SIGLIKE_CONFIG = {
 @pytest.fixture(scope="module")
 def sigmoid_export(tmp_path_factory):
     """A tiny model trained (here: initialised) with a logit bias, exported with SigLIP's preprocessing
-    (squash, bilinear, mean/std 0.5) as a SigLIP tag would set it; and the torch model with its transform."""
+    (squash, bilinear, mean/std 0.5) as its one pretrained tag sets it (random weights follow the tag);
+    and the torch model with that transform."""
     import torch
+    from open_clip import pretrained
 
     from fastclip_export.api import export_model
 
@@ -217,13 +221,13 @@ def sigmoid_export(tmp_path_factory):
     config = folder / f"{SIGLIKE}.json"
     config.write_text(json.dumps(SIGLIKE_CONFIG))
     open_clip.add_model_config(config)
-    settings = dict(image_resize_mode="squash", image_interpolation="bilinear", image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
-    original = open_clip.create_model_and_transforms
+    settings = dict(resize_mode="squash", interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(open_clip, "create_model_and_transforms", functools.partial(original, **settings))
+        m.setitem(pretrained._PRETRAINED, SIGLIKE, {"siglike": settings})
         out = export_model(f"open_clip:{SIGLIKE}", folder / "model", pretrained="none", log=lambda _: None)
     torch.manual_seed(0)  # the export's seed: the same random weights
-    model, _, transform = original(SIGLIKE, pretrained=None, **settings)
+    model, _, transform = open_clip.create_model_and_transforms(
+        SIGLIKE, pretrained=None, **{f"image_{k}": v for k, v in settings.items()})
     return out, model.eval(), transform, open_clip.get_tokenizer(SIGLIKE)
 
 
@@ -408,7 +412,7 @@ def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_pa
     import torch
 
     from fastclip_export.api import export_model
-    from fastclip_export.open_clip_source import vision_family
+    from fastclip_export.open_clip_catalog import vision_family
     from fastclip_export.open_clip_towers import reparameterizable, vision_module
 
     name = _register(family, tmp_path)
@@ -582,7 +586,7 @@ def test_every_open_clip_image_tower_builds_into_a_tested_form():
 
     from pathlib import Path
 
-    from fastclip_export.open_clip_source import TESTED_FAMILIES, family_of
+    from fastclip_export.open_clip_catalog import TESTED_FAMILIES, family_of
     from fastclip_export.open_clip_towers import reparameterizable, vision_module
 
     open_clip = _open_clip()

@@ -188,7 +188,8 @@ def test_coca_text_towers_match_open_clip(text_hub, tmp_path, arch):
     (both towers) runs in tests/test_families.py."""
     import torch
 
-    from fastclip_export.open_clip_source import _text_tower, text_tokenizer
+    from fastclip_export.open_clip_source import _text_tower
+    from fastclip_export.open_clip_tokenizer import text_tokenizer
     from fastclip_export.torchvision_compat import import_open_clip
 
     open_clip = import_open_clip()
@@ -206,7 +207,7 @@ def test_coca_text_towers_match_open_clip(text_hub, tmp_path, arch):
         torch.manual_seed(0)
         model = open_clip.create_model(name, pretrained=None, pretrained_text=False).eval()
         plan = text_tokenizer(name)
-    tower, _, _ = _text_tower(name, model)
+    tower = _text_tower(name, model)
     if arch == "coca_ViT-B-32":
         assert plan.context_length == 76 and not tower.dynamic and tower.pool_type == "last"
     else:

@@ -61,7 +61,9 @@ def test_the_runtime_imports_nothing_above_it():
 
 def test_the_cli_help_loads_no_model_machinery():
     """`fastclip --help` and the package's front door import neither onnxruntime, Pillow nor tokenizers."""
-    code = ("import sys, fastclip, fastclip.cli; "
+    code = ("import sys, contextlib, io, fastclip, fastclip.cli\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    fastclip.cli.main(['--help'])\n"
             "print(sorted(m for m in ('onnxruntime', 'PIL', 'tokenizers', 'numpy') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

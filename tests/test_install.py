@@ -122,3 +122,74 @@ def test_every_package_folder_is_listed_in_pyproject():
     found |= {"fastclip_export" + "".join("." + part for part in p.parent.relative_to(root / "export").parts)
               for p in (root / "export").rglob("__init__.py")}
     assert found <= listed, f"missing from pyproject.toml packages: {sorted(found - listed)}"
+
+
+# ------------------------------------------------------------------ onnxruntime beside fastembed's
+
+# `import onnxruntime` after `pip install fastembed` (onnxruntime) beside fastclip (onnxruntime-gpu), then `pip
+# uninstall onnxruntime`: the uninstall deletes every file the two builds shared, and what is left of the folder
+# imports as a namespace package. "missing": no onnxruntime importable at all.
+FAKE_ONNXRUNTIME = """
+import sys, types
+if sys.argv[1] == "missing":
+    sys.modules["onnxruntime"] = None
+else:
+    leftover = types.ModuleType("onnxruntime")
+    leftover.__path__ = [sys.argv[1]]
+    sys.modules["onnxruntime"] = leftover
+if sys.argv[2] == "library":
+    import fastclip
+    from fastclip.errors import ModelError
+    try:
+        fastclip.TextEmbedding
+    except ModelError as exc:
+        print("ModelError:", exc)
+        sys.exit(1)
+    sys.exit(0)
+from fastclip.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("state", ["leftover-folder", "missing"])
+def test_broken_onnxruntime_is_a_model_error_naming_the_fix(tiny_openclip_export, tmp_path, state):
+    leftover = tmp_path / "site-packages" / "onnxruntime"
+    (leftover / "capi").mkdir(parents=True)
+    (leftover / "capi" / "libonnxruntime_providers_cuda.so").write_bytes(b"")  # onnxruntime-gpu's own file stays
+    where = "missing" if state == "missing" else str(leftover)
+    cli = subprocess.run([sys.executable, "-c", FAKE_ONNXRUNTIME, where, "embed", "--text", "a dog", "--model",
+                          str(tiny_openclip_export), "--out", str(tmp_path / "t.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+    assert "pip install --force-reinstall onnxruntime-gpu" in cli.stderr and "./cpu" in cli.stderr, cli.stderr
+    assert "onnxruntime-gpu 1." in cli.stderr  # what is installed, from its metadata
+    if state == "missing":
+        assert "onnxruntime cannot be imported" in cli.stderr
+    else:
+        assert f"onnxruntime in {leftover} is broken: it has no get_available_providers" in cli.stderr
+    library = subprocess.run([sys.executable, "-c", FAKE_ONNXRUNTIME, where, "library"], capture_output=True,
+                             text=True, timeout=120)
+    assert library.returncode == 1 and library.stdout.startswith("ModelError: onnxruntime"), library.stderr
+
+
+def test_two_onnxruntime_builds_are_named_once_with_the_fix(tiny_openclip_export, tmp_path):
+    """onnxruntime's metadata beside onnxruntime-gpu's (what `pip install fastembed` leaves): one warning per
+    run, even with -q, and the run itself goes on."""
+    site = tmp_path / "site"
+    info = site / "onnxruntime-1.20.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime\nVersion: 1.20.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "t.npy"
+    cli = subprocess.run([sys.executable, "-m", "fastclip.cli", "-q", "embed", "--text", "a dog", "--text", "a cat",
+                          "--model", str(tiny_openclip_export), "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    lines = [line for line in cli.stderr.splitlines() if "are installed together" in line]
+    assert len(lines) == 1, cli.stderr
+    assert "onnxruntime 1.20.0, onnxruntime-gpu 1." in lines[0]
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in lines[0]
+    assert "fastembed-gpu" in lines[0] and "./cpu" in lines[0]
+    want = np.stack(list(TextEmbedding(tiny_openclip_export).embed(["a dog", "a cat"])))
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)

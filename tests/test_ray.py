@@ -205,9 +205,16 @@ def test_cli_engine_ray(cluster, album, model, tmp_path):
         assert np.abs(vector - want[path]).max() <= TOL
     errors = [json.loads(line) for f in sorted(out.glob("_part-*.errors.jsonl")) for line in f.read_text().splitlines()]
     assert [(e["index"], e["path"]) for e in errors] == [(len(photos), str(corrupt))]
+    # The folder is a Parquet dataset for any reader: service files start with "_" (no "lock" among the parts).
+    import pandas as pd
     import pyarrow.parquet as pq
 
-    assert pq.read_table(sorted(out.glob("part-*.parquet"))[0]).column_names == ["index", "path", "vector"]
+    table = pq.read_table(out)
+    assert table.column_names == ["index", "path", "vector"] and table.num_rows == len(photos)
+    order = np.argsort(table.column("index").to_numpy())
+    assert np.array_equal(np.array(table.column("vector").to_pylist(), np.float32)[order], got.vectors)
+    frame = pd.read_parquet(out).sort_values("index")
+    assert frame["path"].tolist() == got.items and np.array_equal(np.stack(frame["vector"].to_numpy()), got.vectors)
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def test_models_section_points_to_the_models_page():
     text = README.read_text(encoding="utf-8")
     section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
     assert "docs/models.md" in section and "catalog" in section
-    assert 5 <= len(section.strip().splitlines()) <= 12
+    assert 5 <= len(section.strip().splitlines()) <= 24  # a short section: the tables live on the pages
 
 
 def test_slow_marks_ray_but_not_array():

@@ -313,3 +313,59 @@ def test_search_page_escapes_file_names_and_queries(tmp_path):
             assert item in text  # shown literally, exactly as named
         if kind == "image":
             assert parsed.tags.count("img") == len(items) and parsed.alts == [item for item, _ in items]
+
+
+def test_search_of_a_missing_file_is_a_usage_error(tmp_path):
+    result = fastclip("search", tmp_path / "nothing.npy", "--text", "a cat")
+    assert result.returncode == 2 and result.stderr.startswith("usage: fastclip search "), result.stderr
+    assert result.stderr.splitlines()[-1] == f"fastclip search: error: {tmp_path / 'nothing.npy'}: no such file or folder"
+
+
+def test_search_quiet_and_into_a_closed_pipe(tiny_openclip_export, embedded, tmp_path):
+    from test_cli import run_into_closed_pipe
+
+    page = tmp_path / "p.html"
+    quiet = fastclip("search", embedded["image_file"], "--text", "a cat", "--html", page, "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and page.exists(), quiet.stderr  # no "page -> ..."
+    gone = run_into_closed_pipe("search", embedded["image_file"], "--text", "a cat", "-k", "14", "-q")
+    assert gone.returncode == 141 and gone.stderr == "", gone.stderr
+
+
+def test_search_scores_of_either_sign_keep_the_items_in_one_column(tiny_openclip_export, tmp_path):
+    """Rows made to score exactly 1, 0 and -1 against the query: the items start in the same column."""
+    query = "a photo of a cat"
+    q = next(TextEmbedding(tiny_openclip_export).embed([query]))
+    other = np.random.default_rng(0).standard_normal(q.shape).astype(np.float32)
+    other -= (other @ q) * q  # orthogonal to the query: cosine 0
+    other /= np.linalg.norm(other)
+    file = write_embeddings(tmp_path / "t.jsonl", tiny_openclip_export, "text", ["same", "unrelated", "opposite"],
+                            np.stack([q, other, -q]))
+    result = fastclip("search", file, "--text", query, "-k", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()[1:]
+    assert [float(line.split()[1]) for line in lines] == pytest.approx([1, 0, -1], abs=1e-4)
+    columns = {line.index(item) for line, item in zip(lines, ["same", "unrelated", "opposite"])}
+    assert len(columns) == 1, lines
+
+
+def test_search_page_shows_transparency_on_white(tiny_openclip_export, tmp_path):
+    """An RGBA PNG whose left half is transparent (black under alpha 0, as most files store it) and right
+    half opaque red: its thumbnail is white on the left, as a browser shows the PNG on a white page."""
+    pixels = np.zeros((96, 96, 4), np.uint8)
+    pixels[:, 48:] = (255, 0, 0, 255)
+    png = tmp_path / "cutout.png"
+    Image.fromarray(pixels, "RGBA").save(png)
+    vector = next(ImageEmbedding(tiny_openclip_export).embed([png]))
+    file = write_embeddings(tmp_path / "i.npy", tiny_openclip_export, "image", [str(png)], vector[None])
+    page = tmp_path / "page.html"
+    result = fastclip("search", file, "--image", png, "-k", "1", "--html", page)
+    assert result.returncode == 0, result.stderr
+    uris = [src for src in page.read_text().split('src="')[1:]]
+    assert len(uris) == 2  # the query and its one result, the same file
+    for uri in uris:
+        data = base64.b64decode(uri.split('"', 1)[0].split(",", 1)[1])
+        thumb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        # 8 px from the edge between the halves: JPEG's 8x8 blocks smear colour only within a block or two
+        left, right = thumb[:, :40], thumb[:, 56:]
+        assert left.min() >= 240, left.min()  # white (JPEG rounding: a few levels)
+        assert right[..., 0].min() >= 230 and right[..., 1:].max() <= 30, (right[..., 0].min(), right[..., 1:].max())

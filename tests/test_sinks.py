@@ -335,6 +335,85 @@ def test_parts_in_any_order_read_back_in_input_order_and_resume(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no work folder left
 
 
+def _parts_run(out, names, vecs):
+    """A finished run of 3 parts in completion order, the last input failed; returns (header, job)."""
+    from fastclip.sinks import PartsWriter
+
+    job = {"inputs": len(names)}
+    with PartsWriter(out, header(), job=job) as w:
+        w.write(names[2:4], vecs[2:4], [2, 3])
+        # While a run writes, the folder holds only parts and names that start with "_" or ".".
+        assert all(p.name.startswith(("_", ".", "part-")) for p in out.iterdir())
+        w.write(names[:2], vecs[:2], [0, 1])
+        w.write([], vecs[:0], [], failures=[(len(names) - 1, names[-1], "file not found")])
+    return header(), job
+
+
+def test_parts_folder_is_a_parquet_dataset(tmp_path):
+    """What Ray's output folder is for: any Parquet reader takes the folder as one dataset. Service files
+    (job, lock, errors) start with "_", which pyarrow, pandas, Ray and Spark skip; rows come in part order
+    with their input index."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    out, names, vecs = tmp_path / "parts", ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], vectors(5)
+    _parts_run(out, names, vecs)
+    table = pq.read_table(out)
+    assert table.column_names == ["index", "path", "vector"]
+    assert table.column("index").to_pylist() == [2, 3, 0, 1] and table.column("path").to_pylist() == names[2:4] + names[:2]
+    got = np.array(table.column("vector").to_pylist(), np.float32)
+    assert np.array_equal(got, vecs[[2, 3, 0, 1]])
+    frame = pd.read_parquet(out).sort_values("index")
+    assert frame["path"].tolist() == names[:4] and np.array_equal(np.stack(frame["vector"].to_numpy()), vecs[:4])
+    assert read_embeddings(out).items == names[:4]
+
+
+def test_lock_left_by_an_earlier_version_is_taken_over_on_resume(tmp_path):
+    """Folders written before the lock was renamed hold DIR/lock, on which Parquet readers fail. A resume
+    takes that lock (refused while a run of that version still holds it) and removes it."""
+    import fcntl
+
+    import pyarrow.parquet as pq
+
+    from fastclip.sinks import PartsWriter
+
+    out, names, vecs = tmp_path / "parts", ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], vectors(5)
+    head, job = _parts_run(out, names, vecs)
+    (out / "lock").touch()
+    with pytest.raises(Exception, match="lock"):
+        pq.read_table(out)  # "Could not read schema from .../lock": what the rename is for
+    with open(out / "lock", "a+") as held:  # an older fastclip still writing the folder
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OutputError, match="another fastclip run is writing"):
+            PartsWriter(out, head, job=job, resume=True)
+    with PartsWriter(out, head, job=job, resume=True) as w:
+        assert w.done == {0, 1, 2, 3, 4}
+    assert not (out / "lock").exists() and pq.read_table(out).num_rows == 4
+    assert read_embeddings(out).items == names[:4]
+
+
+def test_sinks_modules_keep_to_their_rooms():
+    """No sinks module imports another's private names; a format codec (npy, jsonl, parquet) imports no other
+    codec and no writer, a writer (journal, parts) not the other writer (a writer may use the codec whose
+    layout it writes): what they share lives in files.py, header.py and formats.py."""
+    import ast
+    from pathlib import Path
+
+    import fastclip.sinks
+
+    folder = Path(fastclip.sinks.__file__).parent
+    codecs, writers = {"npy", "jsonl", "parquet"}, {"journal", "parts"}
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from .{node.module}"
+                if path.stem in codecs:
+                    assert node.module not in codecs | writers, f"{path.name} imports .{node.module}"
+                if path.stem in writers:
+                    assert node.module not in writers, f"{path.name} imports .{node.module}"
+
+
 PART_KILL = """
 import sys, numpy as np
 from fastclip.sinks import PartsWriter, make_header

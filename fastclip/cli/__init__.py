@@ -2,13 +2,17 @@
 
 One module per subcommand, each with `add_parser(sub)` and the command itself; this module assembles them.
 
-Exit codes: 0 success, 1 something failed (an image, the model, the export), 2 usage error.
+Exit codes: 0 success, 1 something failed (an image, the model, the export), 2 usage error, 130 interrupted,
+141 the reader of stdout went away (`fastclip search ... | head -1`): the command stops without a word, and
+reports what a shell reports for `cat` or `grep` killed by SIGPIPE there (128 + 13), so a pipeline's status
+is head's as usual and `set -o pipefail` sees the same as for those tools.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import evaluate, export, info, inputs, models, search, serve
@@ -20,7 +24,7 @@ fastclip: CLIP image and text embeddings on onnxruntime, no PyTorch needed.
   fastclip embed photos/ --out vectors.npy        embed every image under photos/
   fastclip embed --text "a dog" --out t.jsonl     embed texts instead
   fastclip export openai/clip-vit-base-patch32 models/clip-b32
-                                                  turn a CLIP model into ONNX (needs fastclip[export])
+                                                  turn a CLIP model into ONNX (the export extra)
   fastclip info models/clip-b32                   dims, precisions and verification figures
   fastclip models --family siglip2                published models known by name (--model NAME)
   fastclip search vectors.npy --text "a dog"      nearest images to a text (or --image PATH)
@@ -32,19 +36,37 @@ Run `fastclip COMMAND --help` for each command's options.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Our own progress lines at INFO; other libraries' INFO chatter (open_clip's model loading,
-    # onnxruntime's quantizer, one line per tensor) stays hidden.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("fastclip").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # Point stdout at /dev/null: what is still buffered is dropped there by the interpreter's last flush,
+        # which would otherwise fail again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _run(argv: list[str] | None) -> int:
     from ..errors import FastClipError
 
     try:
-        return args.func(args)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
+        parser = build_parser()
+    except FastClipError as exc:  # serve's options come from the runtime: a broken onnxruntime shows here
         print(f"fastclip: error: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)  # argparse's own --help and errors already ignore a closed pipe
+    # Our own progress lines and summaries at INFO (-q drops them); other libraries' INFO chatter
+    # (open_clip's model loading, onnxruntime's quantizer, one line per tensor) stays hidden.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("fastclip").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except UsageError as exc:
+        args.usage.print_usage(sys.stderr)  # the subcommand's usage, as argparse gives for its own errors
+        print(f"{args.usage.prog}: error: {exc}", file=sys.stderr)
         return 2
     except FastClipError as exc:
         print(f"fastclip: error: {exc}", file=sys.stderr)
@@ -63,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_parser(sub, func=_embed)
     for command in (export, info, models, evaluate, search, serve):
         command.add_parser(sub)
-    _quiet_anywhere(parser)
+    _every_subcommand(parser)
     return parser
 
 
@@ -76,19 +98,22 @@ def _embed(args) -> int:
     return run(args)
 
 
-def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
-    """Accept -q after the subcommand too (`fastclip embed ... -q`), at every level of subcommands.
+def _every_subcommand(parser: argparse.ArgumentParser) -> None:
+    """At every level of subcommands: accept -q after the subcommand too (`fastclip embed ... -q`), and
+    record the parser whose usage a UsageError prints (`args.usage`: the innermost subcommand given).
 
-    SUPPRESS as the default: a subcommand that is not given -q must leave the value the top level set
-    (argparse writes a subparser's defaults over the namespace it was handed).
+    -q's default is SUPPRESS: a subcommand that is not given -q must leave the value the top level set.
+    `usage` relies on the opposite: argparse writes a subparser's defaults over the namespace it was
+    handed, so the innermost subcommand's parser is the one left.
     """
+    parser.set_defaults(usage=parser)
     for action in parser._actions:  # argparse has no public walk over subparsers
         if isinstance(action, argparse._SubParsersAction):
             for child in set(action.choices.values()):
                 if "-q" not in child._option_string_actions:
                     child.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                                        help="only warnings and errors on stderr")
-                _quiet_anywhere(child)
+                _every_subcommand(child)
 
 
 __all__ = ["main", "build_parser", "UsageError"]

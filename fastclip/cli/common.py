@@ -1,12 +1,19 @@
-"""What every subcommand shares: the usage error (exit 2), the progress bar, the failures line."""
+"""What every subcommand shares: the usage error (exit 2), info lines, the progress bar, the failures line."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 
 class UsageError(Exception):
     """Bad command line: exit 2 with the message."""
+
+
+def note(message: str) -> None:
+    """An info line on stderr (a summary, progress, where a file went). -q ("only warnings and errors")
+    drops it; warnings (a skipped input) and errors are printed as they are."""
+    logging.getLogger("fastclip.cli").info(message)
 
 
 def progress(total: int | None, unit: str):

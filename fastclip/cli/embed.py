@@ -12,16 +12,18 @@ is kept for --resume.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from .common import SHOWN_FAILURES, UsageError, progress, report_failures
+from .common import SHOWN_FAILURES, UsageError, note, progress, report_failures
 from ..defaults import IMAGE_BATCH, TEXT_BATCH
-from .inputs import Inputs, check_options, model_name, model_options, not_regular, read_inputs
+from .inputs import Inputs, check_options, model_name, model_options, read_inputs
 
 # Texts are embedded (and checkpointed) this many at a time, rounded up to whole batches: a kill loses at
 # most one chunk (~3 s of ViT-B/32 text on 2 cores), and the text tower still sorts by length within it.
@@ -85,12 +87,10 @@ class Job:
 
     def _run(self, model, options: dict) -> int:
         from ..errors import OutputError
-        from ..manifest import tower_fingerprint
-        from ..sinks import EmbeddingsWriter, make_header
+        from ..sinks import EmbeddingsWriter, interrupted_run, make_header
 
-        fingerprint = getattr(model, "fingerprint", None) or tower_fingerprint(model.folder, model.spec)
-        header = make_header(kind=self.inputs.kind, dim=model.dim, model=model.model_name, fingerprint=fingerprint,
-                             precision=model.precision, normalized=True, options=options)
+        header = make_header(kind=self.inputs.kind, dim=model.dim, model=model.model_name,
+                             fingerprint=model.fingerprint, precision=model.precision, normalized=True, options=options)
         total = len(self.inputs.items)
         try:
             writer = EmbeddingsWriter(self.out, header, job=self.inputs.job(), resume=self.args.resume)
@@ -98,8 +98,8 @@ class Job:
             raise UsageError(str(exc)) from None
         start = writer.done
         if start:
-            print(f"fastclip: resuming {self.out}: {start} of {total} inputs were done "
-                  f"({writer.rows} rows, {writer.failed} failed)", file=sys.stderr)
+            note(f"fastclip: resuming {self.out}: {start} of {total} inputs were done "
+                 f"({writer.rows} rows, {writer.failed} failed)")
         started = time.perf_counter()  # the rate counts embedding, not loading the model
         try:
             with writer:
@@ -108,20 +108,30 @@ class Job:
                         self._start_pool(model)  # after the writer: a refused --resume starts no worker
                     self._write(writer, start)
                 meta = writer.finish()
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            kept = interrupted_run(self.out) is not None
+            if not kept:
+                # Stopped before the first checkpoint: the work folder holds nothing a --resume could use
+                # (EmbeddingsWriter would start it over), so the failed run leaves nothing behind.
+                shutil.rmtree(writer.dir, ignore_errors=True)
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             if writer.finished:
                 print(f"fastclip: interrupted while replacing {self.out}: run the same command with --resume "
                       f"to complete it", file=sys.stderr)
-            else:
+            elif kept:
                 print(f"fastclip: interrupted after {writer.done} of {total} inputs; {self.out} was not "
                       f"touched. The finished work is kept in {writer.dir}: run the same command with --resume "
                       f"to continue", file=sys.stderr)
+            else:
+                print(f"fastclip: interrupted before any input was written; {self.out} was not touched",
+                      file=sys.stderr)
             return 130
         elapsed = time.perf_counter() - started
         rate = (total - start) / elapsed if elapsed > 0 else float("inf")
         unit = self.inputs.unit
-        print(f"fastclip: {meta['rows']} {unit} embedded, {meta['failed']} failed, {rate:.1f} {unit}/s "
-              f"-> {self.out}", file=sys.stderr)
+        note(f"fastclip: {meta['rows']} {unit} embedded, {meta['failed']} failed, {rate:.1f} {unit}/s "
+             f"-> {self.out}")
         if meta["failed"]:
             from ..sinks import errors_path
 
@@ -174,27 +184,17 @@ class Job:
             yield part, np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32), []
 
     def _images(self, start: int) -> Iterator[tuple[list[str], np.ndarray, list]]:
+        """A FIFO or a device among the paths is refused by the decoder without blocking (fastclip.images
+        opens with O_NONBLOCK and checks what it opened), as that input's failure, by name."""
         from ..errors import ImageError
 
         paths = self.inputs.items
-        special: dict[int, str] = {}  # input index -> why it was not opened
-
-        def feed() -> Iterator[Any]:
-            for i in range(start, len(paths)):
-                reason = not_regular(paths[i])
-                if reason:
-                    special[i] = reason
-                    yield b""  # fails to decode at once, keeping its place in its batch
-                else:
-                    yield paths[i]
-
         try:
             # Indices in the batches count from `start`, the first input fed.
-            for batch in self._batches(feed(), "skip" if self.args.skip_errors else "raise"):
-                failures = [(start + i, paths[start + i], special.pop(start + i, exc.reason))
-                            for i, exc in sorted(batch.failures.items())]
+            for batch in self._batches(islice(paths, start, None), "skip" if self.args.skip_errors else "raise"):
+                failures = [(start + i, paths[start + i], exc.reason) for i, exc in sorted(batch.failures.items())]
                 yield [paths[start + i] for i in batch.indices], batch.vectors, failures
         except ImageError as exc:
             index = start + exc.index
-            raise ImageError(index, paths[index], special.pop(index, exc.reason)) from None
+            raise ImageError(index, paths[index], exc.reason) from None
 

@@ -13,7 +13,7 @@ from .inputs import check_options, model_name, model_options, read_inputs
 
 
 def run(args) -> int:
-    from ..bulk.ray import embed_to_parquet
+    from ..bulk.ray.job import embed_to_parquet
     from ..errors import ImageError, OutputError
     from ..sinks.parts import check_folder
 

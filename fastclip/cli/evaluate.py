@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..defaults import IMAGE_BATCH, PRECISIONS
-from .common import UsageError, progress
+from .common import UsageError, note, progress
 
 FAST = {"off": False, "on": True, "max": "max"}
 
@@ -83,7 +83,7 @@ def cmd_eval_retrieval(args) -> int:
     data = load_captions(args.dataset, images_root=args.images, split=args.split)
 
     def log(message: str) -> None:
-        print(f"fastclip: {message}", file=sys.stderr)
+        note(f"fastclip: {message}")
 
     log(f"{data.source}: {len(data.images)} images, {len(data.captions)} captions")
     common: dict[str, Any] = {"cache_dir": args.cache_dir, "local_files_only": args.offline, "threads": args.threads}

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..defaults import PRECISIONS
+from ..hints import install_hint
 from .common import UsageError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="convert a CLIP model to a verified ONNX model folder (needs: pip install 'fastclip[export]')",
+        help="convert a CLIP model to a verified ONNX model folder (needs the export extra: PyTorch and friends)",
         description="Export the vision and text towers of a CLIP model to ONNX, verify them against PyTorch "
         "on real photos and sentences, and write a model folder fastclip (and fastembed) can load.",
         epilog="Examples:\n  fastclip export openai/clip-vit-base-patch32 models/clip-b32\n"
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--memory", action="store_true", help="with --list: each export's estimated peak memory vs this machine's")
     p.add_argument("--tags", action="store_true", help="with --list: every pretrained tag, its preprocessing and whether it exports")
     p.add_argument("--pretrained", metavar="TAG|FILE|none", help="open_clip weights: a tag, a checkpoint file, or none (random)")
+    p.add_argument("--preprocess", metavar="TAG",
+                   help="with --pretrained FILE or none: the open_clip pretrained tag whose preprocessing the weights follow "
+                   "(needed when the architecture's tags preprocess differently; --list --tags shows them)")
     p.add_argument("--precision", default="fp32", metavar="LIST", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
@@ -62,6 +66,7 @@ def cmd_export(args) -> int:
         check_memory=not args.ignore_memory_estimate,
         log=lambda message: print(message, file=sys.stderr),
         towers=("vision",) if args.vision_only else ("vision", "text"),
+        preprocess=args.preprocess,
     )
     return 0
 
@@ -72,7 +77,7 @@ def _missing_export_extra() -> bool:
     except ImportError as exc:
         print(
             f"fastclip: error: export needs PyTorch and friends ({exc.name or exc} is missing): "
-            "pip install 'fastclip[export]'",
+            f"{install_hint('export')}",
             file=sys.stderr,
         )
         return True
@@ -83,7 +88,7 @@ def _list(with_memory: bool = False, with_tags: bool = False) -> int:
     if _missing_export_extra():
         return 1
     from fastclip_export import memory
-    from fastclip_export.open_clip_source import TESTED_FAMILIES, architectures
+    from fastclip_export.open_clip_catalog import TESTED_FAMILIES, architectures
 
     available = memory.available_bytes() if with_memory else None
     rows = architectures(memory_available=available)
@@ -92,6 +97,11 @@ def _list(with_memory: bool = False, with_tags: bool = False) -> int:
     print(f"open_clip architectures: {len(both)} of {len(rows)} export both towers, {len(vision)} of {len(rows)} the image "
           "tower (--vision-only) (read from open_clip's model configs and pretrained tags; weights: --pretrained TAG, "
           "a checkpoint file, or none)")
+    hub = [r for r in both if r["hub"]]
+    cached = [r for r in hub if all(r["hub"].values())]
+    print(f"text towers: {len(hub)} of the {len(both)} need a tokenizer (or text model config) from the Hugging Face hub, "
+          f"fetched once and cached ({len(cached)} cached here); without it, --vision-only exports their image tower "
+          "offline (STATUS names the hub repo)")
     if available:
         over = [r for r in rows if r.get("peak_bytes", 0) > available]
         print(f"memory: {len(over)} need more than the {available / memory.GB:.1f} GB available here "
@@ -125,6 +135,10 @@ def _status(row: dict, tested: frozenset, available: float | None) -> str:
         status += " (QuickGELU)"
     if row["vision"] not in tested:
         status += f"; untested family: {row['vision']} traced as is, verification decides"
+    hub = row.get("hub") or {}
+    if hub and row["problem"] is None:
+        status += "; text needs hub " + ", ".join(f"{repo} ({'cached' if cached else 'not cached here'})"
+                                                  for repo, cached in hub.items())
     tags = row.get("tags") or {}
     if tags:
         status += f"; tags: {len(tags) - len(row['refused_tags'])} of {len(tags)} export"

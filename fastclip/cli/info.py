@@ -18,7 +18,8 @@ def describe(manifest, folder: Path) -> Iterable[str]:
     yield f"model folder: {folder}"
     src = manifest.source
     yield f"source: {src.get('kind', '?')} {src.get('model', '')} {('pretrained=' + str(src['pretrained'])) if src.get('pretrained') else ''}".rstrip()
-    yield f"architecture: {manifest.architecture}   embed_dim: {manifest.embed_dim}   logit_scale: {manifest.logit_scale:g}" + (
+    scale = "not shipped" if manifest.logit_scale is None else f"{manifest.logit_scale:g}"
+    yield f"architecture: {manifest.architecture}   embed_dim: {manifest.embed_dim}   logit_scale: {scale}" + (
         f"   logit_bias: {manifest.logit_bias:g}" if manifest.logit_bias is not None else ""
     ) + f"   scoring: {manifest.scoring}"
     for name, spec in (("vision", manifest.vision), ("text", manifest.text)):

@@ -9,7 +9,6 @@ folder), and a local model folder as its absolute path, so the output file works
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,12 @@ from ..defaults import IMAGE_BATCH, PRECISIONS, TEXT_BATCH
 from .common import UsageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif", ".avif", ".heic"}
-# Options that only one engine reads: given with the other they would be silently ignored, so they are refused.
+# Options that only one engine, or one kind of input, reads: given with the other they would be silently
+# ignored, so they are refused.
 LOCAL_ONLY = ("parallel",)
 RAY_ONLY = ("ray_address", "rows_per_part")
+IMAGE_ONLY = ("fast", "fast_max", "no_exif", "null")
+TEXT_ONLY = ("language",)
 
 
 def add_parser(sub, func) -> None:
@@ -31,7 +33,7 @@ def add_parser(sub, func) -> None:
         description="Embed images or texts and write one L2-normalized vector per input, in input order. "
         "Rows stream to disk as they are made; an interrupted run continues with --resume.",
         epilog="Outputs: .npy writes FILE plus FILE.jsonl (a header line, then one {\"path\"|\"text\": ...} per "
-        "row); .parquet has columns path|text and vector (needs pyarrow: pip install 'fastclip[parquet]'); "
+        "row); .parquet has columns path|text and vector (needs pyarrow: the parquet extra); "
         ".jsonl has a header line, then one {\"path\"|\"text\": ..., \"vector\": [...]} per row. Inputs that "
         "failed are listed in FILE.errors.jsonl. Image paths and a model folder are recorded as absolute paths. "
         "Read any output with fastclip.sinks.read_embeddings. "
@@ -55,7 +57,7 @@ def add_parser(sub, func) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--cache-dir", metavar="DIR", help="hub cache folder")
     p.add_argument("--offline", action="store_true", help="use only models already cached")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs fastclip[ray]); --out is then a folder of Parquet parts, read back with fastclip.sinks.read_embeddings(FOLDER)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: embed on a Ray cluster (needs the ray extra); --out is then a folder of Parquet parts, read back with fastclip.sinks.read_embeddings(FOLDER)")
     p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (e.g. auto, ray://head:10001); default: a local Ray on this machine")
     p.add_argument("--rows-per-part", type=int, metavar="N", help="with --engine ray: rows per Parquet part (default 100000); a kill loses at most the part being gathered")
     p.set_defaults(func=func)
@@ -85,11 +87,16 @@ class Inputs:
 
 def check_options(args, engine: str) -> None:
     """The option checks both engines make before reading any input."""
-    if args.text or args.text_file:
-        if args.paths:
-            raise UsageError("give image PATHs or --text/--text-file, not both")
-    elif not args.paths:
+    texts = bool(args.text or args.text_file)
+    if texts and args.paths:
+        raise UsageError("give image PATHs or --text/--text-file, not both")
+    if not texts and not args.paths:
         raise UsageError("nothing to embed: give image PATHs, - for paths on stdin, or --text")
+    for name in IMAGE_ONLY if texts else TEXT_ONLY:
+        if getattr(args, name) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to {'images' if texts else 'texts'} only: not used when embedding "
+                             f"{'texts' if texts else 'images'}")
     for name, value in (("--batch-size", args.batch_size), ("--rows-per-part", args.rows_per_part)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1")
@@ -204,15 +211,3 @@ def collect_texts(args) -> list[str]:
             raise UsageError(f"--text-file: {exc}") from None
     return texts
 
-
-def not_regular(path: str) -> str | None:
-    """Why `path` must not be opened (reading a FIFO or a device would block or never end), else None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None  # missing or unreadable: the decoder reports it by name
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-    return f"is {kind}, not an image file"

@@ -7,10 +7,9 @@ import base64
 import html
 import io
 import os
-import sys
 from pathlib import Path
 
-from .common import UsageError
+from .common import UsageError, note
 
 THUMBNAIL = 256  # px, longest side of the thumbnails inlined in the HTML page
 
@@ -46,6 +45,8 @@ def cmd_search(args) -> int:
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
+    if not os.path.exists(args.embeddings):
+        raise UsageError(f"{args.embeddings}: no such file or folder")
     found = read_embeddings(args.embeddings)
     if found.meta["rows"] == 0 or len(found.items) == 0:
         raise UsageError(f"{args.embeddings}: holds no vectors")
@@ -61,11 +62,12 @@ def cmd_search(args) -> int:
     print(f"{direction}: {len(found.items)} {found.kind}s in {args.embeddings}; query {query!r}")
     width = len(str(len(indices)))
     for rank, (i, score) in enumerate(zip(indices, scores), 1):
-        print(f"{rank:>{width}}  {score:.4f}  {_printable(found.items[i])}")
+        # Scores are cosines, -1.0000 to 1.0000: 7 characters with the sign, so the items start in one column.
+        print(f"{rank:>{width}}  {score:7.4f}  {_printable(found.items[i])}")
     if args.html:
         write_html(Path(args.html), query_kind, query, found.kind, [(found.items[i], float(s)) for i, s in
                                                                     zip(indices, scores)], args.embeddings, found.meta)
-        print(f"fastclip: page -> {args.html}", file=sys.stderr)
+        note(f"fastclip: page -> {args.html}")
     return 0
 
 
@@ -136,12 +138,19 @@ def beside(item: str, embeddings: str, exists) -> str:
 
 
 def _thumbnail(path: str) -> str | None:
-    """The image as a base64 JPEG data URI, at most THUMBNAIL px; None when it cannot be read."""
+    """The image as a base64 JPEG data URI, at most THUMBNAIL px; None when it cannot be read.
+
+    Transparent pixels are shown on white, as a browser shows the image itself on a white page: JPEG has
+    no alpha, and dropping it (convert("RGB")) shows the colour stored under it, black in most files. (The
+    model is fed what open_clip feeds it, alpha dropped; the page is for people.)
+    """
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
             im.thumbnail((THUMBNAIL, THUMBNAIL))
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=85)

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from ..defaults import PRECISIONS
+from ..hints import install_hint
 from .common import UsageError
 
 MIB = 2**20
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
 
     d = Limits()
     p = sub.add_parser(
-        "serve", help="HTTP embedding server with dynamic batching (needs fastclip[serve])",
+        "serve", help="HTTP embedding server with dynamic batching (needs the serve extra)",
         description="Serve models over HTTP: POST /v1/embeddings (OpenAI shape, texts or images), /v1/classify, "
                     "GET /v1/models, /health, /ready, /metrics. Concurrent requests are batched together.")
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH_OR_ID",
@@ -93,7 +94,7 @@ def cmd_serve(args) -> int:
 
         from ..serve import Server, parse_model_arg
     except ImportError as exc:
-        raise UsageError(f"fastclip serve needs the serve extra: pip install 'fastclip[serve]' ({exc})") from None
+        raise UsageError(f"fastclip serve needs the serve extra: {install_hint('serve')} ({exc})") from None
     from ..errors import first_line
 
     limits = limits_from(args)

@@ -6,14 +6,17 @@ open_clip picks the resize by name (`PreprocessCfg.resize_mode`) and the filter 
 in the same order and on the image in its own mode (the RGB conversion comes after, in the caller):
 
 * "shortest": `Resize(size)` + `CenterCrop(size)`: the short side -> size, the long side truncated with
-  int() (torchvision's `_compute_resized_output_size`), crop offsets `int(round(excess / 2))`.
+  int() (torchvision's `_compute_resized_output_size`), crop offsets `int(round(excess / 2))` ("round"),
+  or `excess // 2` ("floor": transformers' image processors and fastembed; `CROP_OFFSETS`).
 * "squash":   `Resize((size, size))`: both sides -> size, aspect ratio not kept (SigLIP, PE-Core, CLIPA).
 * "longest":  open_clip's `ResizeKeepRatio(size, longest=1)` + `CenterCropOrPad(size, fill)`: the long
   side -> size, each side `round(side / ratio)` (Python's round: half to even), then padded with
   `fill` to size x size: left/top get `excess // 2`, right/bottom the rest (`ImageOps.expand`).
 
 torchvision skips the resize when the image already has the output size; so do we (Pillow's resize
-would still resample it). With `geometry` (a drafted JPEG, see `fastclip.images.decode`) the output
+would still resample it). Where the image becomes RGB is data too (`RGB_CONVERSIONS`): open_clip converts
+after the crop, so the resize runs on the image in its own mode; transformers' processors convert first,
+compositing transparency onto white. With `geometry` (a drafted JPEG, see `fastclip.images.decode`) the output
 size comes from the original photo's size and only the box of the drafted image that is the photo is
 resampled, in every mode.
 """
@@ -26,7 +29,8 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
-__all__ = ["Geometry", "RESAMPLING", "RESIZERS", "MAX_RESIZED_PIXELS", "resize_crop", "resize_squash", "resize_pad"]
+__all__ = ["Geometry", "RESAMPLING", "RESIZERS", "CROP_OFFSETS", "RGB_CONVERSIONS", "MAX_RESIZED_PIXELS", "resize_crop",
+           "resize_squash", "resize_pad", "rgb_on_white"]
 
 # torchvision's pil_modes_mapping for the two filters open_clip's eval transform uses.
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -40,6 +44,39 @@ RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.
 MAX_RESIZED_PIXELS = 1 << 22
 
 BICUBIC = Image.Resampling.BICUBIC
+
+
+def _round_half(excess: int) -> int:
+    """torchvision's center_crop: int(round(excess / 2.0)), Python's round (half to even)."""
+    return int(round(excess / 2.0))
+
+
+def _floor_half(excess: int) -> int:
+    """transformers' center_crop (image_transforms.center_crop) and fastembed's: (orig - crop) // 2."""
+    return excess // 2
+
+
+# Where a center crop starts, by the manifest's vision.crop_offset. A 640x427 photo resized to 335x224 has
+# 111 columns to drop: "round" starts at 56, "floor" at 55, one pixel column apart.
+CROP_OFFSETS: dict[str, Callable[[int], int]] = {"round": _round_half, "floor": _floor_half}
+
+
+def rgb_on_white(image: Image.Image) -> Image.Image:
+    """transformers' convert_to_rgb (image_transforms, 5.x) on a PIL image: an image with an alpha band or a
+    transparency entry is composited onto opaque white, anything else converted as Pillow does."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# When the image becomes RGB, by the manifest's vision.convert_rgb: None = after the resize and crop, by
+# the caller (open_clip's order); a function = applied to the decoded image before anything else.
+RGB_CONVERSIONS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
+    "after_resize": None, "before_resize": rgb_on_white}
 
 
 @dataclass(frozen=True)
@@ -70,7 +107,8 @@ class Geometry:
 
 
 def resize_crop(image: Image.Image, size: int, geometry: "Geometry | None" = None,
-                resample: Image.Resampling = BICUBIC, fill: int = 0) -> Image.Image:
+                resample: Image.Resampling = BICUBIC, fill: int = 0,
+                offset: Callable[[int], int] = _round_half) -> Image.Image:
     """torchvision's Resize(size, resample) then CenterCrop(size) on a PIL image; mode unchanged."""
     w, h = geometry.full_size if geometry else image.size
     # torchvision._compute_resized_output_size: int() truncation of the long side, not round().
@@ -78,9 +116,8 @@ def resize_crop(image: Image.Image, size: int, geometry: "Geometry | None" = Non
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
-    # torchvision.transforms.functional.center_crop; new_w, new_h >= size, so no padding case.
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
+    # torchvision.transforms.functional.center_crop (or transformers' floor); new_w, new_h >= size: no padding.
+    top, left = offset(new_h - size), offset(new_w - size)
     if geometry is None and new_w * new_h > MAX_RESIZED_PIXELS:
         return _resize_window(image, (new_w, new_h), (left, top), size, resample)
     image = _resize(image, (new_w, new_h), geometry, resample)
@@ -99,7 +136,8 @@ MAX_SQUASH_INTERMEDIATE = 1 << 25
 
 
 def resize_squash(image: Image.Image, size: int, geometry: "Geometry | None" = None,
-                  resample: Image.Resampling = BICUBIC, fill: int = 0) -> Image.Image:
+                  resample: Image.Resampling = BICUBIC, fill: int = 0,
+                  offset: Callable[[int], int] = _round_half) -> Image.Image:
     """torchvision's Resize((size, size), resample) on a PIL image; mode unchanged."""
     if geometry is None and size * image.height > MAX_SQUASH_INTERMEDIATE and image.size != (size, size):
         mode = image.mode
@@ -111,7 +149,8 @@ def resize_squash(image: Image.Image, size: int, geometry: "Geometry | None" = N
 
 
 def resize_pad(image: Image.Image, size: int, geometry: "Geometry | None" = None,
-               resample: Image.Resampling = BICUBIC, fill: int = 0) -> Image.Image:
+               resample: Image.Resampling = BICUBIC, fill: int = 0,
+               offset: Callable[[int], int] = _round_half) -> Image.Image:
     """open_clip's ResizeKeepRatio(size, longest=1) then CenterCropOrPad(size, fill); mode unchanged."""
     w, h = geometry.full_size if geometry else image.size
     # ResizeKeepRatio.get_params with longest=1 and no random factors, the same float operations:
@@ -128,7 +167,7 @@ def resize_pad(image: Image.Image, size: int, geometry: "Geometry | None" = None
         image = _pad(image, (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), fill)
         new_w, new_h = image.size
     if (new_w, new_h) != (size, size):
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        top, left = offset(new_h - size), offset(new_w - size)
         image = image.crop((left, top, left + size, top + size))
     return image
 

@@ -24,7 +24,7 @@ import string
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Cleaner", "CLEANERS", "PADDING_SIDES", "basic_clean"]
+__all__ = ["Cleaner", "CLEANERS", "PADDING_SIDES", "ID_DTYPES", "basic_clean"]
 
 # Printable ASCII and tab/newline/return, without "&": ftfy.fix_text and html.unescape return such text
 # unchanged (no mojibake, entity, control or width fix applies), so it skips them. ftfy alone costs
@@ -73,3 +73,7 @@ CLEANERS: dict[str, Cleaner] = {
 
 # Where padding goes: transformers' `padding_side` of the reference tokenizer (tokenizer_config.json).
 PADDING_SIDES = ("right", "left")
+
+# The integer type of the graph's token-id (and mask) inputs: torch's default int64, or int32 where the
+# publisher traced with int32 ids (Immich's textual graphs). The runner casts the tokenizer's int64 ids.
+ID_DTYPES = ("int64", "int32")

@@ -12,9 +12,8 @@ from ..errors import ModelError
 from ..families.resize import from_processor_config
 from ..manifest import FORMAT_VERSION, ImageSpec, Manifest, parse
 from .graph import graph_io, pick_output, read_json
+from .origin import known_logit_scale, repo_of
 
-# OpenAI's CLIP learned logit scale, clamped at 100 during training; fastembed's folders do not carry one.
-DEFAULT_LOGIT_SCALE = 100.0
 
 
 def matches(folder: Path) -> bool:
@@ -37,8 +36,9 @@ def _derive_single_tower(folder: Path) -> dict[str, Any]:
     data: dict[str, Any] = {
         "format": "fastclip",
         "format_version": FORMAT_VERSION,
-        "source": {"kind": "folder", "model": str(folder)},
-        "logit_scale": DEFAULT_LOGIT_SCALE,
+        "source": {"kind": "folder", "layout": "fastembed", "model": str(folder), "repo": repo_of(folder)},
+        # fastembed's folders carry no logit scale: only a repo known to be OpenAI CLIP ViT-B/32 has one.
+        "logit_scale": known_logit_scale(folder),
     }
     is_vision = "pixel_values" in names or (
         (folder / "preprocessor_config.json").is_file() and not (folder / "tokenizer.json").is_file()

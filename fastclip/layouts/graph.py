@@ -25,7 +25,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def graph_io(model_path: Path) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
     """Input and output (name, shape) of an ONNX graph, read without loading the weights."""
-    import onnxruntime as ort
+    from ..providers import ort  # onnxruntime, checked: a broken install names its fix
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

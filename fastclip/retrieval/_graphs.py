@@ -47,7 +47,7 @@ def session(name: str, threads: int | None = None):
     key = (name, threads)
     with _lock:
         if key not in _sessions:
-            import onnxruntime as ort
+            from ..providers import ort  # onnxruntime, checked
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 3

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastClipError
+from ..hints import install_hint
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet", ".json")
 
@@ -121,7 +122,7 @@ def _parquet(path: Path) -> list[tuple[str, str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DatasetError(f"{path}: reading Parquet needs pyarrow: pip install 'fastclip[parquet]'") from None
+        raise DatasetError(f"{path}: reading Parquet needs pyarrow: {install_hint('parquet')}") from None
     table = pq.read_table(path)
     _need_columns(path, table.column_names)
     images, captions = table.column("image").to_pylist(), table.column("caption").to_pylist()

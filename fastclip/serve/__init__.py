@@ -1,4 +1,4 @@
-"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (install with `fastclip[serve]`).
+"""`fastclip serve`: an HTTP embedding server over the runtime's batch call (the `serve` extra).
 
     app.py        the Server and its route table; the endpoint wrapper (API key, errors as JSON)
     routes.py     /v1/embeddings, /v1/classify, /v1/models, /ready, /metrics
@@ -16,20 +16,23 @@
     metrics.py    Prometheus metrics
 
 The runtime never imports this package; this package imports the runtime. The extra's packages are
-imported on first use of `Server` / `create_app`: `fastclip --help` works without the extra.
+imported on first use of `Server` / `create_app`, the runtime on first use of the models: `fastclip --help`
+works without the extra and loads no onnxruntime.
 """
 
 from typing import Any
 
 from .limits import Limits
-from .models import ModelSource, parse_model_arg
 
 __all__ = ["Server", "create_app", "Limits", "ModelSource", "parse_model_arg"]
 
+# Imported on first use: the models module loads the runtime (onnxruntime), the app the extra's packages.
+_LAZY = {"Server": "app", "create_app": "app", "ModelSource": "models", "parse_model_arg": "models"}
+
 
 def __getattr__(name: str) -> Any:
-    if name in ("Server", "create_app"):
-        from . import app
+    if name in _LAZY:
+        import importlib
 
-        return getattr(app, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

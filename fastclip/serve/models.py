@@ -53,7 +53,7 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "owned_by": "fastclip", "dim": self.dim,
-                "modalities": self.modalities, "classify": self.clip is not None}
+                "modalities": self.modalities, "classify": self.clip is not None and self.clip.logit_scale is not None}
 
     def close(self) -> None:
         for batcher in self.batchers.values():

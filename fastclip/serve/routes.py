@@ -70,6 +70,9 @@ async def classify(server: Server, request: Request) -> Response:
         model = server.models.get(req.model)
         if model.clip is None:
             raise BadRequest(f"model {model.name!r} does not hold both towers: it cannot classify", param="model")
+        if model.clip.logit_scale is None:  # a published layout without the trained scale (fastclip.clip)
+            raise BadRequest(f"model {model.name!r} does not ship its trained logit scale: it cannot classify",
+                             param="model")
         inputs = await prepare(req.inputs, "image", model, server.limits, server.fetcher, req.errors,
                                big=len(body) > THREAD_PARSE_BYTES)
         prompts = [req.template.format(label) for label in req.labels]

@@ -6,11 +6,12 @@ through this package. The contract on disk is in the README ("Bulk jobs: streami
 each piece is documented where it lives:
 
     header.py    the header every file carries, and how exact names travel in JSON
-    formats.py   the table of formats keyed by suffix, and the checks on an output path
+    formats.py   the table of formats keyed by suffix, the checks on an output path, the errors file's line
     npy.py, jsonl.py, parquet.py   one encoder + decoder per format
     journal.py   the work folder beside OUT: journal, recovery after a kill, the rename protocol
     parts.py     a folder of Parquet parts written in any order (--engine ray), read back in input order
-    files.py     durable steps (fsync, atomic JSON, renames) and the kill tests' fault injection
+    files.py     durable steps (fsync, atomic JSON, renames, the lock on an output) and the kill tests'
+                 fault injection
 
 ``OUT.<suffix>.errors.jsonl`` (only when some inputs failed) lists ``{"index": i, "path": ..., "error": "..."}``
 per failed input. Failed inputs are not rows; the header's ``"failed"`` counts them. A finished run without

@@ -1,5 +1,5 @@
 """Durable file steps shared by the journal, the encoders and the Ray parts: fsync, atomic JSON, renames,
-and the fault injection the kill tests use."""
+the lock that keeps two runs off one output, and the fault injection the kill tests use."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def publish(work: Path, renames: Iterable[tuple[str, str]], dest: Path) -> None:
             os.replace(work / src, dest / name)
             fault(f"rename-{step}")
     fsync_dir(dest)
+
+
+def lock_folder(folder: Path, what: str, name: str):
+    """An exclusive advisory lock on `folder`, held by the returned open file `folder/name` (None where there
+    is no flock); closing it releases the lock. Raises OutputError when another run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; two runs on one output are the user's problem there
+        return None
+    lock = open(folder / name, "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise OutputError(f"another fastclip run is writing {what} right now (it holds {folder})") from None
+    return lock
 
 
 def fault(step: str) -> None:

@@ -17,28 +17,37 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import OutputError
+from .header import EmbeddingsFile, dumps
 from .jsonl import decode as jsonl_decode, encode as jsonl_encode
-from .npy import decode as npy_decode, encode as npy_encode, side_files as npy_side_files
-from .parquet import NEEDS as PARQUET_NEEDS, decode as parquet_decode, encode as parquet_encode
+from .npy import decode as npy_decode, encode as npy_encode, npy_of_side_file, side_files as npy_side_files
+from .parquet import needs as parquet_needs, decode as parquet_decode, encode as parquet_encode
 
 
 @dataclass(frozen=True)
 class Format:
     codec: Any  # encode / decode, and side_files(out) when the format leaves more than one file
-    needs: tuple[str, str] | None = None  # (module, the error when it is missing), checked before any work
+    needs: tuple[str, Callable[[], str]] | None = None  # (module, its error when missing), checked before any work
 
     def side_files(self, out: Path) -> list[Path]:
         side = getattr(self.codec, "side_files", None)
         return side(out) if side is not None else []
 
 
+def decode_jsonl(path: Path, *, mmap: bool = True, verify: bool = True) -> EmbeddingsFile:
+    """A .jsonl file, or the side file of an .npy (OUT.npy.jsonl), which reads the pair."""
+    npy = npy_of_side_file(path)
+    if npy is not None:
+        return npy_decode(npy, mmap=mmap, verify=verify)
+    return jsonl_decode(path, mmap=mmap, verify=verify)
+
+
 FORMATS: dict[str, Format] = {
     ".npy": Format(SimpleNamespace(encode=npy_encode, decode=npy_decode, side_files=npy_side_files)),
-    ".jsonl": Format(SimpleNamespace(encode=jsonl_encode, decode=jsonl_decode)),
-    ".parquet": Format(SimpleNamespace(encode=parquet_encode, decode=parquet_decode), needs=("pyarrow", PARQUET_NEEDS)),
+    ".jsonl": Format(SimpleNamespace(encode=jsonl_encode, decode=decode_jsonl)),
+    ".parquet": Format(SimpleNamespace(encode=parquet_encode, decode=parquet_decode), needs=("pyarrow", parquet_needs)),
 }
 SUFFIXES = tuple(FORMATS)
 
@@ -57,6 +66,11 @@ def errors_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".errors.jsonl")
 
 
+def error_line(index: int, key: str, item: str, reason: str) -> str:
+    """One line of an errors file: the failed input's index, its name under `key` ("path" | "text"), why."""
+    return dumps({"index": int(index), key: item, "error": reason})
+
+
 def output_files(out: str | os.PathLike) -> list[Path]:
     """Every file a finished run leaves for `out` (the side file for .npy, the errors file if any)."""
     out = Path(out)
@@ -72,7 +86,7 @@ def check_output(out: str | os.PathLike) -> Path:
         try:
             __import__(needs[0])
         except ImportError:
-            raise OutputError(needs[1]) from None
+            raise OutputError(needs[1]()) from None
     for path in output_files(out):
         if path.is_dir():
             raise OutputError(f"{path} is a directory, not a file name (such as {path / ('vectors' + out.suffix)})")

@@ -25,11 +25,12 @@ import numpy as np
 
 from ..errors import OutputError
 from .npy import DTYPE, data_offset, npy_header
-from .files import fault, publish, read_json, write_json_atomic, write_lines
-from .formats import errors_path, format_of
+from .files import fault, lock_folder, publish, read_json, write_json_atomic, write_lines
+from .formats import error_line, errors_path, format_of
 from .header import KINDS, dumps, finished, identity_mismatch, short
 
 JOURNAL_FORMAT = "fastclip-journal"
+LOCK = "lock"  # inside the hidden work folder: no reader of OUT ever lists it
 # A checkpoint is fsynced at most this often: flushing after every batch already survives kill -9;
 # the fsync bounds what a power cut can take.
 SYNC_SECONDS = 2.0
@@ -55,25 +56,6 @@ def _holds_work(folder: Path) -> bool:
         return (folder / "job.json").exists() and (folder / "rows.jsonl").stat().st_size > 0
     except OSError:
         return False
-
-
-def error_line(index: int, key: str, item: str, reason: str) -> str:
-    return dumps({"index": int(index), key: item, "error": reason})
-
-
-def lock_folder(folder: Path, what: str):
-    """An exclusive advisory lock on `folder` held by the returned file (None where there is no flock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; two runs on one output are the user's problem there
-        return None
-    lock = open(folder / "lock", "a+")
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise OutputError(f"another fastclip run is writing {what} right now (it holds {folder})") from None
-    return lock
 
 
 class Rows:
@@ -156,7 +138,7 @@ class EmbeddingsWriter:
         if not self.dir.exists():
             self._create()
             return
-        self._lock = lock_folder(self.dir, str(self.out))
+        self._lock = lock_folder(self.dir, str(self.out), LOCK)
         try:
             if not _holds_work(self.dir):
                 # Killed while creating the folder, or before its first checkpoint: nothing to lose.
@@ -183,7 +165,7 @@ class EmbeddingsWriter:
             raise OutputError(f"another run is writing {self.out} (work folder {self.dir} appeared)") from None
         except OSError as exc:
             raise OutputError(f"cannot create {self.dir}: {exc.strerror or exc}") from None
-        self._lock = lock_folder(self.dir, str(self.out))
+        self._lock = lock_folder(self.dir, str(self.out), LOCK)
         with open(self.dir / "vectors.npy", "wb") as f:
             f.write(npy_header(0, self.dim))
         (self.dir / "rows.jsonl").touch()

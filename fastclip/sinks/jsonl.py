@@ -11,8 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import OutputError
-from .npy import decode as decode_npy
-from .header import FORMAT, EmbeddingsFile, KINDS, check_header, dumps, json_line
+from .header import EmbeddingsFile, KINDS, check_header, dumps, json_line
 from .files import write_lines
 
 
@@ -29,10 +28,6 @@ def encode(rows: Any, header: dict, work: Path, out: Path) -> tuple[list[tuple[s
 def decode(path: Path, *, mmap: bool = True, verify: bool = True) -> EmbeddingsFile:
     with open(path, "rb") as f:
         first = json_line(f.readline(), path, 1)
-        if isinstance(first, dict) and first.get("format") == FORMAT and "npy_sha256" in first \
-                and path.name.lower().endswith(".npy.jsonl"):
-            # The side file of an .npy: read the pair.
-            return decode_npy(path.with_name(path.name[: -len(".jsonl")]), mmap=mmap, verify=verify)
         meta = check_header(first.get("fastclip_embeddings") if isinstance(first, dict) else None, path)
         key, dim = KINDS[meta["kind"]], meta["dim"]
         vectors = np.empty((meta["rows"], dim), np.float32)

@@ -20,7 +20,7 @@ from numpy.lib import format as npformat
 
 from ..errors import OutputError
 from ..hashing import sha256
-from .header import EmbeddingsFile, KINDS, check_header, dumps, json_line
+from .header import FORMAT, EmbeddingsFile, KINDS, check_header, dumps, json_line
 from .files import fault, write_lines
 
 DTYPE = "<f4"
@@ -72,6 +72,18 @@ def encode(rows: Any, header: dict, work: Path, out: Path) -> tuple[list[tuple[s
     # The side file first: between the two renames a reader sees the old .npy beside the new side file
     # and refuses the pair through npy_sha256.
     return [("side.jsonl", side_file(out).name), (path.name, out.name)], header
+
+
+def npy_of_side_file(path: Path) -> Path | None:
+    """The .npy whose side file `path` is (named OUT.npy.jsonl, its first line the header with "npy_sha256"),
+    else None: a plain .jsonl of embeddings."""
+    if not path.name.lower().endswith(".npy.jsonl"):
+        return None
+    with open(path, "rb") as f:
+        first = json_line(f.readline(), path, 1)
+    if isinstance(first, dict) and first.get("format") == FORMAT and "npy_sha256" in first:
+        return path.with_name(path.name[: -len(".jsonl")])
+    return None
 
 
 def decode(path: Path, *, mmap: bool = True, verify: bool = True) -> EmbeddingsFile:

@@ -16,21 +16,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+from ..hints import install_hint
 from .header import EmbeddingsFile, KINDS, check_header, exact_bytes, is_utf8
 from .files import fsync_file
 
 # Rows per Parquet row group (8 MB at 512-d). Measured finishing 100k rows: 16,384-row groups raised the
 # peak RSS by 67 MB over a 10k-row file, 4,096-row groups by 6 MB.
 ROW_GROUP = 4096
-NEEDS = ".parquet files need pyarrow: pip install 'fastclip[parquet]'"
+def needs() -> str:
+    return f".parquet files need pyarrow: {install_hint('parquet')}"
 
 
-def _pyarrow():
+def import_pyarrow():
+    """(pyarrow, pyarrow.parquet), or OutputError naming the extra to install."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise OutputError(NEEDS) from None
+        raise OutputError(needs()) from None
     return pa, pq
 
 
@@ -41,7 +44,7 @@ def encode(rows: Any, header: dict, work: Path, out: Path) -> tuple[list[tuple[s
 
 def write(path: Path, rows: Any, header: dict) -> None:
     """`rows` (see journal.Rows) into one Parquet file at `path`, fsynced."""
-    pa, pq = _pyarrow()
+    pa, pq = import_pyarrow()
     key, dim = rows.key, rows.dim
     # Parquet strings must be UTF-8: one pass over the names decides whether a bytes column is needed.
     exact = any(not is_utf8(item) for item in rows.items())
@@ -69,7 +72,7 @@ def write(path: Path, rows: Any, header: dict) -> None:
 
 def read(path: Path) -> tuple[dict, list[str], np.ndarray, np.ndarray | None]:
     """(header, items, vectors, input indices or None) of one Parquet file, rows as stored."""
-    _, pq = _pyarrow()
+    _, pq = import_pyarrow()
     try:
         table = pq.read_table(path)
     except OSError:

@@ -4,13 +4,15 @@
     DIR/part-00000.parquet          the .parquet format plus a first column ``index`` (input index, int64),
                                     rows sorted by it; the header's rows/failed count this part
     DIR/_part-00000.errors.jsonl    the part's failed inputs, {"index", "path"|"text", "error"} per line
+    DIR/_fastclip.lock              held (flock) by the run writing DIR, so that a second run is refused
 
 Each part is encoded by the .parquet format inside a hidden work folder, fsynced, then renamed into place,
 its errors file first: a part file present is a complete part, and a kill leaves whole parts only. A
 resumed run reads the indices of the parts present and embeds the other inputs, so each input ends in
-exactly one part. Names starting with "_" or "." are skipped by Parquet dataset readers
-(pyarrow.dataset, Ray, Spark), so DIR reads as a plain Parquet dataset too; `read_embeddings(DIR)` gives
-the rows back in input order.
+exactly one part. Every other name starts with "_" or ".", which Parquet dataset readers skip
+(pyarrow.parquet.read_table, pandas.read_parquet, Ray, Spark), so DIR reads as a plain Parquet dataset too;
+`read_embeddings(DIR)` gives the rows back in input order. A folder written before the lock took its
+name kept it as DIR/lock, which those readers fail on: resuming it (even when finished) removes it.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import OutputError
-from .parquet import _pyarrow, encode as encode_parquet, read as read_parquet
-from .files import fault, publish, read_json, write_json_atomic, write_lines
-from .formats import check_writable_folder
+from .parquet import encode as encode_parquet, import_pyarrow, read as read_parquet
+from .files import fault, lock_folder, publish, read_json, write_json_atomic, write_lines
+from .formats import check_writable_folder, error_line
 from .header import EmbeddingsFile, KINDS, dumps, finished, identity_mismatch, json_line, short
-from .journal import error_line, lock_folder
 
 JOB = "_fastclip_job.json"
 PARTS_FORMAT = "fastclip-parts"
 PART = "part-{:05d}.parquet"
 PART_ERRORS = "_part-{:05d}.errors.jsonl"
+LOCK = "_fastclip.lock"
+# What runs before this one named their lock: a file that Parquet readers take for a part
+# ("Could not read schema from .../lock"). A resume takes it over and removes it.
+OLD_LOCK = "lock"
 
 
 class MemoryRows:
@@ -87,8 +92,9 @@ class PartsWriter:
         self.header, self.job = dict(header), dict(job)
         self.key, self.dim = KINDS[header["kind"]], int(header["dim"])
         check_folder(self.folder, resume=resume)
-        self._lock = lock_folder(self.folder, str(self.folder))
+        self._lock = lock_folder(self.folder, str(self.folder), LOCK)
         try:
+            _remove_old_lock(self.folder)
             self.done: set[int] = set()
             self.rows = self.failed = self.parts = 0
             if (self.folder / JOB).exists():
@@ -164,6 +170,19 @@ class PartsWriter:
         self.close()
 
 
+def _remove_old_lock(folder: Path) -> None:
+    """Take the lock an earlier fastclip left under its old name (a run of that version still writing
+    holds it: refused) and remove it, so that the folder reads as a plain Parquet dataset again."""
+    if not (folder / OLD_LOCK).is_file():
+        return
+    old = lock_folder(folder, str(folder), OLD_LOCK)
+    try:
+        (folder / OLD_LOCK).unlink()
+    finally:
+        if old is not None:
+            old.close()
+
+
 def _number(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
 
@@ -182,7 +201,7 @@ def _part_errors(folder: Path, number: int) -> list[dict]:
 
 def _part_indices(path: Path, number: int) -> tuple[dict, list[int], list[int]]:
     """(header, row indices, failed indices) of one part, reading only its index column."""
-    _, pq = _pyarrow()
+    _, pq = import_pyarrow()
     try:
         table = pq.read_table(path, columns=["index"])
         meta = json.loads(table.schema.metadata[b"fastclip"])

@@ -1,1 +1,2 @@
-"""Builders shared by the tests: the offline hub cache, real photos and sentences, fuzz cases, references."""
+"""Builders shared by the tests: the offline hub cache, real photos and sentences, fuzz cases, references,
+tiny models under real architecture names."""

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SENTENCES_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "multilingual_sentences.json"
+SENTENCES_FILE = Path(__file__).parent.parent / "fixtures" / "multilingual_sentences.json"
 
 
 def sentences() -> list[str]:
@@ -291,7 +291,7 @@ def build(root: Path, families=None) -> TextHub:
     import torch
     from safetensors.torch import save_file
 
-    from fastclip_export.open_clip_source import config_problem
+    from fastclip_export.open_clip_config import config_problem
     from fastclip_export.torchvision_compat import import_open_clip
 
     open_clip = import_open_clip()

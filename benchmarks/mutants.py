@@ -124,11 +124,11 @@ MUTANTS = [
         "the loaded model's vision MLPs switched to the tanh approximation of GELU before export (graph and "
         "export-time reference agree; only parity with open_clip can see it)",
         "export/open_clip_source.py",
-        "    model.eval()\n\n    image = _check_preprocessing(",
+        "    model.eval()\n\n    built = open_clip.get_model_preprocess_cfg(model)",
         "    model.eval()\n"
         "    for _block in model.visual.transformer.resblocks:\n"
         "        _block.mlp.gelu = torch.nn.GELU(approximate=\"tanh\")\n\n"
-        "    image = _check_preprocessing(",
+        "    built = open_clip.get_model_preprocess_cfg(model)",
         ("tests/test_embedding.py::test_open_clip_export_matches_open_clip",
          "tests/test_export.py::test_tiny_open_clip_export",
          "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
@@ -146,23 +146,25 @@ MUTANTS = [
     Mutant(
         "tag-resize-mode",
         "the export records every open_clip model as shortest-side resize + crop, whatever its tag sets",
-        "export/open_clip_source.py",
-        'resize_mode=cfg.get("resize_mode", "shortest"), interpolation=',
+        "export/open_clip_config.py",
+        'resize_mode=pre.get("resize_mode", "shortest"), interpolation=',
         'resize_mode="shortest", interpolation=',
-        ("tests/test_families.py::test_sigmoid_model_manifest_and_vectors",),
+        ("tests/test_families.py::test_export_reads_every_tags_preprocessing",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
     ),
     Mutant(
         "tag-interpolation",
         "the export records bicubic for every open_clip model, whatever filter its tag sets",
-        "export/open_clip_source.py",
-        'interpolation=cfg.get("interpolation", "bicubic"),',
+        "export/open_clip_config.py",
+        'interpolation=pre.get("interpolation", "bicubic"),',
         'interpolation="bicubic",',
-        ("tests/test_families.py::test_sigmoid_model_manifest_and_vectors",),
+        ("tests/test_families.py::test_export_reads_every_tags_preprocessing",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
     ),
     Mutant(
         "tag-preprocess-ignored",
         "the tag's own preprocessing (e.g. MobileCLIP2 dfndr2b's mean 0 / std 1) is not merged over the config's",
-        "export/open_clip_source.py",
+        "export/open_clip_config.py",
         "        pre = merge_preprocess_dict(pre, get_pretrained_cfg(arch, tag))\n",
         "        pass\n",
         ("tests/test_families.py::test_export_reads_every_tags_preprocessing",),

@@ -221,6 +221,7 @@ def test_skip_mode_keeps_going_past_none_ints_and_memory_errors(tiny_openclip_ex
         return real(image, *args)
 
     monkeypatch.setitem(resize_mod.RESIZERS, "shortest", flaky)
+    model = ImageEmbedding(tiny_openclip_export)  # the preprocessor picks its resizer when it is built
     errors.clear()
     got = list(model.embed(paths, errors="skip", on_error=errors.append))
     assert got[1] is None and [e.index for e in errors] == [1] and "MemoryError" in str(errors[0])

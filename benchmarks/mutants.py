@@ -118,6 +118,176 @@ MUTANTS = [
         ("tests/test_sinks.py::test_interrupted_run_keeps_old_output_and_resumes_to_identical_file",
          "tests/test_cli.py::test_texts_resume_after_kill_is_identical"),
     ),
+    # ---- issue 26: code added since the first audit; each row names the tests that must catch it
+    Mutant(
+        "gelu-tanh-model",
+        "the loaded model's vision MLPs switched to the tanh approximation of GELU before export (graph and "
+        "export-time reference agree; only parity with open_clip can see it)",
+        "export/open_clip_source.py",
+        "    model.eval()\n\n    built = open_clip.get_model_preprocess_cfg(model)",
+        "    model.eval()\n"
+        "    for _block in model.visual.transformer.resblocks:\n"
+        "        _block.mlp.gelu = torch.nn.GELU(approximate=\"tanh\")\n\n"
+        "    built = open_clip.get_model_preprocess_cfg(model)",
+        ("tests/test_embedding.py::test_open_clip_export_matches_open_clip",
+         "tests/test_export.py::test_tiny_open_clip_export",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
+    ),
+    Mutant(
+        "layernorm-eps-graph",
+        "the exported text graph's final LayerNorm (ln_final) runs with eps 1e-6 instead of the model's 1e-5",
+        "export/open_clip_towers.py",
+        "        x = self.ln_final(x)  # per-token LayerNorm",
+        "        x = nn.functional.layer_norm(x, self.ln_final.normalized_shape, self.ln_final.weight, "
+        "self.ln_final.bias, 1e-6)  # per-token LayerNorm",
+        ("tests/test_embedding.py::test_open_clip_export_matches_open_clip",
+         "tests/test_export.py::test_tiny_open_clip_export"),
+    ),
+    Mutant(
+        "tag-resize-mode",
+        "the export records every open_clip model as shortest-side resize + crop, whatever its tag sets",
+        "export/open_clip_config.py",
+        'resize_mode=pre.get("resize_mode", "shortest"), interpolation=',
+        'resize_mode="shortest", interpolation=',
+        ("tests/test_families.py::test_export_reads_every_tags_preprocessing",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
+    ),
+    Mutant(
+        "tag-interpolation",
+        "the export records bicubic for every open_clip model, whatever filter its tag sets",
+        "export/open_clip_config.py",
+        'interpolation=pre.get("interpolation", "bicubic"),',
+        'interpolation="bicubic",',
+        ("tests/test_families.py::test_export_reads_every_tags_preprocessing",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
+    ),
+    Mutant(
+        "tag-preprocess-ignored",
+        "the tag's own preprocessing (e.g. MobileCLIP2 dfndr2b's mean 0 / std 1) is not merged over the config's",
+        "export/open_clip_config.py",
+        "        pre = merge_preprocess_dict(pre, get_pretrained_cfg(arch, tag))\n",
+        "        pass\n",
+        ("tests/test_families.py::test_export_reads_every_tags_preprocessing",),
+    ),
+    Mutant(
+        "runtime-filter",
+        "the runtime resamples with bicubic whatever filter the manifest names",
+        "fastclip/images.py",
+        "        self._resample = RESAMPLING[spec.interpolation]\n",
+        '        self._resample = RESAMPLING["bicubic"]\n',
+        ("tests/test_families.py::test_files_through_the_preprocessor_equal_reference",
+         "tests/test_families.py::test_sigmoid_model_manifest_and_vectors"),
+    ),
+    Mutant(
+        "padding-side",
+        "the tokenizer pads on the right whatever the manifest's padding_side (SigLIP 2's Gemma pads left)",
+        "fastclip/text.py",
+        "            direction=spec.padding_side,\n",
+        '            direction="right",\n',
+        ("tests/test_families_text.py::test_hf_siglip_text_matches_transformers",
+         "tests/test_families_text.py::test_left_padding_buckets_stay_exact"),
+    ),
+    Mutant(
+        "pad-id-zero",
+        "the tokenizer pads with id 0 whatever the manifest's pad_token_id (XLM-R and NLLB pad with 1)",
+        "fastclip/text.py",
+        "            pad_id=spec.pad_token_id,\n",
+        "            pad_id=0,\n",
+        ("tests/test_families_text.py::test_family_matches_open_clip",),
+    ),
+    Mutant(
+        "context-one-short",
+        "truncation keeps one token less than the context length",
+        "fastclip/text.py",
+        "tok.enable_truncation(max_length=spec.context_length,",
+        "tok.enable_truncation(max_length=spec.context_length - 1,",
+        ("tests/test_text.py::test_truncation_keeps_end_token_last",
+         "tests/test_text.py::test_long_texts_give_the_references_ids"),
+    ),
+    Mutant(
+        "eos-pooled-at-last",
+        "an EOS-pooling text tower (xlm-v, mt5-worldwide) pools the last position instead",
+        "export/open_clip_towers.py",
+        "            pooled = (input_ids == self.eos_id).int().argmax(dim=-1)\n",
+        "            pooled = torch.full_like(batch, length - 1)\n",
+        ("tests/test_families_text.py::test_family_matches_open_clip",),
+    ),
+    Mutant(
+        "last-pooled-at-eos",
+        "a last-token-pooling text tower (SigLIP) pools the first EOS instead",
+        "export/open_clip_towers.py",
+        "        else:  # last\n            pooled = torch.full_like(batch, length - 1)\n",
+        "        else:  # last\n            pooled = (input_ids == self.eos_id).int().argmax(dim=-1)\n",
+        ("tests/test_families_text.py::test_family_matches_open_clip",),
+    ),
+    Mutant(
+        "nllb-language-ignored",
+        "language= is accepted and reported but the tokenizer keeps the default source-language token",
+        "fastclip/text.py",
+        "        if self.language != spec.language:\n",
+        "        if False:\n",
+        ("tests/test_families_text.py::test_nllb_language_option",),
+    ),
+    Mutant(
+        "sigmoid-bias-dropped",
+        "sigmoid scoring leaves out the model's logit_bias",
+        "fastclip/families/score.py",
+        "    logits = logit_scale * np.asarray(cos, np.float64) + logit_bias\n",
+        "    logits = logit_scale * np.asarray(cos, np.float64)\n",
+        ("tests/test_families.py::test_classify_sigmoid_equals_torch",),
+    ),
+    Mutant(
+        "precision-at-k-off-by-one",
+        "P@K counts the relevant items ranked above K only (rank < K)",
+        "fastclip/retrieval/metrics.py",
+        "np.bincount(query, r <= k, n) / k",
+        "np.bincount(query, r < k, n) / k",
+        ("tests/test_retrieval.py::test_ranking_metrics_by_hand",
+         "tests/test_retrieval.py::test_ranking_metrics_equal_scikit_learn_and_the_reference"),
+    ),
+    Mutant(
+        "map-off-by-one",
+        "AP counts the relevant items before each hit, not including it (0-based position)",
+        "fastclip/retrieval/metrics.py",
+        "(position + 1) / r, n)",
+        "position / r, n)",
+        ("tests/test_retrieval.py::test_ranking_metrics_by_hand",
+         "tests/test_retrieval.py::test_ranking_metrics_equal_scikit_learn_and_the_reference"),
+    ),
+    Mutant(
+        "fast-squash-box",
+        "squash resamples the whole drafted JPEG in fast mode, not the box that is the photo",
+        "fastclip/families/resize.py",
+        "    return _resize(image, (size, size), geometry, resample)\n",
+        "    return _resize(image, (size, size), None, resample)\n",
+        ("tests/test_families.py::test_fast_mode_resamples_the_photo_box_in_every_mode",),
+    ),
+    Mutant(
+        "fast-box-dropped",
+        "every resize mode resamples the whole drafted JPEG in fast mode (the box ignored, the size kept)",
+        "fastclip/families/resize.py",
+        "        return image.resize(out, resample, box=geometry.box)\n",
+        "        return image.resize(out, resample)\n",
+        ("tests/test_images.py::test_draft_changes_pixels_slightly",
+         "tests/test_families.py::test_fast_mode_resamples_the_photo_box_in_every_mode"),
+    ),
+    Mutant(
+        "similarity-fp16",
+        "cosine similarities computed in float16 (classify's probabilities move by 2.9e-4; a test that scores "
+        "fastclip's vectors with fastclip's own similarity cannot see it)",
+        "fastclip/clip.py",
+        "        return a2 @ b2.T\n",
+        "        return (a2.astype(np.float16) @ b2.astype(np.float16).T).astype(np.float32)\n",
+        ("tests/test_embedding.py::test_classify_equals_torch_with_the_models_logit_scale",),
+    ),
+    Mutant(
+        "parts-resume-skips-a-part",
+        "a resumed Ray run does not read its first part, so that part's inputs are embedded again",
+        "fastclip/sinks/parts.py",
+        "        for number, path in _parts(self.folder):\n            meta, indices, failed",
+        "        for number, path in _parts(self.folder)[1:]:\n            meta, indices, failed",
+        ("tests/test_sinks.py::test_parts_in_any_order_read_back_in_input_order_and_resume",),
+    ),
 ]
 
 def source_files() -> list[str]:
@@ -186,7 +356,7 @@ def main() -> int:
     if args.check:
         for m in chosen:
             count = (ROOT / m.file).read_text(encoding="utf-8").count(m.old)
-            print(f"{m.name:<26} {m.file:<28} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
+            print(f"{m.name:<26} {m.file:<30} {'ok' if count == 1 else f'old string found {count} times: RE-POINT'}")
         return 0
 
     rows, missed = [], 0
@@ -217,9 +387,9 @@ def main() -> int:
              f"{platform.node()} ({os.cpu_count()} cores, load {load}), {time.time() - started:.0f} s",
              "# each mutant applied to a temporary copy of the tree; all the tests below pass on an unmutated copy",
              "",
-             f"{'mutant':<26} {'file':<28} caught by (the tests of its row that fail)"]
+             f"{'mutant':<26} {'file':<30} caught by (the tests of its row that fail)"]
     for mutant, caught, _ in rows:
-        lines.append(f"{mutant.name:<26} {mutant.file:<28} {caught}")
+        lines.append(f"{mutant.name:<26} {mutant.file:<30} {caught}")
     lines += ["", "mutants:"] + [f"  {m.name}: {m.what}" for m, _, _ in rows]
     table = "\n".join(lines) + "\n"
     print(table)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from fastclip import CLIP, ImageEmbedding, ImageError, ModelError, TextEmbedding, TextError
-from support.photos import SENTENCES, assert_parity, cosines, photo_array, write_photos
+from support.parity import assert_parity
+from support.photos import SENTENCES, cosines, photo_array, write_photos
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def test_hf_export_matches_transformers(tiny_hf_checkpoint, tiny_hf_export, phot
 
     got_img = np.stack(list(ImageEmbedding(tiny_hf_export, exif_transpose=False).embed(photo_files, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(tiny_hf_export).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "hf image")
-    assert_parity(got_txt, ref_txt, "hf text")
+    assert_parity(got_img, ref_img, "transformers CLIP image")
+    assert_parity(got_txt, ref_txt, "transformers CLIP text")
 
 
 def test_open_clip_export_matches_open_clip(tiny_openclip_model, tiny_openclip_export, photo_files):
@@ -58,7 +59,7 @@ def test_open_clip_export_matches_open_clip(tiny_openclip_model, tiny_openclip_e
         ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
     got_img = np.stack(list(ImageEmbedding(tiny_openclip_export, exif_transpose=False).embed(photo_files, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(tiny_openclip_export).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "open_clip image")
+    assert_parity(got_img, ref_img, "open_clip ViT image")
     assert_parity(got_txt, ref_txt, "open_clip text")
 
 
@@ -184,22 +185,37 @@ def test_long_text_truncates_or_raises(tiny_openclip_export):
         list(text.embed(["short", long], truncate=False))
 
 
-def test_classify_uses_the_models_logit_scale(tiny_openclip_export, photo_files):
-    clip = CLIP(tiny_openclip_export)
+def test_classify_equals_torch_with_the_models_logit_scale(tiny_openclip_export, tiny_openclip_model, photo_files):
+    """Probabilities against open_clip's encoders with torch's softmax over logit_scale.exp() * cosines,
+    every step of fastclip's pipeline on one side (decode, resize, tokenize, both towers, similarity, scorer).
+    Measured max |diff| 1.2e-7 (float32 rounding); the bound 1e-6 is 8x that, and far under what a logit
+    scale off by 1 % moves (2.1e-3) or cosines in float16 (2.9e-4), measured with logit_scale 14.3 here."""
+    import torch
+
+    model, preprocess, tokenizer = tiny_openclip_model
+    clip = CLIP(tiny_openclip_export, exif_transpose=False)
     labels = ["cat", "rocket", "astronaut"]
     probs = clip.classify(photo_files[:3], labels)
-    assert probs.shape == (3, 3)
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
-    image = np.stack(list(clip.embed_images(photo_files[:3])))
-    text = np.stack(list(clip.embed_texts([f"a photo of a {x}." for x in labels])))
-    logits = clip.logit_scale * clip.similarity(image, text)
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    with torch.no_grad():
+        image = model.encode_image(torch.stack([preprocess(Image.open(p)) for p in photo_files[:3]]), normalize=True)
+        text = model.encode_text(tokenizer([f"a photo of a {x}." for x in labels]), normalize=True)
+        want = (model.logit_scale.exp() * image @ text.T).softmax(dim=-1).numpy()
+    assert probs.shape == (3, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, want, rtol=0, atol=1e-6)
+    assert clip.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()), rel=1e-6)
     assert clip.logit_scale == pytest.approx(json.loads((tiny_openclip_export / "fastclip.json").read_text())["logit_scale"])
 
 
-def test_precision_int8_is_never_picked_silently(tiny_openclip_export):
-    assert ImageEmbedding(tiny_openclip_export).precision == "fp32"
+def test_precision_int8_is_never_picked_silently(tiny_variants_export):
+    """The folder holds int8 (and fp16): fp32 unless asked, for both towers and the pair."""
+    assert {"fp32", "int8"} <= set(ImageEmbedding(tiny_variants_export).manifest.vision.files)
+    assert ImageEmbedding(tiny_variants_export).precision == "fp32"
+    assert TextEmbedding(tiny_variants_export).precision == "fp32"
+    assert CLIP(tiny_variants_export).images.precision == CLIP(tiny_variants_export).texts.precision == "fp32"
+    assert ImageEmbedding(tiny_variants_export, precision="int8").precision == "int8"
+
+
+def test_precision_missing_from_the_folder_is_refused(tiny_openclip_export):
     with pytest.raises(ModelError, match="precision 'int8' not in this model folder"):
         ImageEmbedding(tiny_openclip_export, precision="int8")
 

@@ -16,7 +16,8 @@ from fastclip import manifest
 from fastclip.errors import ExportError
 from fastclip_export import api, verify
 
-from support.photos import SENTENCES, assert_parity, cosines, photo_array
+from support.parity import BOUNDS, assert_parity, row_error
+from support.photos import SENTENCES, cosines, photo_array
 
 
 def _session(path, disabled=()):
@@ -65,8 +66,8 @@ def test_tiny_open_clip_export(tiny_openclip_export, tiny_openclip_model):
     got = _session(tiny_openclip_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
     got_img = _session(tiny_openclip_export / "vision" / "model.onnx").run(None, {"pixel_values": pixels.numpy()})[0]
     assert np.linalg.norm(want, axis=1).min() > 0.1
-    assert_parity(got, want, "text graph")
-    assert_parity(got_img, want_img, "vision graph")
+    assert_parity(got, want, "open_clip text", "graph")
+    assert_parity(got_img, want_img, "open_clip ViT image", "graph")
     assert np.isclose(m.logit_scale, float(model.logit_scale.detach().exp()))
 
 
@@ -87,7 +88,7 @@ def test_tiny_hf_export(tiny_hf_export, tiny_hf_checkpoint):
         want = model.get_text_features(input_ids=ids).pooler_output.numpy()
     got = _session(tiny_hf_export / "text" / "model.onnx").run(None, {"input_ids": ids.numpy()})[0]
     assert got.shape == (4, 32) and np.linalg.norm(want, axis=1).min() > 0.1
-    assert_parity(got, want, "hf text graph")
+    assert_parity(got, want, "transformers CLIP text", "graph")
 
 
 def _check_pooled_row_only(wrapper, reference, last_mlp, width, inputs):
@@ -543,9 +544,9 @@ def test_quickgelu_378px_model_end_to_end(tmp_path):
         gelu_img = model.encode_image(pixels).numpy()
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "quickgelu image")
-    assert_parity(got_txt, ref_txt, "quickgelu text")
-    assert np.abs(gelu_img - ref_img).max() > 10 * 1e-4 * np.abs(ref_img).max()  # the runtime bound sees GELU
+    assert_parity(got_img, ref_img, "open_clip ViT image", "quickgelu 378")
+    assert_parity(got_txt, ref_txt, "open_clip text", "quickgelu 378")
+    assert row_error(gelu_img, ref_img) > 100 * BOUNDS["open_clip ViT image"]  # the runtime bound sees GELU
     gelu_rel = np.abs(gelu_img - ref_img).max() / np.linalg.norm(ref_img, axis=1).max()
     assert gelu_rel > 10 * verify.THRESHOLDS["fp32"].max_abs_rel
     assert m.vision.verification["fp32"].max_abs_diff_rel < verify.THRESHOLDS["fp32"].max_abs_rel

@@ -14,7 +14,8 @@ from fastclip import ImageEmbedding, TextEmbedding, manifest
 from fastclip_export import api
 
 from conftest import SEED, copy_tokenizer_files
-from support.photos import SENTENCES, assert_parity, write_photos
+from support.parity import assert_parity
+from support.photos import SENTENCES, write_photos
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,8 @@ def test_open_clip_vit_b_32_round_trip(tmp_path):
         ref_txt = model.encode_text(tokenizer(SENTENCES)).numpy()
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "ViT-B/32 image")
-    assert_parity(got_txt, ref_txt, "ViT-B/32 text")
+    assert_parity(got_img, ref_img, "open_clip ViT-B/32 image")
+    assert_parity(got_txt, ref_txt, "open_clip ViT-B/32 text")
 
 
 def test_hf_vit_b_32_round_trip(tmp_path):
@@ -88,5 +89,5 @@ def test_hf_vit_b_32_round_trip(tmp_path):
     del model
     got_img = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(photos, normalize=False)))
     got_txt = np.stack(list(TextEmbedding(out).embed(SENTENCES, normalize=False)))
-    assert_parity(got_img, ref_img, "HF ViT-B/32 image")
-    assert_parity(got_txt, ref_txt, "HF ViT-B/32 text")
+    assert_parity(got_img, ref_img, "transformers ViT-B/32 image")
+    assert_parity(got_txt, ref_txt, "transformers ViT-B/32 text")

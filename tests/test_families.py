@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 import pytest
-from support.photos import cosines, photo_array, write_photos
+from support.parity import assert_parity
+from support.photos import photo_array, write_photos
 from PIL import Image
 
 from fastclip import CLIP, ImageEmbedding, manifest
@@ -112,25 +113,43 @@ def test_files_through_the_preprocessor_equal_reference(tmp_path, resize_mode, i
                                    is_train=False)
     pre = ImagePreprocessor(_spec(resize_mode, interpolation), exif_transpose=False)
     paths = write_photos(tmp_path, PHOTOS)
-    batch = pre.batch(paths)
-    for row, path in zip(batch, paths):
+    for index, path in enumerate(paths):
         with Image.open(path) as im:
-            assert float(np.abs(row - reference(im).numpy()).max()) == 0.0, path.name
+            assert float(np.abs(pre(path, index) - reference(im).numpy()).max()) == 0.0, path.name
 
 
-@pytest.mark.parametrize("resize_mode", manifest.RESIZE_MODES)
-def test_fast_mode_resamples_the_photo_region_in_every_mode(photos, tmp_path, resize_mode):
-    """fast=True on a large JPEG: reduced decoding moves pixels by a few uint8 steps in every resize
-    mode alike (the drafted box is the photo, whatever the mode). The shortest-mode bound of
-    test_images applies: the vector shifts measured for shortest (README) hold for these modes too."""
-    path = tmp_path / "big.jpg"
-    photos["chelsea"].resize((1804, 1200), Image.Resampling.BICUBIC).save(path, quality=90)
-    spec = _spec(resize_mode, "bilinear")
+# fast= against exact decoding on chelsea JPEGs (quality 90) of odd sizes, where libjpeg's reduced decode
+# rounds up (1803 -> 902 at 1/2, 997 -> 499 at 1/2) and only a box of the drafted image is the photo:
+# (mean, max) |fast - exact| on the normalized tensor, measured. Resampling the whole drafted image instead
+# of the box (a squash or crop that drops the geometry) measured 4-7x these means and 5-12x these maxima.
+FAST_MEASURED = {
+    ((1803, 1201), True): {("shortest", "bicubic"): (0.0029, 0.0300), ("shortest", "bilinear"): (0.0029, 0.0300),
+                           ("squash", "bicubic"): (0.0025, 0.0300), ("squash", "bilinear"): (0.0024, 0.0292),
+                           ("longest", "bicubic"): (0.0014, 0.0150), ("longest", "bilinear"): (0.0013, 0.0150)},
+    ((997, 641), "max"): {("shortest", "bicubic"): (0.0067, 0.0876), ("shortest", "bilinear"): (0.0062, 0.0711),
+                          ("squash", "bicubic"): (0.0049, 0.0584), ("squash", "bilinear"): (0.0046, 0.0584),
+                          ("longest", "bicubic"): (0.0024, 0.0427), ("longest", "bilinear"): (0.0023, 0.0300)},
+}
+
+
+@pytest.mark.parametrize("size,fast", list(FAST_MEASURED))
+@pytest.mark.parametrize("resize_mode,interpolation", COMBOS)
+def test_fast_mode_resamples_the_photo_box_in_every_mode(photos, tmp_path, size, fast, resize_mode, interpolation):
+    """fast= on odd-sized JPEGs, every resize mode and filter: the drafted image really is larger than the
+    photo's box, the mean |diff| within 1.5x its measurement, the max within 1.5x or one uint8 step (0.015)
+    over it, whichever is more (maxima are whole steps): at most 2x."""
+    from fastclip.images import decode
+
+    path = tmp_path / "odd.jpg"
+    photos["chelsea"].resize(size, Image.Resampling.BICUBIC).save(path, quality=90)
+    spec = _spec(resize_mode, interpolation)
+    pre = ImagePreprocessor(spec, fast=fast)
+    drafted, geometry = decode(path, 0, draft_min_size=pre._draft_min_size)
+    assert geometry.box[2:] != drafted.size and geometry.full_size == size  # a box inside, not the whole image
     exact = ImagePreprocessor(spec)(path, 0)
-    fast = ImagePreprocessor(spec, fast=True)(path, 0)
-    diff = np.abs(fast - exact)
-    assert 0 < diff.mean() < 0.05 and diff.max() < 0.3
-    assert cosines(fast.reshape(1, -1), exact.reshape(1, -1))[0] > 0.999
+    diff = np.abs(pre(path, 0) - exact)
+    mean, top = FAST_MEASURED[size, fast][resize_mode, interpolation]
+    assert 0 < diff.mean() <= 1.5 * mean and diff.max() <= max(1.5 * top, top + 0.015), (diff.mean(), diff.max())
 
 
 # --------------------------------------------------------------------------- manifest
@@ -223,11 +242,12 @@ def test_sigmoid_model_manifest_and_vectors(sigmoid_export, tmp_path):
     assert (config["do_center_crop"], config["resample"], config["size"]) == (False, 2, {"height": 224, "width": 224})
 
     paths = write_photos(tmp_path, PHOTOS)
-    got = np.stack(list(ImageEmbedding(folder, exif_transpose=False).embed(paths)))
+    embedder = ImageEmbedding(folder, exif_transpose=False)
+    got = np.stack(list(embedder.embed(paths, normalize=False)))
     with torch.no_grad():
-        want = model.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=True).numpy()
-    assert cosines(got, want).min() >= 0.99999
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        want = model.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=False).numpy()
+    assert_parity(got, want, "open_clip ViT image", "sigmoid, squash")
+    np.testing.assert_allclose(np.linalg.norm(np.stack(list(embedder.embed(paths))), axis=1), 1.0, atol=1e-5)
 
 
 def _torch_probs(model, transform, tokenizer, paths, prompts, scoring):
@@ -387,8 +407,8 @@ def _register(family: str, folder) -> str:
 @pytest.mark.parametrize("family", list(TOWERS))
 def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_path):
     """Exported image tower, run by fastclip from the photo files, against open_clip's encode_image on
-    open_clip's own preprocessing: fp32 min cosine >= 0.99999, max |diff| <= 1e-4 x max |ref| on the
-    unnormalized vectors, unit length once normalized."""
+    open_clip's own preprocessing: fp32 unnormalized vectors within the family's parity bound
+    (tests/support/parity.py), unit length once normalized."""
     import torch
 
     from fastclip_export.api import export_model
@@ -406,9 +426,7 @@ def test_vision_tower_equals_open_clip_encode_image(family, tower_photos, tmp_pa
         want = model.encode_image(torch.stack([transform(Image.open(p)) for p in tower_photos]), normalize=False).numpy()
     embedder = ImageEmbedding(out, exif_transpose=False)
     got = np.stack(list(embedder.embed(tower_photos, normalize=False)))
-    assert got.shape == want.shape
-    assert cosines(got, want).min() >= 0.99999
-    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert_parity(got, want, family)
     unit = np.stack(list(embedder.embed(tower_photos)))
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
     m = manifest.load(out)
@@ -459,8 +477,7 @@ def test_transformers_plain_resize_processor_exports_as_squash(tiny_hf_checkpoin
         want = model.get_image_features(pixel_values=torch.stack([transform(Image.open(p)) for p in paths]))
     want = getattr(want, "pooler_output", want).numpy()
     got = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
-    assert cosines(got, want).min() >= 0.99999
-    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert_parity(got, want, "transformers CLIP image", "squash processor")
 
 
 @pytest.mark.parametrize("config,want", [
@@ -536,7 +553,7 @@ def test_image_tower_of_a_model_with_a_hub_text_tower_exports_offline(tmp_path, 
     with torch.no_grad():
         want = model.eval().encode_image(torch.stack([transform(Image.open(p)) for p in paths])).numpy()
     got = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
-    assert cosines(got, want).min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert_parity(got, want, "open_clip ViT image", "hub text tower")
     assert manifest.load(out).logit_scale == pytest.approx(float(model.logit_scale.exp()))
 
 
@@ -545,9 +562,12 @@ def test_siglip_image_processor_pil_equals_squash_bilinear(photos):
     computation as open_clip's squash + bilinear: fastclip equals it too. (The torchvision backend,
     transformers' default, resamples tensors instead: one uint8 step, 0.0078 at std 0.5, on 5 of 8 photos.)"""
     _open_clip()  # the CPU-torch torchvision workaround, before transformers imports torchvision
-    transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "SiglipImageProcessorPil"):
-        pytest.skip("this transformers has no PIL-backend SigLIP processor")
+    import transformers
+
+    # transformers 5 split its processors by backend; .ci/constraints.txt pins a release that has this one.
+    # Missing, this is a failure to look at (a new transformers renamed it), not a reason to skip the reference.
+    assert hasattr(transformers, "SiglipImageProcessorPil"), (
+        f"transformers {transformers.__version__} has no SiglipImageProcessorPil (.ci/constraints.txt pins one that has)")
     processor = transformers.SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=2,
                                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
     spec = _spec("squash", "bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -606,8 +626,8 @@ def test_coca_exports_both_towers_end_to_end(tmp_path):
         want_text = model.encode_text(open_clip.get_tokenizer(name)(texts), normalize=False).numpy()
     got_image = np.stack(list(ImageEmbedding(out, exif_transpose=False).embed(paths, normalize=False)))
     got_text = np.stack(list(TextEmbedding(out).embed(texts, normalize=False)))
-    for got, want in ((got_image, want_image), (got_text, want_text)):
-        assert cosines(got, want).min() >= 0.99999 and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert_parity(got_image, want_image, "ViT + attentional pooler", "CoCa whole")
+    assert_parity(got_text, want_text, "CoCa text", "CoCa whole")
 
 
 def test_squashing_a_tall_strip_stays_bounded(monkeypatch):

@@ -17,6 +17,7 @@ from fastclip import CLIP, ImageEmbedding, ModelError, TextEmbedding
 from fastclip.model import load_manifest
 from fastclip.providers import CPU, CUDA, cuda_device_count, default_providers, resolve_providers
 from fastclip.session import pick_precision
+from support.parity import assert_parity
 from support.photos import SENTENCES, cosines, write_photos
 
 
@@ -226,6 +227,7 @@ def test_reduced_precisions_run_through_the_runtime_within_the_exports_tolerance
         assert cosines(got, ref).min() >= v.threshold_cosine, (cls.__name__, precision)
         assert diff <= v.threshold_abs_rel * np.linalg.norm(ref, axis=1).max(), (cls.__name__, precision)
         assert diff > 1e-6 * np.abs(ref).max()  # really another graph than fp32
+        assert_parity(got, ref, f"{precision} {'image' if cls is ImageEmbedding else 'text'}", "against fp32")
         normalized = np.stack(list(model.embed(items)))
         np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
 

@@ -288,6 +288,39 @@ MUTANTS = [
         "        for number, path in _parts(self.folder)[1:]:\n            meta, indices, failed",
         ("tests/test_sinks.py::test_parts_in_any_order_read_back_in_input_order_and_resume",),
     ),
+    Mutant(
+        "serve-rows-to-first-job",
+        "the batcher hands every merged request the first rows of the batch, not its own slice",
+        "fastclip/serve/batcher.py",
+        "                job.results[first:first + n] = results[position:position + n]\n",
+        "                job.results[first:first + n] = results[0:n]\n",
+        ("tests/test_serve.py::test_concurrent_requests_are_merged_and_each_gets_its_own_rows",),
+    ),
+    Mutant(
+        "serve-data-uri-as-text",
+        "an input with no modality that is a data:image/... URI is embedded by the text tower",
+        "fastclip/serve/inputs.py",
+        "        if media.startswith(\"image/\"):\n            return \"image\"\n",
+        "        if media.startswith(\"image/\"):\n            return \"text\"\n",
+        ("tests/test_serve.py::test_openai_clients_image_data_uri_is_an_image",
+         "tests/test_serve.py::test_one_request_mixes_texts_and_images_in_input_order"),
+    ),
+    Mutant(
+        "layout-static-batch-ignored",
+        "a graph traced with a fixed batch (Immich's 1) is fed whole batches",
+        "fastclip/runner.py",
+        "    n, fixed = len(next(iter(feeds.values()))), spec.batch or 0\n",
+        "    n, fixed = len(next(iter(feeds.values()))), 0\n",
+        ("tests/test_layouts.py::test_immich_static_batch_runs_at_any_batch_size",),
+    ),
+    Mutant(
+        "layout-crop-offset-rounded",
+        "a transformers-layout CLIP's crop starts where open_clip's does (rounded), not where its processor's does",
+        "fastclip/families/resize.py",
+        "{\"round\": _round_half, \"floor\": _floor_half}",
+        "{\"round\": _round_half, \"floor\": _round_half}",
+        ("tests/test_layouts.py::test_transformers_processors_pixel_exact",),
+    ),
 ]
 
 def source_files() -> list[str]:

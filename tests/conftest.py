@@ -109,3 +109,13 @@ def tiny_variants_export(tiny_openclip_config, tmp_path_factory) -> Path:
 
     return export_model(f"open_clip:{tiny_openclip_config}", tmp_path_factory.mktemp("tiny-variants") / "model",
                         pretrained="none", precisions=["fp32", "fp16", "int8"], external_data=True, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def photos_folder(tmp_path_factory):
+    """What the README's and the docs' blocks assume is at hand: cat.jpg, dog.jpg and photos/ (tests/support/docblocks)."""
+    from support import docblocks
+
+    folder = tmp_path_factory.mktemp("reader")
+    docblocks.make_photos(folder)
+    return folder

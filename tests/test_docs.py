@@ -28,13 +28,6 @@ def _id(page, block) -> str:
     return f"{page.stem}-{block.line}-" + (re.sub(r"\W+", "-", block.heading).strip("-").lower() or "top")
 
 
-@pytest.fixture(scope="module")
-def photos_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reader")
-    docblocks.make_photos(folder)
-    return folder
-
-
 def test_docs_has_pages_and_runnable_blocks():
     assert len(PAGES) >= 12, [p.name for p in PAGES]
     assert len(RUNNABLE) >= 15, len(RUNNABLE)
@@ -81,13 +74,7 @@ def test_pip_by_name_pattern():
     for e in RUNNABLE])
 def test_block_runs_as_written(entry, photos_folder, tiny_openclip_export, tmp_path):
     page, block = entry
-    blocks = docblocks.chain(BLOCKS[page], block)
-    missing = docblocks.missing_extra(blocks)
-    if missing:
-        pytest.skip(missing)
-    work, env = docblocks.work_folder(tmp_path, photos_folder)
-    for b in blocks:
-        docblocks.run(b, work, env, tiny_openclip_export)
+    docblocks.run_as_written(BLOCKS[page], block, photos_folder, tiny_openclip_export, tmp_path)
 
 
 def test_site_builds_strict(tmp_path):

@@ -23,13 +23,6 @@ def _id(block: Block) -> str:
     return f"{block.line}-" + (re.sub(r"\W+", "-", block.heading).strip("-").lower() or "top")
 
 
-@pytest.fixture(scope="module")
-def photos_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reader")
-    docblocks.make_photos(folder)
-    return folder
-
-
 def test_readme_is_short():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= MAX_LINES, f"README.md has {len(lines)} lines; move detail to a page of docs/"
@@ -94,10 +87,4 @@ def test_slow_marks_ray_but_not_array():
     pytest.param(b, id=_id(b), marks=[pytest.mark.slow] if docblocks.is_slow(docblocks.chain(BLOCKS, b)) else [])
     for b in RUNNABLE])
 def test_block_runs_as_written(block, photos_folder, tiny_openclip_export, tmp_path):
-    blocks = docblocks.chain(BLOCKS, block)
-    missing = docblocks.missing_extra(blocks)
-    if missing:
-        pytest.skip(missing)
-    work, env = docblocks.work_folder(tmp_path, photos_folder)
-    for b in blocks:
-        docblocks.run(b, work, env, tiny_openclip_export)
+    docblocks.run_as_written(BLOCKS, block, photos_folder, tiny_openclip_export, tmp_path)

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import ModelError
 from ..families.resize import from_processor_config
-from ..manifest import FORMAT_VERSION, ImageSpec, Manifest, parse
-from .graph import graph_io, pick_output, read_json
+from ..manifest import FORMAT_VERSION, ImageSpec, Manifest
+from .graph import graph_io, manifest_from, pick_output, read_json
 from .origin import known_logit_scale, repo_of
 
 
@@ -21,11 +21,7 @@ def matches(folder: Path) -> bool:
 
 
 def read(folder: Path) -> Manifest:
-    try:
-        derived = _derive_single_tower(folder)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # config files of unexpected shape
-        raise ModelError(f"{folder}: malformed tower folder files ({type(exc).__name__}: {exc})") from None
-    return parse(derived, origin=str(folder))
+    return manifest_from(folder, _derive_single_tower, "tower")
 
 
 def _derive_single_tower(folder: Path) -> dict[str, Any]:

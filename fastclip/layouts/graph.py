@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ModelError, first_line
+from ..manifest import Manifest, parse
 
-__all__ = ["read_json", "graph_io", "pick_output"]
+__all__ = ["read_json", "graph_io", "pick_output", "manifest_from"]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -47,3 +48,13 @@ def pick_output(outputs: list[tuple[str, list]], preferred: str, where: str) -> 
     if rank2:
         return rank2[0][0], rank2[0][1]
     raise ModelError(f"{where}: no (batch, dim) output in the graph; outputs are {outputs}")
+
+
+def manifest_from(folder: Path, derive: Callable[[Path], dict[str, Any]], layout: str) -> Manifest:
+    """The manifest a reader's `derive(folder)` writes, checked; config files of an unexpected shape (a list
+    where an object was due, a missing key) are a ModelError naming the layout, not a traceback."""
+    try:
+        derived = derive(folder)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{folder}: malformed {layout} folder files ({type(exc).__name__}: {exc})") from None
+    return parse(derived, origin=str(folder))

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from ..manifest import FORMAT_VERSION, INTERPOLATIONS, RESIZE_MODES, Manifest, parse
-from .graph import read_json
+from ..manifest import FORMAT_VERSION, INTERPOLATIONS, RESIZE_MODES, Manifest
+from .graph import manifest_from, read_json
 from .hf_files import tokenizer_facts
 from .onnx_proto import Port, Signature, read_signature
 from .origin import known_logit_scale, repo_of
@@ -43,11 +43,7 @@ def matches(folder: Path) -> bool:
 
 
 def read(folder: Path) -> Manifest:
-    try:
-        derived = _derive(folder)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # config files of unexpected shape
-        raise ModelError(f"{folder}: malformed Immich folder files ({type(exc).__name__}: {exc})") from None
-    return parse(derived, origin=str(folder))
+    return manifest_from(folder, _derive, "Immich")
 
 
 def _derive(folder: Path) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from typing import Any
 
 from ..errors import ModelError
 from ..families.resize import from_processor_config
-from ..manifest import FORMAT_VERSION, Manifest, parse
-from .graph import read_json
+from ..manifest import FORMAT_VERSION, Manifest
+from .graph import manifest_from, read_json
 from .hf_files import tokenizer_facts
 from .onnx_proto import Port, Signature, read_signature
 from .origin import known_logit_scale, repo_of
@@ -68,11 +68,7 @@ def matches(folder: Path) -> bool:
 
 
 def read(folder: Path) -> Manifest:
-    try:
-        derived = _derive(folder)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # config files of unexpected shape
-        raise ModelError(f"{folder}: malformed transformers.js folder files ({type(exc).__name__}: {exc})") from None
-    return parse(derived, origin=str(folder))
+    return manifest_from(folder, _derive, "transformers.js")
 
 
 def _variants(folder: Path, stem: str) -> dict[str, dict[str, Any]]:

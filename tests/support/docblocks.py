@@ -307,3 +307,17 @@ def run_console(block: Block, work: Path, env: dict[str, str], model: Path) -> N
         if printed != want:
             diff = "\n".join(difflib.unified_diff(want, printed, "shown", "printed", lineterm=""))
             _fail(block, f"`{command}` printed something other than the page shows:\n{diff}", result)
+
+
+def run_as_written(blocks: list, block, photos_folder: Path, model: Path, tmp_path: Path) -> None:
+    """`block` as a reader runs it: after the blocks it continues, in a fresh folder with the photos at hand;
+    skipped (pytest) where it needs an extra that is not installed."""
+    import pytest
+
+    chained = chain(blocks, block)
+    missing = missing_extra(chained)
+    if missing:
+        pytest.skip(missing)
+    work, env = work_folder(tmp_path, photos_folder)
+    for b in chained:
+        run(b, work, env, model)

@@ -1,6 +1,7 @@
 """`fastclip serve`: an HTTP embedding server over the runtime's batch call (the `serve` extra).
 
     app.py        the Server and its route table; the endpoint wrapper (API key, errors as JSON)
+    context.py    what a route handler reads of its server (a Protocol the Server satisfies)
     routes.py     /v1/embeddings, /v1/classify, /v1/models, /ready, /metrics
     health.py     /health and its probe through idle towers
     errors.py     one table: exception -> (HTTP status, error type, code), and the JSON error answer

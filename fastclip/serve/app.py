@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from . import routes
 from .auth import ApiKey
+from .context import Context
 from .errors import INVALID, error_response, json_error
 from .health import Prober, health
 from .lifecycle import Models
@@ -31,7 +32,7 @@ from .urls import UrlFetcher
 
 __all__ = ["Server", "create_app", "ROUTES"]
 
-Handler = Callable[["Server", Request], Awaitable[Response]]
+Handler = Callable[[Context, Request], Awaitable[Response]]
 
 # path, method, handler, public (answered without the API key: probes from an orchestrator)
 ROUTES: tuple[tuple[str, str, Handler, bool], ...] = (

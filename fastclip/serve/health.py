@@ -9,7 +9,6 @@ import asyncio
 import io
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.requests import Request
@@ -17,10 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import first_line
 from .batcher import QueueFull
+from .context import Context
 from .lifecycle import Models
-
-if TYPE_CHECKING:
-    from .app import Server
 
 log = logging.getLogger("fastclip.serve")
 
@@ -29,7 +26,7 @@ __all__ = ["health", "Prober"]
 PROBE_AFTER = 10.0  # a tower whose last batch is older than this gets a probe input
 
 
-async def health(server: Server, request: Request) -> Response:
+async def health(server: Context, request: Request) -> Response:
     models = server.models
     if models.load_error:
         return JSONResponse({"status": "failed", "error": models.load_error}, status_code=503)

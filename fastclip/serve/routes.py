@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import numpy as np
@@ -17,19 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .body import THREAD_PARSE_BYTES, parse_json, read_body
+from .context import Context
 from .inputs import BadRequest, InputError, parse_classify, parse_embeddings
 from .metrics import CONTENT_TYPE_LATEST
 from .work import count, prepare, reason, run
-
-if TYPE_CHECKING:
-    from .app import Server
 
 __all__ = ["embeddings", "classify", "list_models", "ready", "metrics"]
 
 RENDER_IN_THREAD = 64  # vectors past this are turned into JSON off the event loop
 
 
-async def embeddings(server: Server, request: Request) -> Response:
+async def embeddings(server: Context, request: Request) -> Response:
     server.models.check_ready()
     async with read_body(request, server.limits, server.budget) as body:
         req = parse_embeddings(await parse_json(body), server.limits)
@@ -61,7 +59,7 @@ async def embeddings(server: Server, request: Request) -> Response:
     return Response(content, media_type="application/json")
 
 
-async def classify(server: Server, request: Request) -> Response:
+async def classify(server: Context, request: Request) -> Response:
     """Zero-shot classification of images: the model's own scoring (a softmax over the labels for CLIP, an
     independent sigmoid per label for SigLIP) over vectors the batchers computed."""
     server.models.check_ready()
@@ -107,12 +105,12 @@ def _raise_first_failure(results: list[Any]) -> None:
         raise InputError(bad, reason(results[bad]))
 
 
-async def list_models(server: Server, request: Request) -> Response:
+async def list_models(server: Context, request: Request) -> Response:
     server.models.check_ready()
     return JSONResponse({"object": "list", "data": [m.describe() for m in server.models.loaded.values()]})
 
 
-async def ready(server: Server, request: Request) -> Response:
+async def ready(server: Context, request: Request) -> Response:
     models = server.models
     if models.ready.is_set():
         return JSONResponse({"status": "ready", "models": list(models.loaded)})
@@ -121,5 +119,5 @@ async def ready(server: Server, request: Request) -> Response:
                         headers={"Retry-After": str(server.limits.retry_after)})
 
 
-async def metrics(server: Server, request: Request) -> Response:
+async def metrics(server: Context, request: Request) -> Response:
     return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)

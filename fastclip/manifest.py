@@ -25,7 +25,6 @@ from typing import Any, BinaryIO
 
 from .defaults import PRECISIONS
 from .errors import ModelError
-from .hashing import sha256, tower_fingerprint  # noqa: F401 - re-exported: callers import them from here
 from .hints import upgrade_hint
 from .families.resize import CROP_OFFSETS, RESAMPLING, RESIZERS, RGB_CONVERSIONS
 from .families.score import SCORERS

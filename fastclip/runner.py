@@ -29,7 +29,7 @@ import numpy as np
 from .batch import EmbeddingBatch
 from .errors import FastClipError, ImageError, TextError, TextTypeError
 from .images import ImagePreprocessor
-from .manifest import TextSpec, TowerSpec, ImageSpec
+from .manifest import ImageSpec, TextSpec, TowerSpec
 from .session import OnnxSession
 from .text import TextTokenizer
 

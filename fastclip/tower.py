@@ -15,7 +15,8 @@ import numpy as np
 from .batch import check_batching, one_or_many, rows_of
 from .compat import FastembedNames
 from .errors import FastClipError, ModelError
-from .manifest import Manifest, tower_fingerprint
+from .hashing import tower_fingerprint
+from .manifest import Manifest
 from .model import load_manifest, resolve_folder
 from .runner import Tuning
 from .providers import resolve_providers
@@ -108,7 +109,7 @@ class TowerModel(FastembedNames):
 
     @property
     def fingerprint(self) -> str:
-        """Which weights this tower holds (manifest.tower_fingerprint): embeddings files record it."""
+        """Which weights this tower holds (hashing.tower_fingerprint): embeddings files record it."""
         return tower_fingerprint(self.folder, self.spec)
 
     @property

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastclip import ImageEmbedding, TextEmbedding
-from fastclip.manifest import tower_fingerprint
+from fastclip.hashing import tower_fingerprint
 from fastclip.sinks import errors_path, partial_dir, read_embeddings
 from support.photos import write_photos
 

@@ -452,7 +452,7 @@ def test_lazy_load_defers_the_session(tiny_openclip_export, photo_files):
     vector = next(lazy.embed(photo_files[:1]))
     assert lazy._session.loaded is not None
     np.testing.assert_array_equal(vector, next(ImageEmbedding(tiny_openclip_export).embed(photo_files[:1])))
-    from fastclip.manifest import tower_fingerprint
+    from fastclip.hashing import tower_fingerprint
 
     text = TextEmbedding(tiny_openclip_export, lazy_load=True)
     assert lazy.fingerprint == tower_fingerprint(lazy.folder, lazy.spec) != text.fingerprint

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from fastclip import manifest
+from fastclip.hashing import sha256
 from fastclip.errors import ExportError
 from fastclip_export import api, verify
 
@@ -31,7 +32,7 @@ def _check_folder(folder, precisions=("fp32",)):
         assert set(tower.files) == set(precisions)
         for precision, f in tower.files.items():
             path = folder / f.path
-            assert manifest.sha256(path) == f.sha256 and path.stat().st_size == f.bytes
+            assert sha256(path) == f.sha256 and path.stat().st_size == f.bytes
             v = tower.verification[precision]
             assert v.samples > 0 and v.min_cosine >= v.threshold_cosine
             assert v.threshold_abs_rel is None or v.max_abs_diff_rel <= v.threshold_abs_rel
@@ -205,7 +206,7 @@ def test_variants_and_forced_external_data(tiny_variants_export):
             data = out / f.external_data[0]
             assert data.stat().st_size > f.bytes  # the weights are outside the graph
             entry = raw["vision" if tower is m.vision else "text"]["files"][precision]
-            assert entry["external_data_sha256"][f.external_data[0]] == manifest.sha256(data)
+            assert entry["external_data_sha256"][f.external_data[0]] == sha256(data)
             inits = onnx.load(str(out / f.path), load_external_data=False).graph.initializer
             assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits)
     # fp16 keeps float32 inputs and outputs; int8 is a fraction of the size.

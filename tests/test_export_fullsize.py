@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fastclip import ImageEmbedding, TextEmbedding, manifest
+from fastclip.hashing import sha256
 from fastclip_export import api
 
 from conftest import SEED, copy_tokenizer_files
@@ -25,7 +26,7 @@ def _check(out):
     assert m.embed_dim == 512
     for tower in (m.vision, m.text):
         f = tower.files["fp32"]
-        assert manifest.sha256(out / f.path) == f.sha256
+        assert sha256(out / f.path) == f.sha256
         v = tower.verification["fp32"]
         assert v.min_cosine >= 0.99999 and v.max_abs_diff_rel <= 1e-4
     return m

@@ -22,7 +22,7 @@ pa = pytest.importorskip("pyarrow")
 from support.photos import SENTENCES, write_photos
 
 from fastclip import ImageEmbedding, TextEmbedding
-from fastclip.manifest import tower_fingerprint
+from fastclip.hashing import tower_fingerprint
 from fastclip.ray import ImageEmbedder, embed_images, embed_texts, plan_resources
 
 TOL = 1e-6  # the bar: the same batch-level call runs in the actor, so only float rounding may differ

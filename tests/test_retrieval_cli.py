@@ -20,7 +20,7 @@ from PIL import Image
 from test_cli import fastclip
 
 from fastclip import ImageEmbedding, TextEmbedding
-from fastclip.manifest import tower_fingerprint
+from fastclip.hashing import tower_fingerprint
 from fastclip.retrieval import recall_at_k, retrieval_metrics, search
 from fastclip.retrieval.datasets import load_captions
 

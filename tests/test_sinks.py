@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fastclip.errors import OutputError
-from fastclip.manifest import TowerFile, load, tower_fingerprint
+from fastclip.hashing import tower_fingerprint
+from fastclip.manifest import TowerFile, load
 from fastclip.sinks import (
     EmbeddingsWriter,
     check_output,

@@ -83,7 +83,7 @@ def query_model(meta: dict, query_kind: str, args):
     """The embedding class for the query, after checking its weights are the ones that made the file."""
     from ..embedding import ImageEmbedding, TextEmbedding
     from ..errors import ModelError
-    from ..manifest import tower_fingerprint
+    from ..hashing import tower_fingerprint
     from ..model import load_manifest, resolve_folder
 
     recorded = meta.get("model")
